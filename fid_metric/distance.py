@@ -1,0 +1,73 @@
+"""The Fréchet distance between two Gaussians, in float64, with a symmetric matrix square root.
+
+    d^2 = |mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr((S1^1/2 S2 S1^1/2)^1/2)
+
+The trace term is computed from a factor A of S1 (A A^T = S1): the eigenvalues of the symmetric positive
+semi-definite matrix A^T S2 A are those of S1 S2, so tr sqrt(S1 S2) = sum_i sqrt(lambda_i(A^T S2 A)). One
+Cholesky (or, for a singular S1, one ``eigh``), two matrix products and one ``eigvalsh``: no iterative
+``scipy.linalg.sqrtm`` (pytorch-fid) and no non-symmetric ``eigvals`` of S1 S2 (torchmetrics), both slower
+and both able to return complex round-off that has to be thrown away. Round-off negatives among the
+eigenvalues are clamped to zero. Tests hold it to a closed form (commuting covariances) at 1e-9 relative and
+to pytorch-fid and torchmetrics at 1e-4 relative on Inception features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def sqrt_factor(sigma: Tensor) -> Tensor:
+    """A ``(d, d)`` float64 matrix ``A`` with ``A @ A.T == sigma`` for a symmetric PSD ``(d, d)`` ``sigma``.
+
+    The Cholesky factor when ``sigma`` is positive definite; otherwise (fewer samples than dimensions)
+    ``V diag(sqrt(max(w, 0)))`` from ``eigh``. Compute it once for a fixed reference and pass it to
+    :func:`frechet_distance` as ``sigma1_factor``.
+    """
+    sigma = _symmetric(sigma.to(torch.float64))
+    factor, info = torch.linalg.cholesky_ex(sigma)
+    if int(info) == 0:
+        return factor
+    eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
+    return eigenvectors * eigenvalues.clamp_min(0).sqrt()
+
+
+def trace_sqrt_product(sigma1_factor: Tensor, sigma2: Tensor) -> Tensor:
+    """``tr((S1 S2)^1/2)`` as a float64 scalar, from ``A`` with ``A A^T = S1`` and a ``(d, d)`` ``S2``."""
+    a = sigma1_factor.to(torch.float64)
+    congruent = _symmetric(a.T @ sigma2.to(device=a.device, dtype=torch.float64) @ a)
+    return torch.linalg.eigvalsh(congruent).clamp_min(0).sqrt().sum()
+
+
+def frechet_distance(
+    mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor, *, sigma1_factor: Tensor | None = None
+) -> Tensor:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) as a 0-d float64 tensor.
+
+    Args:
+        mu1, mu2: ``(d,)`` means. Any floating dtype; the computation is float64.
+        sigma1, sigma2: ``(d, d)`` symmetric positive semi-definite covariances.
+        sigma1_factor: optional ``sqrt_factor(sigma1)``, to reuse the factor of a fixed reference.
+
+    Raises:
+        ValueError: if the shapes are not ``(d,)``, ``(d, d)`` with one ``d``.
+    """
+    d = mu1.shape[-1] if mu1.ndim == 1 else -1
+    if d < 1 or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            "Expected mu1, mu2 of shape (d,) and sigma1, sigma2 of shape (d, d) with one d; got "
+            f"{tuple(mu1.shape)}, {tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)}."
+        )
+    device = mu1.device
+    mu1, mu2 = mu1.to(torch.float64), mu2.to(device=device, dtype=torch.float64)
+    sigma1 = sigma1.to(device=device, dtype=torch.float64)
+    sigma2 = sigma2.to(device=device, dtype=torch.float64)
+    if sigma1_factor is None:
+        sigma1_factor = sqrt_factor(sigma1)
+    mean_term = (mu1 - mu2).square().sum()
+    trace_term = sigma1.trace() + sigma2.trace() - 2 * trace_sqrt_product(sigma1_factor.to(device), sigma2)
+    return mean_term + trace_term
+
+
+def _symmetric(m: Tensor) -> Tensor:
+    return (m + m.T) / 2

@@ -1,0 +1,349 @@
+"""``FrechetInceptionDistance``: the torchmetrics Metric, its states, update, the one all_reduce, compute."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.utilities import rank_zero_warn
+
+from fid_metric import weights
+from fid_metric.distance import frechet_distance
+from fid_metric.inception import FIDInceptionV3
+from fid_metric.preprocess import check_images, inception_input, resolve_compat, to_uint8_rgb
+from fid_metric.stats import mean_and_covariance
+
+_INCEPTION_FEATURES = (64, 192, 768, 2048)
+
+
+class FrechetInceptionDistance(Metric):
+    r"""Fréchet Inception Distance, exact by default, drop-in for ``torchmetrics.image.fid.FrechetInceptionDistance``.
+
+    For real and generated images the metric keeps three states, all summed across batches and processes:
+    ``*_features_sum`` ``(d,)`` float64, ``*_features_cov_sum`` (the outer-product sum) ``(d, d)`` float64 and
+    ``*_features_num_samples`` int64. ``compute()`` turns them into means and covariances and returns the
+    Fréchet distance as a 0-d float64 tensor.
+
+    Args:
+        feature: 64, 192, 768 or 2048 (the Inception feature layer), or an ``nn.Module`` mapping a batch of
+            images to ``(N, d)`` features. A custom module receives the images exactly as given to ``update``
+            (as in torchmetrics); ``compat`` and the image checks apply to the Inception network only.
+        reset_real_features: if False, ``reset()`` keeps the real statistics, so the real images are fed once.
+        normalize: False: images are uint8 in [0, 255]. True: floats in [0, 1], rounded to uint8 as
+            ``floor(255 x + 0.5)`` (``torchvision.utils.save_image``'s rounding).
+        input_img_size: ``(C, H, W)`` of the dummy image used to find a custom module's feature dimension
+            when it has no ``num_features`` attribute.
+        feature_extractor_weights_path: a local ``pt_inception-2015-12-05`` weights file. Default: the
+            ``FID_METRIC_WEIGHTS`` environment variable, else torch hub's cache, else a verified download.
+        antialias: torchmetrics' flag: True is ``compat="torchmetrics"``, False is ``compat="tensorflow"``.
+        compat: ``"tensorflow"`` (default; the original TF definition as torch-fidelity reproduces it),
+            ``"pytorch-fid"`` or ``"torchmetrics"``; see ``fid_metric.preprocess``.
+        kwargs: torchmetrics ``Metric`` arguments (``sync_on_compute``, ``process_group``, ...).
+
+    Raises:
+        ValueError: ``feature`` is an int other than 64, 192, 768, 2048; ``compat`` is unknown or contradicts
+            ``antialias``; ``normalize`` or ``reset_real_features`` is not a bool.
+        TypeError: ``feature`` is neither an int nor an ``nn.Module``.
+        fid_metric.weights.WeightsUnavailableError: no weights file could be found or downloaded.
+
+    Under DDP the six states are combined by one ``all_reduce`` of a single float64 buffer holding the
+    sums, the upper triangles of the symmetric outer-product sums and the counts:
+    ``2 * (d + d (d + 1) / 2 + 1) * 8`` bytes, 33.6 MB for d = 2048, whatever the number of images or
+    processes (torchmetrics all_gathers ``world_size * 67 MB``). ``dist_sync_fn`` is not used.
+
+    Example:
+        >>> import torch
+        >>> from fid_metric import FrechetInceptionDistance
+        >>> fid = FrechetInceptionDistance(feature=64)  # doctest: +SKIP
+        >>> real = torch.randint(0, 200, (16, 3, 299, 299), dtype=torch.uint8)
+        >>> fake = torch.randint(100, 255, (16, 3, 299, 299), dtype=torch.uint8)
+        >>> fid.update(real, real=True)  # doctest: +SKIP
+        >>> fid.update(fake, real=False)  # doctest: +SKIP
+        >>> fid.compute()  # doctest: +SKIP
+        tensor(..., dtype=torch.float64)
+    """
+
+    higher_is_better = False
+    is_differentiable = False
+    full_state_update = False
+    plot_lower_bound = 0.0
+
+    real_features_sum: Tensor
+    real_features_cov_sum: Tensor
+    real_features_num_samples: Tensor
+    fake_features_sum: Tensor
+    fake_features_cov_sum: Tensor
+    fake_features_num_samples: Tensor
+
+    def __init__(
+        self,
+        feature: int | nn.Module = 2048,
+        reset_real_features: bool = True,
+        normalize: bool = False,
+        input_img_size: tuple[int, int, int] = (3, 299, 299),
+        feature_extractor_weights_path: str | os.PathLike | None = None,
+        antialias: bool | None = None,
+        compat: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"`normalize` must be a bool, got {normalize!r}.")
+        if not isinstance(reset_real_features, bool):
+            raise ValueError(f"`reset_real_features` must be a bool, got {reset_real_features!r}.")
+        self.normalize = normalize
+        self.reset_real_features = reset_real_features
+        self.compat = resolve_compat(compat, antialias)
+
+        if isinstance(feature, nn.Module):
+            self.used_custom_model = True
+            network = feature
+            num_features = _custom_feature_dim(feature, normalize, input_img_size)
+        elif isinstance(feature, int) and not isinstance(feature, bool):
+            if feature not in _INCEPTION_FEATURES:
+                raise ValueError(f"`feature` must be one of {_INCEPTION_FEATURES} or an nn.Module, got {feature}.")
+            self.used_custom_model = False
+            network = _load_inception(feature_extractor_weights_path)
+            num_features = feature
+        else:
+            raise TypeError(f"`feature` must be an int in {_INCEPTION_FEATURES} or an nn.Module, got {type(feature)}.")
+        self.num_features = num_features
+        # Outside the module tree: never in state_dict (no 92 MB checkpoints), never cast by Lightning's
+        # bf16-true/16-true, never broadcast by DDP. update() moves it to the metric's device.
+        self._extractor = _Unregistered(network)
+
+        d = num_features
+        self.add_state("real_features_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("real_features_cov_sum", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("real_features_num_samples", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("fake_features_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("fake_features_cov_sum", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("fake_features_num_samples", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """Add a batch to the real or the generated statistics.
+
+        Args:
+            imgs: ``(N, 3, H, W)`` or ``(N, 1, H, W)`` images, uint8 in [0, 255] (``normalize=False``) or
+                float in [0, 1] (``normalize=True``); any H, W; any device (moved to the metric's device).
+            real: True for real images, False for generated ones.
+
+        Raises:
+            TypeError, ValueError: the batch is not what the metric expects (the message says what is);
+                the states are then unchanged.
+        """
+        if not isinstance(real, bool):
+            raise TypeError(f"`real` must be a bool, got {type(real).__name__}.")
+        features = self._features(imgs)
+        with torch.inference_mode():
+            side = "real" if real else "fake"
+            getattr(self, f"{side}_features_sum").add_(features.sum(0))
+            getattr(self, f"{side}_features_cov_sum").addmm_(features.T, features)
+            getattr(self, f"{side}_features_num_samples").add_(features.shape[0])
+
+    def forward(self, imgs: Tensor, real: bool) -> None:
+        """Same as ``update``; returns None.
+
+        torchmetrics' ``forward`` computes a batch-local FID, which for FID means an eigendecomposition per
+        batch, and with ``reset_real_features=False`` adds the real batch twice; here each image counts once.
+        """
+        if self._is_synced:
+            raise RuntimeError("The metric is synced; call `unsync()` before `forward`.")
+        self.update(imgs, real)
+
+    def compute(self) -> Tensor:
+        """FID over everything accumulated (on all processes under DDP), a 0-d float64 tensor.
+
+        Raises:
+            RuntimeError: fewer than 2 real or 2 generated images.
+        """
+        n_real, n_fake = int(self.real_features_num_samples), int(self.fake_features_num_samples)
+        if n_real < 2 or n_fake < 2:
+            raise RuntimeError(
+                f"FID needs at least 2 real and 2 generated images to estimate covariances; got {n_real} real "
+                f"and {n_fake} generated. Call update(imgs, real=True) and update(imgs, real=False) first."
+            )
+        if min(n_real, n_fake) < self.num_features:
+            rank_zero_warn(
+                f"FID from {n_real} real and {n_fake} generated images with {self.num_features}-dimensional "
+                "features: fewer samples than dimensions makes the covariance singular, and FID is strongly "
+                "biased. Use more images (FID is usually reported on 10k-50k) or a smaller `feature`.",
+                UserWarning,
+            )
+        mu_real, sigma_real = mean_and_covariance(n_real, self.real_features_sum, self.real_features_cov_sum)
+        mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
+        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)
+
+    def reset(self) -> None:
+        """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
+        kept = {} if self.reset_real_features else {name: getattr(self, name) for name in _REAL_STATES}
+        super().reset()
+        for name, value in kept.items():
+            setattr(self, name, value)
+
+    def set_dtype(self, dst_type: str | torch.dtype) -> FrechetInceptionDistance:
+        """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""
+        return self
+
+    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
+        # One all_reduce of one float64 buffer instead of torchmetrics' all_gather per state. Sums add
+        # exactly, so nothing grows with the world size; the outer-product sums are symmetric, so only their
+        # upper triangles travel. Counts travel as float64, exact below 2**53.
+        names = list(self._defaults)
+        packed = torch.cat([_pack(getattr(self, name)) for name in names])
+        torch.distributed.all_reduce(packed, group=process_group or self.process_group)
+        offset = 0
+        for name in names:
+            template = getattr(self, name)
+            size = _packed_size(template)
+            setattr(self, name, _unpack(packed[offset : offset + size], template))
+            offset += size
+
+    def _apply(self, fn: Callable, exclude_state: Any = "") -> FrechetInceptionDistance:
+        # Move the states with the module but never change their dtype: Lightning's precision="bf16-true"
+        # calls module.to(torch.bfloat16), which torchmetrics would apply to the float64 sums.
+        super()._apply(fn, exclude_state=tuple(self._defaults))
+        device = self._state_device
+        for name, default in self._defaults.items():
+            self._defaults[name] = default.to(device)
+            setattr(self, name, getattr(self, name).to(device))
+        self._computed = None
+        return self
+
+    @property
+    def _state_device(self) -> torch.device:
+        # Apple's MPS has no float64: the network runs there, the float64 sums stay on the CPU.
+        return torch.device("cpu") if self.device.type == "mps" else self.device
+
+    def _features(self, imgs: Tensor) -> Tensor:
+        """Checked images -> ``(N, d)`` float64 features on the state device."""
+        device = self.device
+        network = self._extractor.on(device)
+        if self.used_custom_model:
+            if not isinstance(imgs, Tensor):
+                raise TypeError(f"Expected images as a torch.Tensor, got {type(imgs).__name__}.")
+            with _exact_fp32(device):
+                features = network(imgs.to(device, non_blocking=True))
+            if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
+                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                raise ValueError(
+                    f"The custom feature extractor must return (N, {self.num_features}) features for a batch of "
+                    f"N = {imgs.shape[0]}, got {shape}."
+                )
+        else:
+            check_images(imgs, self.normalize)
+            with _exact_fp32(device):
+                x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
+                output = str(self.num_features)
+                features = network(x.contiguous(memory_format=torch.channels_last), (output,))[output]
+        return features.to(self._state_device, torch.float64)
+
+
+_REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+
+
+class _Unregistered:
+    """Holds a network outside the metric's module tree; clones of the metric share it (it is frozen)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def on(self, device: torch.device) -> nn.Module:
+        """The network, moved to ``device`` the first time it is needed there."""
+        param = next(self.module.parameters(), None)
+        if param is not None and param.device != device:
+            self.module.to(device)
+        return self.module
+
+    def __deepcopy__(self, memo: dict) -> _Unregistered:
+        return self
+
+
+def _load_inception(path: str | os.PathLike | None) -> FIDInceptionV3:
+    network = FIDInceptionV3()
+    source = weights.resolve(path)
+    try:
+        network.load_state_dict(weights.load_state_dict(source), strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{source} is not a pt_inception-2015-12-05 state dict (as in pytorch-fid's "
+            f"pt_inception-2015-12-05-6726825d.pth): {err}"
+        ) from err
+    return network.to(memory_format=torch.channels_last)
+
+
+def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tuple[int, int, int]) -> int:
+    """Feature dimension of a custom extractor: its ``num_features``, else its output on a dummy image."""
+    num_features = getattr(module, "num_features", None)
+    if num_features is not None:
+        if isinstance(num_features, Tensor):
+            num_features = int(num_features.item())
+        if not isinstance(num_features, int):
+            raise TypeError(f"The custom extractor's `num_features` must be an int, got {num_features!r}.")
+        return num_features
+    if normalize:
+        dummy = torch.rand(1, *input_img_size)
+    else:
+        dummy = torch.randint(0, 256, (1, *input_img_size), dtype=torch.uint8)
+    device = next(module.parameters(), dummy).device
+    with torch.inference_mode():
+        return int(module(dummy.to(device)).shape[-1])
+
+
+@contextlib.contextmanager
+def _exact_fp32(device: torch.device) -> Iterator[None]:
+    """Inference mode, autocast off, and (on CUDA) IEEE float32 instead of TF32, restored afterwards."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        if torch.amp.is_autocast_available(device.type):
+            stack.enter_context(torch.autocast(device.type, enabled=False))
+        if device.type == "cuda":
+            stack.enter_context(_ieee_cuda_fp32())
+        yield
+
+
+@contextlib.contextmanager
+def _ieee_cuda_fp32() -> Iterator[None]:
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
+    else:
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _packed_size(state: Tensor) -> int:
+    d = state.shape[0] if state.ndim == 2 else 0
+    return d * (d + 1) // 2 if state.ndim == 2 else state.numel()
+
+
+def _pack(state: Tensor) -> Tensor:
+    """A state as a flat float64 vector; a symmetric (d, d) state as its upper triangle."""
+    if state.ndim == 2:
+        rows, cols = torch.triu_indices(*state.shape, device=state.device)
+        return state[rows, cols].to(torch.float64)
+    return state.reshape(-1).to(torch.float64)
+
+
+def _unpack(flat: Tensor, template: Tensor) -> Tensor:
+    """Inverse of ``_pack``: a state shaped and typed like ``template``."""
+    if template.ndim == 2:
+        rows, cols = torch.triu_indices(*template.shape, device=template.device)
+        full = torch.empty_like(template)
+        full[rows, cols] = flat
+        full[cols, rows] = flat
+        return full
+    return flat.reshape(template.shape).to(template.dtype)
