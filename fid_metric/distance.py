@@ -18,22 +18,25 @@ from torch import Tensor
 
 
 def sqrt_factor(sigma: Tensor) -> Tensor:
-    """A ``(d, d)`` float64 matrix ``A`` with ``A @ A.T == sigma`` for a symmetric PSD ``(d, d)`` ``sigma``.
+    """A ``(d, r)`` float64 matrix ``A`` with ``A @ A.T == sigma`` for a symmetric PSD ``(d, d)`` ``sigma``.
 
-    The Cholesky factor when ``sigma`` is positive definite; otherwise (fewer samples than dimensions)
-    ``V diag(sqrt(max(w, 0)))`` from ``eigh``. Compute it once for a fixed reference and pass it to
-    :func:`frechet_distance` as ``sigma1_factor``.
+    The ``(d, d)`` Cholesky factor when ``sigma`` is positive definite. Otherwise (fewer samples than
+    dimensions) ``V_r diag(sqrt(w_r))`` from ``eigh``, keeping the r eigenvalues above ``d * eps * max(w)``:
+    the dropped directions hold only round-off, whose square roots (~1e-8 each) would otherwise add up in
+    the trace term. Compute it once for a fixed reference and pass it to :func:`frechet_distance` as
+    ``sigma1_factor``.
     """
     sigma = _symmetric(sigma.to(torch.float64))
     factor, info = torch.linalg.cholesky_ex(sigma)
     if int(info) == 0:
         return factor
     eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
-    return eigenvectors * eigenvalues.clamp_min(0).sqrt()
+    keep = eigenvalues > eigenvalues.max().clamp_min(0) * sigma.shape[0] * torch.finfo(torch.float64).eps
+    return eigenvectors[:, keep] * eigenvalues[keep].sqrt()
 
 
 def trace_sqrt_product(sigma1_factor: Tensor, sigma2: Tensor) -> Tensor:
-    """``tr((S1 S2)^1/2)`` as a float64 scalar, from ``A`` with ``A A^T = S1`` and a ``(d, d)`` ``S2``."""
+    """``tr((S1 S2)^1/2)`` as a float64 scalar, from ``A`` (``(d, r)``, ``A A^T = S1``) and a ``(d, d)`` ``S2``."""
     a = sigma1_factor.to(torch.float64)
     congruent = _symmetric(a.T @ sigma2.to(device=a.device, dtype=torch.float64) @ a)
     return torch.linalg.eigvalsh(congruent).clamp_min(0).sqrt().sum()

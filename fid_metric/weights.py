@@ -17,6 +17,7 @@ no pickled code runs.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -72,8 +73,9 @@ def expected_hash_prefix(url: str) -> str:
 def download(url: str, directory: str | os.PathLike) -> Path:
     """Download ``url`` into ``directory`` under its own file name, verified and atomic; return the path.
 
-    Raises ``RuntimeError`` if the bytes do not hash to the prefix in the file name (nothing is kept), and
-    ``OSError``/``urllib.error.URLError`` if the server cannot be reached.
+    Raises ``RuntimeError`` if the bytes do not hash to the prefix in the file name (nothing is kept),
+    ``OSError``/``urllib.error.URLError`` if the server cannot be reached, and ``http.client.HTTPException``
+    (e.g. ``IncompleteRead``) if the response breaks off or is malformed.
     """
     prefix = expected_hash_prefix(url)
     directory = Path(directory)
@@ -89,6 +91,7 @@ def download(url: str, directory: str | os.PathLike) -> Path:
                 f"Downloaded weights from {url} are corrupt or not the expected file: SHA-256 {actual[:16]}... "
                 f"does not start with {prefix}. Nothing was saved."
             )
+        os.chmod(tmp_name, 0o644)  # mkstemp makes it owner-only; a shared cache must be readable
         os.replace(tmp_name, target)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
@@ -108,7 +111,7 @@ def resolve(path: str | os.PathLike | None = None) -> Path:
         return cached
     try:
         return download(url, cache_dir())
-    except (OSError, urllib.error.URLError, RuntimeError, ValueError) as err:
+    except (OSError, urllib.error.URLError, http.client.HTTPException, RuntimeError, ValueError) as err:
         raise WeightsUnavailableError(
             "Could not get the FID Inception weights. Tried:\n"
             f"  - feature_extractor_weights_path: not given\n"

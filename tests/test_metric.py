@@ -1,0 +1,253 @@
+"""The metric against torchmetrics and pytorch-fid on identical weights, and its bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_images
+from pytorch_fid.fid_score import calculate_frechet_distance
+from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
+
+from fid_metric import FrechetInceptionDistance
+
+N_REAL, N_FAKE = 12, 10
+
+
+class TinyFeatures(torch.nn.Module):
+    """A cheap custom extractor: uint8 (N, 3, H, W) -> (N, 12) float32."""
+
+    num_features = 12
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(3, 3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.conv(x.float() / 255))
+        return torch.nn.functional.adaptive_avg_pool2d(y, (2, 2)).flatten(1)
+
+
+def _images(size) -> tuple[torch.Tensor, torch.Tensor]:
+    return smooth_images(N_REAL, size, seed=100), smooth_images(N_FAKE, size, seed=200)
+
+
+def _fid(metric, real: torch.Tensor, fake: torch.Tensor, batch: int = 8) -> torch.Tensor:
+    for start in range(0, len(real), batch):
+        metric.update(real[start : start + batch], real=True)
+    for start in range(0, len(fake), batch):
+        metric.update(fake[start : start + batch], real=False)
+    return metric.compute()
+
+
+def _pytorch_fid(model, real: torch.Tensor, fake: torch.Tensor, feature: int) -> float:
+    """pytorch-fid's pipeline: ToTensor floats, its InceptionV3, np.cov, calculate_frechet_distance."""
+    block = {64: 0, 192: 1, 768: 2, 2048: 3}[feature]
+    stats = []
+    for imgs in (real, fake):
+        with torch.no_grad():
+            act = model(imgs.float() / 255)[block]
+        act = torch.nn.functional.adaptive_avg_pool2d(act, (1, 1)).flatten(1).numpy()
+        stats.append((np.mean(act, axis=0), np.cov(act, rowvar=False)))
+    return float(calculate_frechet_distance(*stats[0], *stats[1]))
+
+
+def _relative(a, b) -> float:
+    return abs(float(a) - float(b)) / abs(float(b))
+
+
+@pytest.mark.parametrize("size", [299, (96, 128)])
+@pytest.mark.parametrize("feature", [2048, 64])
+def test_tensorflow_mode_matches_torchmetrics_tf1_resize(size, feature, inception_weights) -> None:
+    """compat='tensorflow' equals torchmetrics' FID with antialias=False (its TF1 resize) to 1e-4."""
+    real, fake = _images(size)
+    ours = _fid(FrechetInceptionDistance(feature, feature_extractor_weights_path=inception_weights), real, fake)
+    theirs = TorchmetricsFID(feature, feature_extractor_weights_path=str(inception_weights), antialias=False)
+    theirs.set_dtype(torch.float64)
+    reference = _fid(theirs, real, fake)
+    assert ours.dtype == torch.float64
+    assert reference > 1e-3, "degenerate features: the test would prove nothing"
+    assert _relative(ours, reference) <= 1e-4
+
+
+@pytest.mark.parametrize("size", [299, (96, 128)])
+@pytest.mark.parametrize("feature", [2048, 64])
+def test_pytorch_fid_mode_matches_pytorch_fid(size, feature, inception_weights, pytorch_fid_model) -> None:
+    """compat='pytorch-fid' equals pytorch-fid's own model, np.cov and scipy sqrtm to 1e-4."""
+    real, fake = _images(size)
+    metric = FrechetInceptionDistance(feature, feature_extractor_weights_path=inception_weights, compat="pytorch-fid")
+    ours = _fid(metric, real, fake)
+    reference = _pytorch_fid(pytorch_fid_model, real, fake, feature)
+    assert reference > 1e-3
+    assert _relative(ours, reference) <= 1e-4
+
+
+def test_torchmetrics_mode_matches_torchmetrics_default(inception_weights) -> None:
+    """compat='torchmetrics' (and antialias=True) equals torchmetrics' default antialiased resize."""
+    real, fake = _images((80, 72))
+    metric = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights, antialias=True)
+    ours = _fid(metric, real, fake)
+    theirs = TorchmetricsFID(192, feature_extractor_weights_path=str(inception_weights))
+    theirs.set_dtype(torch.float64)
+    assert _relative(ours, _fid(theirs, real, fake)) <= 1e-4
+
+
+def test_compat_modes_differ(inception_weights) -> None:
+    """The three pipelines really are different definitions (else the compat tests above prove little)."""
+    real, fake = _images((64, 64))
+    values = [
+        _fid(FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, compat=c), real, fake)
+        for c in ("tensorflow", "pytorch-fid", "torchmetrics")
+    ]
+    pairs = [(values[0], values[1]), (values[0], values[2]), (values[1], values[2])]
+    assert min(_relative(a, b) for a, b in pairs) > 1e-4
+
+
+def test_normalized_floats_equal_their_uint8_images(inception_weights) -> None:
+    """normalize=True rounds: k/255 (+-0.49/255) floats give exactly the uint8 result."""
+    real, fake = _images(40)
+    as_uint8 = _fid(FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights), real, fake)
+    jitter = (torch.rand(fake.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.98
+    metric = FrechetInceptionDistance(64, normalize=True, feature_extractor_weights_path=inception_weights)
+    as_float = _fid(metric, real.float() / 255, ((fake.float() + jitter) / 255).clamp(0, 1))
+    assert as_float == as_uint8
+
+
+def test_grey_images_equal_rgb_repeated(inception_weights) -> None:
+    grey = smooth_images(4, 48, seed=1, channels=1)
+    a = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    b = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    a.update(grey, real=True)
+    b.update(grey.repeat(1, 3, 1, 1), real=True)
+    assert torch.equal(a.real_features_cov_sum, b.real_features_cov_sum)
+
+
+def test_batch_size_does_not_change_fid(inception_weights) -> None:
+    real, fake = _images(48)
+    metric = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights)
+    whole = _fid(metric, real, fake, batch=len(real))
+    metric.reset()
+    assert _relative(_fid(metric, real, fake, batch=3), whole) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_autocast_does_not_touch_exact_mode(dtype, inception_weights) -> None:
+    """Under torch.autocast (Lightning's 16-mixed / bf16-mixed) the states are bit-identical to fp32."""
+    imgs = smooth_images(4, 64, seed=2)
+    plain = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights)
+    plain.update(imgs, real=True)
+    mixed = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights)
+    with torch.autocast("cpu", dtype=dtype):
+        mixed.update(imgs, real=True)
+    assert torch.equal(plain.real_features_cov_sum, mixed.real_features_cov_sum)
+    assert mixed.real_features_sum.dtype == torch.float64
+
+
+def test_half_precision_casts_keep_float64_states(inception_weights) -> None:
+    """module.to(torch.bfloat16) (Lightning's bf16-true) and .half() leave the float64 sums and network alone."""
+    metric = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    metric.update(smooth_images(3, 32, seed=3), real=True)
+    before = metric.real_features_cov_sum.clone()
+    holder = torch.nn.Module()
+    holder.fid = metric
+    holder.to(torch.bfloat16)
+    holder.half()
+    assert metric.set_dtype(torch.float16) is metric
+    for name in metric._defaults:
+        assert getattr(metric, name).dtype == (torch.int64 if name.endswith("num_samples") else torch.float64)
+    assert torch.equal(metric.real_features_cov_sum, before)
+    assert next(metric._extractor.module.parameters()).dtype == torch.float32
+
+
+def test_network_is_not_in_state_dict(inception_weights) -> None:
+    metric = FrechetInceptionDistance(2048, feature_extractor_weights_path=inception_weights)
+    metric.persistent(True)
+    keys = set(metric.state_dict())
+    assert keys == {f"{side}_features_{s}" for side in ("real", "fake") for s in ("sum", "cov_sum", "num_samples")}
+    assert list(metric.parameters()) == []
+
+
+def test_rejected_batch_changes_no_state(inception_weights) -> None:
+    metric = FrechetInceptionDistance(64, normalize=True, feature_extractor_weights_path=inception_weights)
+    metric.update(smooth_images(2, 32, seed=4).float() / 255, real=True)
+    before = {name: getattr(metric, name).clone() for name in metric._defaults}
+    bad = torch.rand(2, 3, 32, 32)
+    bad[1, 2, 5, 5] = float("nan")
+    for imgs, error in [(bad, ValueError), (torch.zeros(2, 3, 32, 32, dtype=torch.uint8), TypeError)]:
+        with pytest.raises(error):
+            metric.update(imgs, real=False)
+    with pytest.raises(TypeError, match="`real` must be a bool"):
+        metric.update(torch.rand(2, 3, 32, 32), real="yes")
+    for name, value in before.items():
+        assert torch.equal(getattr(metric, name), value), name
+
+
+def test_forward_counts_each_image_once() -> None:
+    """forward() with reset_real_features=False adds the batch once (torchmetrics' adds the real side twice)."""
+    metric = FrechetInceptionDistance(TinyFeatures(), reset_real_features=False)
+    reference = FrechetInceptionDistance(TinyFeatures())
+    real, fake = _images(16)
+    assert metric(real[:10], real=True) is None
+    metric(real[10:], real=True)
+    metric(fake, real=False)
+    _fid(reference, real, fake)
+    assert int(metric.real_features_num_samples) == N_REAL
+    assert torch.allclose(metric.real_features_cov_sum, reference.real_features_cov_sum, rtol=1e-12, atol=0)
+    assert _relative(metric.compute(), reference.compute()) <= 1e-12
+
+
+def test_reset_keeps_real_statistics_when_asked() -> None:
+    real, fake = _images(16)
+    keep = FrechetInceptionDistance(TinyFeatures(), reset_real_features=False)
+    drop = FrechetInceptionDistance(TinyFeatures())
+    for metric in (keep, drop):
+        _fid(metric, real, fake)
+        metric.reset()
+    assert int(keep.real_features_num_samples) == N_REAL and int(keep.fake_features_num_samples) == 0
+    assert int(drop.real_features_num_samples) == 0
+    keep.update(fake, real=False)
+    assert torch.isfinite(keep.compute())
+
+
+def test_compute_needs_two_samples_per_side() -> None:
+    metric = FrechetInceptionDistance(TinyFeatures())
+    metric.update(smooth_images(5, 16, seed=0), real=True)
+    metric.update(smooth_images(1, 16, seed=1), real=False)
+    with pytest.raises(RuntimeError, match="to estimate covariances; got 5 real and 1 generated"):
+        metric.compute()
+
+
+def test_fewer_samples_than_dimensions_warns_and_stays_finite() -> None:
+    metric = FrechetInceptionDistance(TinyFeatures())
+    real, fake = smooth_images(6, 16, seed=0), smooth_images(5, 16, seed=1)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    with pytest.warns(UserWarning, match="6 real and 5 generated images with 12-dimensional features"):
+        value = metric.compute()
+    assert torch.isfinite(value) and value > 0
+
+
+def test_custom_extractor_dimension_inferred_and_checked() -> None:
+    class NoAttribute(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float().mean((2, 3))
+
+    metric = FrechetInceptionDistance(NoAttribute(), input_img_size=(3, 8, 8))
+    assert metric.num_features == 3
+    wrong = FrechetInceptionDistance(TinyFeatures())
+    wrong.num_features = 5
+    with pytest.raises(ValueError, match=r"must return \(N, 5\) features for a batch of N = 2, got \(2, 12\)"):
+        wrong.update(smooth_images(2, 16, seed=0), real=True)
+    assert int(wrong.real_features_num_samples) == 0
+
+
+def test_constructor_validation(inception_weights) -> None:
+    with pytest.raises(ValueError, match="must be one of \\(64, 192, 768, 2048\\)"):
+        FrechetInceptionDistance(1000, feature_extractor_weights_path=inception_weights)
+    with pytest.raises(TypeError, match="must be an int"):
+        FrechetInceptionDistance("2048")
+    with pytest.raises(ValueError, match="contradicts"):
+        FrechetInceptionDistance(TinyFeatures(), antialias=True, compat="pytorch-fid")
+    with pytest.raises(ValueError, match="`normalize` must be a bool"):
+        FrechetInceptionDistance(TinyFeatures(), normalize=1)
