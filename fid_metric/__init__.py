@@ -1,8 +1,16 @@
 """fid_metric: exact, fast, DDP-correct Fréchet Inception Distance as a torchmetrics Metric."""
 
+from fid_metric._version import __version__
 from fid_metric.distance import frechet_distance
 from fid_metric.metric import FrechetInceptionDistance
+from fid_metric.stats import FeatureStats, StatsMismatchError
 from fid_metric.weights import WeightsUnavailableError
 
-__version__ = "0.1.0"
-__all__ = ["FrechetInceptionDistance", "WeightsUnavailableError", "frechet_distance", "__version__"]
+__all__ = [
+    "FeatureStats",
+    "FrechetInceptionDistance",
+    "StatsMismatchError",
+    "WeightsUnavailableError",
+    "__version__",
+    "frechet_distance",
+]

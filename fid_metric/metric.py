@@ -13,10 +13,10 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
 from fid_metric import weights
-from fid_metric.distance import frechet_distance
+from fid_metric.distance import frechet_distance, sqrt_factor
 from fid_metric.inception import FIDInceptionV3
 from fid_metric.preprocess import check_images, inception_input, resolve_compat, to_uint8_rgb
-from fid_metric.stats import mean_and_covariance
+from fid_metric.stats import FeatureStats, mean_and_covariance
 
 _INCEPTION_FEATURES = (64, 192, 768, 2048)
 
@@ -43,11 +43,18 @@ class FrechetInceptionDistance(Metric):
         antialias: torchmetrics' flag: True is ``compat="torchmetrics"``, False is ``compat="tensorflow"``.
         compat: ``"tensorflow"`` (default; the original TF definition as torch-fidelity reproduces it),
             ``"pytorch-fid"`` or ``"torchmetrics"``; see ``fid_metric.preprocess``.
+        real_stats: fixed reference statistics for the real side: a ``FeatureStats`` or a file that
+            ``FeatureStats.load`` reads (ours, pytorch-fid, clean-fid, ADM). ``update(..., real=True)`` is
+            then an error, and the reference's matrix factor is computed once and reused by every
+            ``compute()``.
         kwargs: torchmetrics ``Metric`` arguments (``sync_on_compute``, ``process_group``, ...).
 
     Raises:
         ValueError: ``feature`` is an int other than 64, 192, 768, 2048; ``compat`` is unknown or contradicts
-            ``antialias``; ``normalize`` or ``reset_real_features`` is not a bool.
+            ``antialias``; ``normalize`` or ``reset_real_features`` is not a bool; ``real_stats`` is not
+            readable.
+        fid_metric.StatsMismatchError: ``real_stats`` was made with another feature dimension, extractor,
+            weights or compat mode.
         TypeError: ``feature`` is neither an int nor an ``nn.Module``.
         fid_metric.weights.WeightsUnavailableError: no weights file could be found or downloaded.
 
@@ -55,6 +62,11 @@ class FrechetInceptionDistance(Metric):
     sums, the upper triangles of the symmetric outer-product sums and the counts:
     ``2 * (d + d (d + 1) / 2 + 1) * 8`` bytes, 33.6 MB for d = 2048, whatever the number of images or
     processes (torchmetrics all_gathers ``world_size * 67 MB``). ``dist_sync_fn`` is not used.
+
+    With ``reset_real_features=False`` the real statistics are part of ``state_dict()``, so they survive a
+    checkpoint and resume (the Inception weights never enter it). Under DDP, each ``compute()`` leaves the
+    global real sums on rank 0 and zeros elsewhere, so rank 0's checkpoint holds all of them; on loading,
+    ranks other than 0 drop theirs.
 
     Example:
         >>> import torch
@@ -89,6 +101,7 @@ class FrechetInceptionDistance(Metric):
         feature_extractor_weights_path: str | os.PathLike | None = None,
         antialias: bool | None = None,
         compat: str | None = None,
+        real_stats: str | os.PathLike | FeatureStats | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -102,14 +115,17 @@ class FrechetInceptionDistance(Metric):
 
         if isinstance(feature, nn.Module):
             self.used_custom_model = True
-            network = feature
+            network, self._weights_path = feature, None
             num_features = _custom_feature_dim(feature, normalize, input_img_size)
+            self.extractor_id = f"custom:{type(feature).__qualname__}/{num_features}"
         elif isinstance(feature, int) and not isinstance(feature, bool):
             if feature not in _INCEPTION_FEATURES:
                 raise ValueError(f"`feature` must be one of {_INCEPTION_FEATURES} or an nn.Module, got {feature}.")
             self.used_custom_model = False
-            network = _load_inception(feature_extractor_weights_path)
+            self._weights_path = weights.resolve(feature_extractor_weights_path)
+            network = _load_inception(self._weights_path)
             num_features = feature
+            self.extractor_id = f"inception-2015-12-05/{feature}"
         else:
             raise TypeError(f"`feature` must be an int in {_INCEPTION_FEATURES} or an nn.Module, got {type(feature)}.")
         self.num_features = num_features
@@ -117,10 +133,19 @@ class FrechetInceptionDistance(Metric):
         # bf16-true/16-true, never broadcast by DDP. update() moves it to the metric's device.
         self._extractor = _Unregistered(network)
 
+        self._reference: FeatureStats | None = None
+        self._reference_factor: Tensor | None = None
+        if real_stats is not None:
+            reference = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
+            ours = {"feature_dim": num_features, **self._metadata(with_hash=bool(reference.weights_sha256))}
+            reference.check_compatible(ours, "real_stats", "this metric")
+            self._reference = reference
+
         d = num_features
-        self.add_state("real_features_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("real_features_cov_sum", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("real_features_num_samples", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        keep_real = not reset_real_features and real_stats is None
+        self.add_state("real_features_sum", torch.zeros(d, dtype=torch.float64), "sum", persistent=keep_real)
+        self.add_state("real_features_cov_sum", torch.zeros(d, d, dtype=torch.float64), "sum", persistent=keep_real)
+        self.add_state("real_features_num_samples", torch.tensor(0, dtype=torch.int64), "sum", persistent=keep_real)
         self.add_state("fake_features_sum", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("fake_features_cov_sum", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("fake_features_num_samples", torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
@@ -139,6 +164,11 @@ class FrechetInceptionDistance(Metric):
         """
         if not isinstance(real, bool):
             raise TypeError(f"`real` must be a bool, got {type(real).__name__}.")
+        if real and self._reference is not None:
+            raise ValueError(
+                "This metric was built with fixed reference statistics (`real_stats=`), which are the real side; "
+                "update(imgs, real=True) would be ignored. Feed only generated images (real=False)."
+            )
         features = self._features(imgs)
         with torch.inference_mode():
             side = "real" if real else "fake"
@@ -162,7 +192,10 @@ class FrechetInceptionDistance(Metric):
         Raises:
             RuntimeError: fewer than 2 real or 2 generated images.
         """
-        n_real, n_fake = int(self.real_features_num_samples), int(self.fake_features_num_samples)
+        n_fake = int(self.fake_features_num_samples)
+        if self._reference is not None:
+            return self._distance_to_reference(n_fake)
+        n_real = int(self.real_features_num_samples)
         if n_real < 2 or n_fake < 2:
             raise RuntimeError(
                 f"FID needs at least 2 real and 2 generated images to estimate covariances; got {n_real} real "
@@ -178,6 +211,65 @@ class FrechetInceptionDistance(Metric):
         mu_real, sigma_real = mean_and_covariance(n_real, self.real_features_sum, self.real_features_cov_sum)
         mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)
+
+    def _distance_to_reference(self, n_fake: int) -> Tensor:
+        if n_fake < 2:
+            raise RuntimeError(
+                f"FID needs at least 2 generated images to estimate a covariance; got {n_fake}. "
+                "Call update(imgs, real=False) first."
+            )
+        if n_fake < self.num_features:
+            rank_zero_warn(
+                f"FID from {n_fake} generated images with {self.num_features}-dimensional features: fewer samples "
+                "than dimensions makes the covariance singular, and FID is strongly biased.",
+                UserWarning,
+            )
+        device = self.fake_features_sum.device
+        reference = self._reference
+        if self._reference_factor is None or self._reference_factor.device != device:
+            self._reference_factor = sqrt_factor(reference.covariance.to(device))
+        mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
+        return frechet_distance(
+            reference.mean.to(device),
+            reference.covariance.to(device),
+            mu_fake,
+            sigma_fake,
+            sigma1_factor=self._reference_factor,
+        )
+
+    def statistics(self, real: bool) -> FeatureStats:
+        """The accumulated real or generated statistics, over all processes under DDP, as ``FeatureStats``.
+
+        Under DDP this is a collective call: every process must make it.
+        """
+        prefix = "real" if real else "fake"
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self._to_sync):
+            return FeatureStats.from_sums(
+                int(getattr(self, f"{prefix}_features_num_samples")),
+                getattr(self, f"{prefix}_features_sum"),
+                getattr(self, f"{prefix}_features_cov_sum"),
+                **self._metadata(with_hash=True),
+            )
+
+    def save_real_stats(self, path: str | os.PathLike) -> None:
+        """Write the accumulated real statistics to ``path`` (``.npz``), for use as ``real_stats=`` later.
+
+        Under DDP every process must call it (the statistics are synced); rank 0 writes the file.
+        """
+        stats = self.statistics(real=True)
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+            stats.save(path)
+        elif torch.distributed.get_rank() == 0:
+            stats.save(path)
+
+    def _metadata(self, with_hash: bool) -> dict[str, str]:
+        """What statistics files record about how their features were made (``FeatureStats`` fields)."""
+        sha256 = weights.sha256_of(self._weights_path) if with_hash and self._weights_path else ""
+        return {
+            "extractor": self.extractor_id,
+            "weights_sha256": sha256,
+            "compat": "" if self.used_custom_model else self.compat,
+        }
 
     def reset(self) -> None:
         """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
@@ -196,13 +288,31 @@ class FrechetInceptionDistance(Metric):
         # upper triangles travel. Counts travel as float64, exact below 2**53.
         names = list(self._defaults)
         packed = torch.cat([_pack(getattr(self, name)) for name in names])
-        torch.distributed.all_reduce(packed, group=process_group or self.process_group)
+        group = process_group or self.process_group
+        torch.distributed.all_reduce(packed, group=group)
         offset = 0
         for name in names:
             template = getattr(self, name)
             size = _packed_size(template)
             setattr(self, name, _unpack(packed[offset : offset + size], template))
             offset += size
+        if not self.reset_real_features and self._cache is not None:
+            # Fold the kept real sums onto rank 0: the local states that unsync() restores become the
+            # global sums on rank 0 and zeros elsewhere. Their all_reduce is unchanged, and rank 0's
+            # checkpoint now holds every process's real statistics.
+            is_rank0 = torch.distributed.get_rank(group) == 0
+            for name in _REAL_STATES:
+                self._cache[name] = getattr(self, name).clone() if is_rank0 else torch.zeros_like(getattr(self, name))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        holds_real = prefix + _REAL_STATES[0] in state_dict
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # A checkpoint holds the global real sums (see the class docstring); each process loads it, so
+        # only rank 0 may keep them or the next all_reduce would count them world_size times.
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if holds_real and distributed and torch.distributed.get_rank() != 0:
+            for name in _REAL_STATES:
+                setattr(self, name, torch.zeros_like(getattr(self, name)))
 
     def _apply(self, fn: Callable, exclude_state: Any = "") -> FrechetInceptionDistance:
         # Move the states with the module but never change their dtype: Lightning's precision="bf16-true"
@@ -264,9 +374,8 @@ class _Unregistered:
         return self
 
 
-def _load_inception(path: str | os.PathLike | None) -> FIDInceptionV3:
+def _load_inception(source: os.PathLike) -> FIDInceptionV3:
     network = FIDInceptionV3()
-    source = weights.resolve(path)
     try:
         network.load_state_dict(weights.load_state_dict(source), strict=True)
     except RuntimeError as err:
