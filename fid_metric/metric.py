@@ -47,6 +47,11 @@ class FrechetInceptionDistance(Metric):
             ``FeatureStats.load`` reads (ours, pytorch-fid, clean-fid, ADM). ``update(..., real=True)`` is
             then an error, and the reference's matrix factor is computed once and reused by every
             ``compute()``.
+        dataset_size: the number N of validation samples per side per epoch, for exactly-once accounting
+            under DDP: a ``DistributedSampler`` pads the last round by repeating samples when N is not
+            divisible by the number of processes W, always at the tail of each rank's sequence, so rank r
+            counts only its first ``ceil((N - r) / W)`` images per side and the rest (at most one) is
+            dropped. ``fid_metric.lightning.ExactlyOnce`` sets it from the trainer's validation loader.
         kwargs: torchmetrics ``Metric`` arguments (``sync_on_compute``, ``process_group``, ...).
 
     Raises:
@@ -102,6 +107,7 @@ class FrechetInceptionDistance(Metric):
         antialias: bool | None = None,
         compat: str | None = None,
         real_stats: str | os.PathLike | FeatureStats | None = None,
+        dataset_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -109,6 +115,10 @@ class FrechetInceptionDistance(Metric):
             raise ValueError(f"`normalize` must be a bool, got {normalize!r}.")
         if not isinstance(reset_real_features, bool):
             raise ValueError(f"`reset_real_features` must be a bool, got {reset_real_features!r}.")
+        if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
+            raise ValueError(f"`dataset_size` must be a positive int or None, got {dataset_size!r}.")
+        self.dataset_size = dataset_size
+        self._images_seen = {"real": 0, "fake": 0}  # this process, this epoch, before any dropping
         self.normalize = normalize
         self.reset_real_features = reset_real_features
         self.compat = resolve_compat(compat, antialias)
@@ -169,12 +179,35 @@ class FrechetInceptionDistance(Metric):
                 "This metric was built with fixed reference statistics (`real_stats=`), which are the real side; "
                 "update(imgs, real=True) would be ignored. Feed only generated images (real=False)."
             )
-        features = self._features(imgs)
-        with torch.inference_mode():
-            side = "real" if real else "fake"
-            getattr(self, f"{side}_features_sum").add_(features.sum(0))
-            getattr(self, f"{side}_features_cov_sum").addmm_(features.T, features)
-            getattr(self, f"{side}_features_num_samples").add_(features.shape[0])
+        side = "real" if real else "fake"
+        self._check(imgs)
+        keep = self._exactly_once_count(side, imgs.shape[0])
+        if keep:
+            features = self._features(imgs[:keep])
+            with torch.inference_mode():
+                getattr(self, f"{side}_features_sum").add_(features.sum(0))
+                getattr(self, f"{side}_features_cov_sum").addmm_(features.T, features)
+                getattr(self, f"{side}_features_num_samples").add_(features.shape[0])
+        self._images_seen[side] += imgs.shape[0]
+
+    def _exactly_once_count(self, side: str, batch: int) -> int:
+        """How many of this batch's images count, dropping a DistributedSampler's padding (see dataset_size)."""
+        if self.dataset_size is None:
+            return batch
+        world, rank = 1, 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            world = torch.distributed.get_world_size(self.process_group)
+            rank = torch.distributed.get_rank(self.process_group)
+        quota = (self.dataset_size - rank + world - 1) // world
+        seen = self._images_seen[side]
+        if seen + batch > quota + 1:
+            raise ValueError(
+                f"dataset_size={self.dataset_size} over {world} process(es) gives rank {rank} at most {quota} "
+                f"{side} images per epoch (plus at most one padding repeat), but it has been given {seen + batch}. "
+                "Is dataset_size the size of the validation set, is reset() called each epoch, and is each "
+                "batch passed to update() once per side?"
+            )
+        return max(0, min(batch, quota - seen))
 
     def forward(self, imgs: Tensor, real: bool) -> None:
         """Same as ``update``; returns None.
@@ -208,9 +241,22 @@ class FrechetInceptionDistance(Metric):
                 "biased. Use more images (FID is usually reported on 10k-50k) or a smaller `feature`.",
                 UserWarning,
             )
+        self._warn_if_not_dataset_size(real=n_real, fake=n_fake)
         mu_real, sigma_real = mean_and_covariance(n_real, self.real_features_sum, self.real_features_cov_sum)
         mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)
+
+    def _warn_if_not_dataset_size(self, **counted: int) -> None:
+        if self.dataset_size is None:
+            return
+        for side, n in counted.items():
+            if n != self.dataset_size:
+                rank_zero_warn(
+                    f"dataset_size={self.dataset_size}, but {n} {side} images were counted over all processes: "
+                    "the validation loop did not cover the set exactly once (limit_val_batches? a sampler with "
+                    "drop_last=True?), so this FID is not over the whole set.",
+                    UserWarning,
+                )
 
     def _distance_to_reference(self, n_fake: int) -> Tensor:
         if n_fake < 2:
@@ -224,6 +270,7 @@ class FrechetInceptionDistance(Metric):
                 "than dimensions makes the covariance singular, and FID is strongly biased.",
                 UserWarning,
             )
+        self._warn_if_not_dataset_size(fake=n_fake)
         device = self.fake_features_sum.device
         reference = self._reference
         if self._reference_factor is None or self._reference_factor.device != device:
@@ -277,6 +324,7 @@ class FrechetInceptionDistance(Metric):
         super().reset()
         for name, value in kept.items():
             setattr(self, name, value)
+        self._images_seen = {"real": 0 if self.reset_real_features else self._images_seen["real"], "fake": 0}
 
     def set_dtype(self, dst_type: str | torch.dtype) -> FrechetInceptionDistance:
         """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""
@@ -330,13 +378,18 @@ class FrechetInceptionDistance(Metric):
         # Apple's MPS has no float64: the network runs there, the float64 sums stay on the CPU.
         return torch.device("cpu") if self.device.type == "mps" else self.device
 
+    def _check(self, imgs: Tensor) -> None:
+        """Raise if ``imgs`` is not a batch this metric accepts (custom extractors: any tensor)."""
+        if not self.used_custom_model:
+            check_images(imgs, self.normalize)
+        elif not isinstance(imgs, Tensor) or imgs.ndim == 0:
+            raise TypeError(f"Expected a batch of images as a torch.Tensor, got {type(imgs).__name__}.")
+
     def _features(self, imgs: Tensor) -> Tensor:
         """Checked images -> ``(N, d)`` float64 features on the state device."""
         device = self.device
         network = self._extractor.on(device)
         if self.used_custom_model:
-            if not isinstance(imgs, Tensor):
-                raise TypeError(f"Expected images as a torch.Tensor, got {type(imgs).__name__}.")
             with _exact_fp32(device):
                 features = network(imgs.to(device, non_blocking=True))
             if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
@@ -346,7 +399,6 @@ class FrechetInceptionDistance(Metric):
                     f"N = {imgs.shape[0]}, got {shape}."
                 )
         else:
-            check_images(imgs, self.normalize)
             with _exact_fp32(device):
                 x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
                 output = str(self.num_features)

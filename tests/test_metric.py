@@ -15,17 +15,21 @@ N_REAL, N_FAKE = 12, 10
 
 
 class TinyFeatures(torch.nn.Module):
-    """A cheap custom extractor: uint8 (N, 3, H, W) -> (N, 12) float32."""
+    """A cheap custom extractor: uint8 (N, 3, H, W) -> (N, 12) float64.
+
+    float64 so that its features do not depend on the batch size (float32 convolutions pick different
+    algorithms per batch shape, ~1e-7 apart), which lets bookkeeping tests demand 1e-9 agreement.
+    """
 
     num_features = 12
 
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 3, 3)
+        self.conv = torch.nn.Conv2d(3, 3, 3, dtype=torch.float64)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.conv(x.float() / 255))
+        y = torch.relu(self.conv(x.double() / 255))
         return torch.nn.functional.adaptive_avg_pool2d(y, (2, 2)).flatten(1)
 
 
