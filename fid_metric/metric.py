@@ -358,7 +358,7 @@ class FrechetInceptionDistance(Metric):
         # A checkpoint holds the global real sums (see the class docstring); each process loads it, so
         # only rank 0 may keep them or the next all_reduce would count them world_size times.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if holds_real and distributed and torch.distributed.get_rank() != 0:
+        if holds_real and distributed and torch.distributed.get_rank(self.process_group) != 0:
             for name in _REAL_STATES:
                 setattr(self, name, torch.zeros_like(getattr(self, name)))
 

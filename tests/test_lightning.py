@@ -1,0 +1,286 @@
+"""FID inside Lightning (one process): TensorBoard logging per epoch, precision plugins, checkpoint size, example.
+
+The bookkeeping tests use the tiny fixed conv extractor of tests/ddp_scripts/tiny.py instead of Inception
+(far too slow on a CPU); the checkpoint test and the example run use the random-init Inception weights of
+the ``inception_weights`` fixture.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fid_metric import FrechetInceptionDistance
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent / "ddp_scripts"))
+
+from tiny import TinyFeatures, fid_of, images  # noqa: E402
+
+STATES = (
+    "real_features_sum",
+    "real_features_cov_sum",
+    "real_features_num_samples",
+    "fake_features_sum",
+    "fake_features_cov_sum",
+    "fake_features_num_samples",
+)
+STATE_DTYPES = {name: torch.int64 if name.endswith("num_samples") else torch.float64 for name in STATES}
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers.*",
+    "ignore:.*GPU available but not used.*",
+    "ignore:.*LeafSpec.*",
+    "ignore:FID from .* fewer samples than dimensions",
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These models are tiny: one thread is as fast, and it does not thrash when other jobs share the cores.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def quiet_trainer(**kwargs) -> L.Trainer:
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+        "logger": False,
+    }
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a. TensorBoard: one val/fid value per validation epoch, equal to the FID of that epoch's images
+# ---------------------------------------------------------------------------------------------------------------
+
+NUM_VAL = 40
+
+
+class BrightnessGenerator(L.LightningModule):
+    """Generates ``clamp(base + bias)`` from fixed base images; ``bias`` (the one parameter) is trained."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.tensor(0.0))
+        self.register_buffer("base", images(NUM_VAL, seed=22).float() / 255 * 0.6)
+        self.fid = FrechetInceptionDistance(feature=TinyFeatures())
+        self.epoch_fakes: list[torch.Tensor] = []
+        self.generated: list[torch.Tensor] = []  # per validation epoch (not the sanity check), uint8
+
+    def generate(self, index: torch.Tensor) -> torch.Tensor:
+        return (self.base[index] + self.bias).clamp(0, 1)
+
+    def training_step(self, batch, batch_idx):
+        (index,) = batch
+        return (self.generate(index).mean() - 0.6) ** 2
+
+    def validation_step(self, batch, batch_idx):
+        index, real = batch
+        fake = (self.generate(index) * 255).round().to(torch.uint8)
+        self.fid.update(real, real=True)
+        self.fid.update(fake, real=False)
+        self.log("val/fid", self.fid)
+        if not self.trainer.sanity_checking:
+            self.epoch_fakes.append(fake.clone())
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self.generated.append(torch.cat(self.epoch_fakes))
+        self.epoch_fakes = []
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+class LoggedFID(Callback):
+    """What Lightning logged as ``val/fid`` after each validation epoch (the sanity check excluded)."""
+
+    def __init__(self) -> None:
+        self.values: list[torch.Tensor] = []
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.values.append(trainer.callback_metrics["val/fid"].clone())
+
+
+def test_tensorboard_logs_fid_once_per_epoch_with_the_exact_value(tmp_path: Path) -> None:
+    real = images(NUM_VAL, seed=21)
+    val_loader = DataLoader(TensorDataset(torch.arange(NUM_VAL), real), batch_size=8)
+    train_loader = DataLoader(TensorDataset(torch.arange(NUM_VAL)), batch_size=10)
+    model = BrightnessGenerator()
+    logger = TensorBoardLogger(save_dir=tmp_path, name="tb")
+    logged = LoggedFID()
+    trainer = quiet_trainer(max_epochs=3, logger=logger, callbacks=[logged], log_every_n_steps=1)
+    trainer.fit(model, train_dataloaders=train_loader, val_dataloaders=val_loader)
+
+    # The sanity check (2 batches) ran, then 3 validation epochs, each with different generated images.
+    assert len(model.generated) == 3
+    assert len({float(g.float().mean()) for g in model.generated}) == 3
+    expected = [fid_of(real, fake, batch_size=8) for fake in model.generated]
+    assert len({round(v, 10) for v in expected}) == 3
+
+    assert len(logged.values) == 3
+    for value, want in zip(logged.values, expected):
+        assert value.dtype == torch.float64
+        assert float(value) == pytest.approx(want, rel=1e-12)
+
+    acc = EventAccumulator(str(logger.log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert "val/fid" in acc.Tags()["scalars"]
+    events = acc.Scalars("val/fid")
+    assert len(events) == 3  # once per validation epoch, none for the sanity check
+    steps = [event.step for event in events]
+    assert steps == sorted(steps) and len(set(steps)) == 3
+    # One value per epoch of 4 training steps (Lightning's step numbering itself is its own business).
+    assert [b - a for a, b in zip(steps, steps[1:])] == [4, 4]
+    for event, want in zip(events, expected):
+        assert event.value == pytest.approx(want, rel=1e-6)  # TensorBoard stores float32
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# b. precision plugins do not touch the float64 states or the result
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class ValidateFID(L.LightningModule):
+    """Validation only: real and generated uint8 images come from the dataloader."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(4, 4)  # something for the precision plugin to cast
+        self.fid = FrechetInceptionDistance(feature=TinyFeatures())
+
+    def validation_step(self, batch, batch_idx):
+        real, fake = batch
+        self.fid.update(real, real=True)
+        self.fid.update(fake, real=False)
+        self.log("val/fid", self.fid)
+
+
+class InspectStates(Callback):
+    """At the end of the validation epoch, before Lightning computes and resets the metric."""
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        fid = pl_module.fid
+        self.state_dtypes = {name: getattr(fid, name).dtype for name in STATES}
+        self.counts = (int(fid.real_features_num_samples), int(fid.fake_features_num_samples))
+        self.layer_dtype = pl_module.layer.weight.dtype
+        self.extractor_dtype = fid._extractor.module.conv.weight.dtype
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_precision_leaves_fid_exact(precision: str) -> None:
+    real, fake = images(48, seed=31), images(48, seed=32)
+    loader = DataLoader(TensorDataset(real, fake), batch_size=8)
+    model = ValidateFID()
+    inspect = InspectStates()
+    trainer = quiet_trainer(precision=precision, callbacks=[inspect])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trainer.validate(model, dataloaders=loader, verbose=False)
+    value = trainer.callback_metrics["val/fid"]
+
+    # The plugin did act on the module (bf16-true casts its parameters) ...
+    assert inspect.layer_dtype == (torch.bfloat16 if precision == "bf16-true" else torch.float32)
+    # ... but not on the metric's states, its feature extractor, or the result.
+    assert inspect.state_dtypes == STATE_DTYPES
+    assert inspect.counts == (48, 48)
+    assert inspect.extractor_dtype == torch.float32
+    assert value.dtype == torch.float64
+    assert {name: model.fid._defaults[name].dtype for name in STATES} == STATE_DTYPES
+    assert {name: getattr(model.fid, name).dtype for name in STATES} == STATE_DTYPES
+    assert int(model.fid.real_features_num_samples) == 0  # Lightning reset the metric after logging
+
+    # Identical across plugins: each equals, bit for bit, a fresh float32 metric outside Lightning fed the same
+    # batches in the same order (the features are float32 with autocast off, the sums float64).
+    assert float(value) == fid_of(real, fake, batch_size=8)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# c. checkpoints hold no Inception weights
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class WithInception(L.LightningModule):
+    def __init__(self, weights: Path) -> None:
+        super().__init__()
+        self.layer = nn.Linear(3, 2)
+        self.fid = FrechetInceptionDistance(feature=64, feature_extractor_weights_path=weights)
+
+
+def test_state_dict_has_no_inception_weights(inception_weights: Path, tmp_path: Path) -> None:
+    model = WithInception(inception_weights)
+    keys = list(model.state_dict())
+    assert not [k for k in keys if "Conv2d" in k or "Mixed" in k]
+    assert keys == ["layer.weight", "layer.bias"]  # the metric states are not persistent by default
+    assert [name for name, _ in model.named_parameters()] == ["layer.weight", "layer.bias"]
+    path = tmp_path / "model.pt"
+    torch.save(model.state_dict(), path)
+    assert path.stat().st_size < 10_000  # the Inception weights file is ~95 MB
+
+    model.fid.persistent(True)  # the states can be checkpointed on request: still no network weights
+    keys = list(model.state_dict())
+    assert not [k for k in keys if "Conv2d" in k or "Mixed" in k]
+    assert sorted(keys) == sorted(["layer.weight", "layer.bias"] + [f"fid.{name}" for name in STATES])
+
+    # Not in the module tree, so a whole-module cast (Lightning's bf16-true) leaves the network in float32.
+    model.to(torch.bfloat16)
+    assert model.layer.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in model.fid._extractor.module.parameters()} == {torch.float32}
+    assert model.fid.real_features_sum.dtype == torch.float64
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the example, end to end
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_example_runs_and_logs_fid(inception_weights: Path, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["OMP_NUM_THREADS"] = "1"  # tiny model; avoids thread thrashing when the cores are shared
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "lightning_tensorboard.py"),
+            *"--epochs 1 --val-images 8 --batch-size 4 --train-images 64 --feature 64 --accelerator cpu".split(),
+            *["--inception-weights", str(inception_weights), "--logdir", str(tmp_path)],
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert "epoch 0:" in proc.stdout
+
+    event_files = list((tmp_path / "fid_example").glob("version_*/events.out.tfevents.*"))
+    assert len(event_files) == 1
+    acc = EventAccumulator(str(event_files[0].parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("val/fid")
+    assert len(events) == 1
+    assert events[0].value > 0 and events[0].value == events[0].value  # positive, not NaN
+    printed = float(proc.stdout.split("epoch 0:")[1].split()[0])
+    assert printed == pytest.approx(events[0].value, rel=1e-3)
+    assert str(event_files[0].parent) in proc.stdout
