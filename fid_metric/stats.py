@@ -178,6 +178,12 @@ class FeatureStats:
         metadata = {key: str(arrays.pop(key)) for key in _METADATA if key in arrays}
         n = feature_sum = outer_sum = None
         if "n" in arrays:
+            missing = [key for key in ("feature_sum", "outer_sum") if key not in arrays]
+            if missing or arrays["n"].ndim != 0:
+                raise ValueError(
+                    f"{path} holds 'n' but not a scalar n with 'feature_sum' and 'outer_sum' (missing: {missing}); "
+                    "fid_metric statistics files store the three together."
+                )
             n = int(arrays.pop("n"))
             feature_sum = torch.from_numpy(np.asarray(arrays.pop("feature_sum"), dtype=np.float64))
             outer_sum = torch.from_numpy(np.asarray(arrays.pop("outer_sum"), dtype=np.float64))

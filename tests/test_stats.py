@@ -77,6 +77,7 @@ def test_corrupt_truncated_and_wrong_files_fail_clearly(tmp_path) -> None:
     np.savez(tmp_path / "nomu.npz", mean=np.zeros(3))
     np.savez(tmp_path / "shape.npz", mu=np.zeros(3), sigma=np.eye(4))
     np.savez(tmp_path / "nan.npz", mu=np.array([np.nan, 0.0]), sigma=np.eye(2))
+    np.savez(tmp_path / "nosums.npz", mu=np.zeros(3), sigma=np.eye(3), n=np.array(5))
     np.savez(tmp_path / "pickle.npz", mu=np.array([object()], dtype=object), sigma=np.eye(1))
     cases = {
         "truncated.npz": "not a readable statistics file",
@@ -86,6 +87,7 @@ def test_corrupt_truncated_and_wrong_files_fail_clearly(tmp_path) -> None:
         "shape.npz": "'mu' must be \\(d,\\) and 'sigma' \\(d, d\\)",
         "nan.npz": "NaN or infinite",
         "pickle.npz": "not a readable statistics file",
+        "nosums.npz": "holds 'n' but not a scalar n with 'feature_sum' and 'outer_sum'",
     }
     for name, message in cases.items():
         with pytest.raises(ValueError, match=message):

@@ -1,0 +1,270 @@
+"""The fid-metric command: against pytorch-fid's own folder pipeline, statistics files, bad input, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import smooth_images
+from PIL import Image
+from pytorch_fid import inception as pfid_inception
+from pytorch_fid.fid_score import calculate_fid_given_paths
+
+from fid_metric import FeatureStats, FrechetInceptionDistance, frechet_distance
+from fid_metric.cli import main
+from fid_metric.image_folder import BadImage, ImageFiles, list_images, read_image
+from fid_metric.weights import sha256_of
+
+# 10-12 images give singular 64-dimensional covariances; the metric says so, and that is not under test here.
+pytestmark = pytest.mark.filterwarnings("ignore:FID from")
+
+N_A, N_B = 12, 10
+
+
+def _write(folder: Path, imgs: torch.Tensor | list[torch.Tensor], prefix: str = "img") -> Path:
+    """Save ``(3, H, W)`` uint8 images as ``folder/{prefix}_{i:03d}.png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(imgs):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{prefix}_{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    return smooth_images(N_A, 64, seed=100), smooth_images(N_B, 64, seed=200)
+
+
+@pytest.fixture(scope="module")
+def folders(images, tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("cli")
+    return _write(root / "a", images[0]), _write(root / "b", images[1])
+
+
+def _run(capsys: pytest.CaptureFixture, *args: object, weights: Path | None = None) -> tuple[int, str, str]:
+    """``main([...])`` in-process on the CPU without workers; returns (exit code, stdout, stderr)."""
+    argv = [str(a) for a in args]
+    if weights is not None:
+        argv += ["--weights", str(weights), "--device", "cpu", "--workers", "0"]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _score(capsys, a, b, weights, *options: str) -> dict:
+    code, out, err = _run(capsys, "score", a, b, "--json", "--no-progress", *options, weights=weights)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def _relative(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+def _assert_one_line_error(err: str, *fragments: str) -> None:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fid-metric: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_pytorch_fid_compat_matches_pytorch_fid_on_folders(folders, inception_weights, monkeypatch, capsys) -> None:
+    """`--compat pytorch-fid` on two PNG folders equals pytorch-fid's calculate_fid_given_paths to 1e-4."""
+    state = torch.load(inception_weights, weights_only=True)
+    monkeypatch.setattr(pfid_inception, "load_state_dict_from_url", lambda *a, **k: state)
+    a, b = folders
+    ours = _score(capsys, a, b, inception_weights, "--compat", "pytorch-fid", "--feature", "64")
+    reference = float(calculate_fid_given_paths([str(a), str(b)], 50, "cpu", 64, num_workers=0))
+    assert reference > 1e-3, "degenerate features: the test would prove nothing"
+    assert _relative(ours["fid"], reference) <= 1e-4
+
+
+def test_json_output_and_stats_files_give_the_same_fid(folders, inception_weights, tmp_path, capsys) -> None:
+    """folder/folder, stats/folder, folder/stats and stats/stats agree; `stats` writes the right metadata."""
+    a, b = folders
+    code, out, err = _run(capsys, "score", a, b, "--json", "--feature", "64", weights=inception_weights)
+    assert code == 0, err
+    direct = json.loads(out)
+    assert set(direct) == {"fid", "n_a", "n_b", "compat", "feature_dim", "seconds"}
+    assert (direct["n_a"], direct["n_b"], direct["compat"], direct["feature_dim"]) == (N_A, N_B, "tensorflow", 64)
+    assert direct["fid"] > 1e-3 and direct["seconds"] >= 0
+    assert f"{N_A}/{N_A}" in err and "img/s" in err, "the progress bar counts images"
+
+    ref_a, ref_b = tmp_path / "a.npz", tmp_path / "b.npz"
+    for folder, ref in ((a, ref_a), (b, ref_b)):
+        code, out, err = _run(
+            capsys, "stats", folder, "-o", ref, "--feature", "64", "--no-progress", weights=inception_weights
+        )
+        assert code == 0, err
+        assert str(ref) in out
+    with np.load(ref_a) as data:
+        assert str(data["compat"]) == "tensorflow"
+        assert str(data["extractor"]) == "inception-2015-12-05/64"
+        assert str(data["weights_sha256"]) == sha256_of(inception_weights)
+        assert int(data["n"]) == N_A
+
+    from_stats = _score(capsys, ref_a, b, inception_weights, "--feature", "64")
+    swapped = _score(capsys, b, ref_a, inception_weights, "--feature", "64")
+    both = _score(capsys, ref_a, ref_b, inception_weights)
+    assert (from_stats["n_a"], from_stats["n_b"], swapped["n_a"], swapped["n_b"]) == (N_A, N_B, N_B, N_A)
+    assert (both["n_a"], both["n_b"], both["compat"], both["feature_dim"]) == (N_A, N_B, "tensorflow", 64)
+    for result in (from_stats, swapped, both):
+        assert _relative(result["fid"], direct["fid"]) <= 1e-9
+
+
+def test_mean_and_covariance_only_file_has_no_count(tmp_path, capsys) -> None:
+    """A pytorch-fid style file (mu, sigma) works as either side; its count is null; plain output is the FID."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(30, 8, generator=g, dtype=torch.float64), torch.randn(40, 8, generator=g, dtype=torch.float64)
+    stats_x, stats_y = FeatureStats.from_features(x), FeatureStats.from_features(y + 0.5)
+    np.savez(tmp_path / "x.npz", mu=stats_x.mean.numpy(), sigma=stats_x.covariance.numpy())
+    stats_y.save(tmp_path / "y.npz")
+    expected = float(frechet_distance(stats_x.mean, stats_x.covariance, stats_y.mean, stats_y.covariance))
+    code, out, _ = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz", "--json")
+    result = json.loads(out)
+    assert code == 0 and (result["n_a"], result["n_b"], result["compat"]) == (None, 40, None)
+    assert _relative(result["fid"], expected) <= 1e-12
+    code, out, _ = _run(capsys, "score", tmp_path / "y.npz", tmp_path / "x.npz")
+    assert code == 0 and _relative(float(out), expected) <= 1e-12
+
+
+def test_bad_image_fails_or_is_skipped(images, folders, inception_weights, tmp_path, capsys) -> None:
+    """A garbage .png: exit 2 naming it; with --skip-bad-images (decoded in 2 workers) the FID without it."""
+    a = _write(tmp_path / "a", images[0])
+    bad = a / "bad.png"
+    bad.write_bytes(b"this is not a PNG" * 10)
+    b = folders[1]
+    code, _, err = _run(capsys, "score", a, b, "--feature", "64", "--no-progress", weights=inception_weights)
+    assert code == 2
+    _assert_one_line_error(err, str(bad), "--skip-bad-images")
+
+    argv = ["score", a, b, "--json", "--feature", "64", "--no-progress", "--skip-bad-images"]
+    code, out, err = _run(capsys, *argv, "--weights", inception_weights, "--device", "cpu", "--workers", "2")
+    assert code == 0, err
+    assert f"skipping {bad}" in err and "skipped 1 unreadable file" in err
+    skipped = json.loads(out)
+    metric = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    metric.update(images[0], real=True)
+    metric.update(images[1], real=False)
+    assert skipped["n_a"] == N_A
+    assert _relative(skipped["fid"], float(metric.compute())) <= 1e-6
+
+
+def test_mixed_sizes_equal_one_image_at_a_time(folders, images, inception_weights, tmp_path, capsys) -> None:
+    """A folder of several sizes, split over batches of 4, equals feeding the metric one image at a time."""
+    sizes = [48, 48, (40, 64), 48, (64, 40), (64, 40), (64, 40), 52, 52]
+    mixed = [smooth_images(1, size, seed=300 + i)[0] for i, size in enumerate(sizes)]
+    a = _write(tmp_path / "mixed", mixed)
+    result = _score(capsys, a, folders[1], inception_weights, "--feature", "64", "--batch-size", "4")
+    metric = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    for img in mixed:
+        metric.update(img[None], real=True)
+    metric.update(images[1], real=False)
+    assert result["n_a"] == len(sizes)
+    assert _relative(result["fid"], float(metric.compute())) <= 1e-6
+
+
+def _bad_inputs(root: Path, weights: Path) -> dict[str, tuple[list[object], str]]:
+    """Named bad command lines and a fragment their error line must hold."""
+    good = _write(root / "good", smooth_images(2, 16, seed=1))
+    (root / "empty").mkdir()
+    (root / "empty" / "notes.txt").write_text("no images here")
+    one = _write(root / "one", smooth_images(1, 16, seed=2))
+    (root / "garbage.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    FeatureStats.from_features(torch.randn(5, 64, dtype=torch.float64)).save(root / "full.npz")
+    (root / "truncated.npz").write_bytes((root / "full.npz").read_bytes()[:300])
+    np.savez(root / "no_mu.npz", mean=np.zeros(3))
+    (root / "image.png").write_bytes(b"")
+    tf64 = FeatureStats.from_features(torch.randn(5, 64, dtype=torch.float64), compat="tensorflow")
+    tf64.save(root / "tf64.npz")
+    tm64 = FeatureStats.from_features(torch.randn(5, 64, dtype=torch.float64), compat="torchmetrics")
+    tm64.save(root / "tm64.npz")
+    (root / "weights.pth").write_bytes(b"not a state dict")
+    w = ["--weights", weights, "--device", "cpu", "--workers", "0"]
+    return {
+        "missing path": (["score", root / "nope", good], "nope does not exist"),
+        "empty folder": (["score", good, root / "empty"], "holds 0 image"),
+        "one image": (["stats", one, "-o", root / "out.npz"], "holds 1 image"),
+        "corrupt npz": (["score", root / "garbage.npz", good], "garbage.npz"),
+        "truncated npz": (["score", good, root / "truncated.npz"], "truncated.npz"),
+        "npz without mu": (["score", root / "no_mu.npz", good], "'mu' and 'sigma'"),
+        "not a folder or npz": (["score", root / "image.png", good], "neither a folder"),
+        "stats files disagree": (["score", root / "tf64.npz", root / "tm64.npz"], "compat"),
+        "stats file vs options": (["score", root / "tf64.npz", good, "--feature", "192", *w], "--feature"),
+        "weights not a state dict": (["score", good, good, "--weights", root / "weights.pth"], "weights.pth"),
+        "output not npz": (["stats", good, "-o", root / "out.txt"], ".npz"),
+    }
+
+
+def test_bad_input_exits_2_with_one_line(inception_weights, tmp_path, capsys) -> None:
+    for name, (argv, fragment) in _bad_inputs(tmp_path, inception_weights).items():
+        code, out, err = _run(capsys, *argv)
+        assert code == 2, name
+        assert out == "", name
+        _assert_one_line_error(err, fragment)
+
+
+@pytest.mark.parametrize(
+    "argv", [["score", "a"], ["score", "a", "b", "--batch-size", "0"], ["score", "a", "b", "--device", "nonsense"], []]
+)
+def test_usage_errors_exit_2(argv, capsys) -> None:
+    code, _, err = _run(capsys, *argv)
+    assert code == 2
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fid-metric")
+
+
+def test_python_m_help_and_console_script() -> None:
+    """`python -m fid_metric --help` documents the exit codes; the console script returns main()'s code."""
+    help_run = subprocess.run([sys.executable, "-m", "fid_metric", "--help"], capture_output=True, text=True)
+    assert help_run.returncode == 0, help_run.stderr
+    assert "exit codes" in help_run.stdout and "score" in help_run.stdout and "stats" in help_run.stdout
+    script = Path(sys.executable).parent / "fid-metric"
+    if not script.exists():
+        pytest.skip("the fid-metric console script is not installed (pip install -e .)")
+    missing = subprocess.run([str(script), "score", "/nonexistent/a", "/nonexistent/b"], capture_output=True, text=True)
+    assert missing.returncode == 2
+    _assert_one_line_error(missing.stderr, "/nonexistent/a does not exist")
+
+
+def test_listing_is_recursive_sorted_and_filtered(tmp_path) -> None:
+    names = [
+        "b.png",
+        "a.PNG",
+        "sub/c.jpg",
+        "sub/deeper/d.JPEG",
+        "e.webp",
+        "f.bmp",
+        "notes.txt",
+        "stats.npz",
+        "g.png.bak",
+    ]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "folder.png").mkdir()
+    expected = ["a.PNG", "b.png", "e.webp", "f.bmp", "sub/c.jpg", "sub/deeper/d.JPEG"]
+    assert [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)] == expected
+
+
+def test_decoding_is_pil_convert_rgb_and_marks_bad_files(tmp_path) -> None:
+    """Grey, grey+alpha, RGBA and palette files decode as PIL's convert('RGB'); garbage gives a BadImage."""
+    rgb = smooth_images(1, (20, 30), seed=5)[0].permute(1, 2, 0).numpy()
+    files = []
+    for mode in ("L", "LA", "RGBA", "P", "RGB"):
+        path = tmp_path / f"{mode}.png"
+        Image.fromarray(rgb).convert(mode).save(path)
+        files.append(path)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    dataset = ImageFiles([*files, tmp_path / "bad.png"])
+    for i, path in enumerate(files):
+        item = dataset[i]
+        expected = np.array(Image.open(path).convert("RGB"))
+        assert item.dtype == torch.uint8 and item.shape == (3, 20, 30)
+        assert torch.equal(item, read_image(path)) and np.array_equal(item.permute(1, 2, 0).numpy(), expected)
+    bad = dataset[len(files)]
+    assert isinstance(bad, BadImage) and bad.path == str(tmp_path / "bad.png") and "\n" not in bad.error
