@@ -153,6 +153,10 @@ class FrechetInceptionDistance(Metric):
 
         d = num_features
         keep_real = not reset_real_features and real_stats is None
+        # States whose values are symmetric matrices (only their upper triangles are all-reduced), and the
+        # real-side states that reset_real_features=False keeps; subclasses add theirs.
+        self._symmetric_states = {"real_features_cov_sum", "fake_features_cov_sum"}
+        self._real_states = ["real_features_sum", "real_features_cov_sum", "real_features_num_samples"]
         self.add_state("real_features_sum", torch.zeros(d, dtype=torch.float64), "sum", persistent=keep_real)
         self.add_state("real_features_cov_sum", torch.zeros(d, d, dtype=torch.float64), "sum", persistent=keep_real)
         self.add_state("real_features_num_samples", torch.tensor(0, dtype=torch.int64), "sum", persistent=keep_real)
@@ -183,12 +187,25 @@ class FrechetInceptionDistance(Metric):
         self._check(imgs)
         keep = self._exactly_once_count(side, imgs.shape[0])
         if keep:
-            features = self._features(imgs[:keep])
+            outputs = self._outputs(imgs[:keep])
             with torch.inference_mode():
-                getattr(self, f"{side}_features_sum").add_(features.sum(0))
-                getattr(self, f"{side}_features_cov_sum").addmm_(features.T, features)
-                getattr(self, f"{side}_features_num_samples").add_(features.shape[0])
+                self._accumulate(side, outputs, first=self._images_seen[side])
         self._images_seen[side] += imgs.shape[0]
+
+    def _accumulate(self, side: str, outputs: dict[str, Tensor], first: int) -> None:
+        """Add a batch's network outputs to the states of ``side``.
+
+        ``first`` is the index, among the images this process was given this epoch on that side, of the
+        batch's first image (subclasses use it to assign images to groups).
+        """
+        features = self._as_state(outputs[self._feature_output])
+        getattr(self, f"{side}_features_sum").add_(features.sum(0))
+        getattr(self, f"{side}_features_cov_sum").addmm_(features.T, features)
+        getattr(self, f"{side}_features_num_samples").add_(features.shape[0])
+
+    def _as_state(self, output: Tensor) -> Tensor:
+        """A network output as float64 on the state device."""
+        return output.to(self._state_device, torch.float64)
 
     def _exactly_once_count(self, side: str, batch: int) -> int:
         """How many of this batch's images count, dropping a DistributedSampler's padding (see dataset_size)."""
@@ -320,7 +337,7 @@ class FrechetInceptionDistance(Metric):
 
     def reset(self) -> None:
         """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
-        kept = {} if self.reset_real_features else {name: getattr(self, name) for name in _REAL_STATES}
+        kept = {} if self.reset_real_features else {name: getattr(self, name) for name in self._real_states}
         super().reset()
         for name, value in kept.items():
             setattr(self, name, value)
@@ -335,31 +352,32 @@ class FrechetInceptionDistance(Metric):
         # exactly, so nothing grows with the world size; the outer-product sums are symmetric, so only their
         # upper triangles travel. Counts travel as float64, exact below 2**53.
         names = list(self._defaults)
-        packed = torch.cat([_pack(getattr(self, name)) for name in names])
+        symmetric = [name in self._symmetric_states for name in names]
+        packed = torch.cat([_pack(getattr(self, name), sym) for name, sym in zip(names, symmetric)])
         group = process_group or self.process_group
         torch.distributed.all_reduce(packed, group=group)
         offset = 0
-        for name in names:
+        for name, sym in zip(names, symmetric):
             template = getattr(self, name)
-            size = _packed_size(template)
-            setattr(self, name, _unpack(packed[offset : offset + size], template))
+            size = _packed_size(template, sym)
+            setattr(self, name, _unpack(packed[offset : offset + size], template, sym))
             offset += size
         if not self.reset_real_features and self._cache is not None:
             # Fold the kept real sums onto rank 0: the local states that unsync() restores become the
             # global sums on rank 0 and zeros elsewhere. Their all_reduce is unchanged, and rank 0's
             # checkpoint now holds every process's real statistics.
             is_rank0 = torch.distributed.get_rank(group) == 0
-            for name in _REAL_STATES:
+            for name in self._real_states:
                 self._cache[name] = getattr(self, name).clone() if is_rank0 else torch.zeros_like(getattr(self, name))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        holds_real = prefix + _REAL_STATES[0] in state_dict
+        holds_real = prefix + self._real_states[0] in state_dict
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         # A checkpoint holds the global real sums (see the class docstring); each process loads it, so
         # only rank 0 may keep them or the next all_reduce would count them world_size times.
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if holds_real and distributed and torch.distributed.get_rank(self.process_group) != 0:
-            for name in _REAL_STATES:
+            for name in self._real_states:
                 setattr(self, name, torch.zeros_like(getattr(self, name)))
 
     def _apply(self, fn: Callable, exclude_state: Any = "") -> FrechetInceptionDistance:
@@ -385,8 +403,21 @@ class FrechetInceptionDistance(Metric):
         elif not isinstance(imgs, Tensor) or imgs.ndim == 0:
             raise TypeError(f"Expected a batch of images as a torch.Tensor, got {type(imgs).__name__}.")
 
-    def _features(self, imgs: Tensor) -> Tensor:
-        """Checked images -> ``(N, d)`` float64 features on the state device."""
+    @property
+    def _feature_output(self) -> str:
+        """The name of the FID features among the network's outputs."""
+        return "features" if self.used_custom_model else str(self.num_features)
+
+    @property
+    def _network_outputs(self) -> tuple[str, ...]:
+        """The Inception outputs ``update`` asks for (see ``fid_metric.inception.OUTPUTS``)."""
+        return (self._feature_output,)
+
+    def _outputs(self, imgs: Tensor) -> dict[str, Tensor]:
+        """Checked images -> the network's outputs, float32 on the network's device.
+
+        A custom extractor's ``(N, d)`` output is returned as ``"features"``.
+        """
         device = self.device
         network = self._extractor.on(device)
         if self.used_custom_model:
@@ -398,15 +429,10 @@ class FrechetInceptionDistance(Metric):
                     f"The custom feature extractor must return (N, {self.num_features}) features for a batch of "
                     f"N = {imgs.shape[0]}, got {shape}."
                 )
-        else:
-            with _exact_fp32(device):
-                x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
-                output = str(self.num_features)
-                features = network(x.contiguous(memory_format=torch.channels_last), (output,))[output]
-        return features.to(self._state_device, torch.float64)
-
-
-_REAL_STATES = ("real_features_sum", "real_features_cov_sum", "real_features_num_samples")
+            return {"features": features}
+        with _exact_fp32(device):
+            x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
+            return network(x.contiguous(memory_format=torch.channels_last), self._network_outputs)
 
 
 class _Unregistered:
@@ -486,25 +512,29 @@ def _ieee_cuda_fp32() -> Iterator[None]:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def _packed_size(state: Tensor) -> int:
-    d = state.shape[0] if state.ndim == 2 else 0
-    return d * (d + 1) // 2 if state.ndim == 2 else state.numel()
+def _packed_size(state: Tensor, symmetric: bool) -> int:
+    if not symmetric:
+        return state.numel()
+    d = state.shape[-1]
+    return state[..., 0, 0].numel() * d * (d + 1) // 2
 
 
-def _pack(state: Tensor) -> Tensor:
-    """A state as a flat float64 vector; a symmetric (d, d) state as its upper triangle."""
-    if state.ndim == 2:
-        rows, cols = torch.triu_indices(*state.shape, device=state.device)
-        return state[rows, cols].to(torch.float64)
+def _pack(state: Tensor, symmetric: bool) -> Tensor:
+    """A state as a flat float64 vector; a (..., d, d) symmetric state as its upper triangles."""
+    if symmetric:
+        rows, cols = torch.triu_indices(state.shape[-1], state.shape[-1], device=state.device)
+        return state[..., rows, cols].reshape(-1).to(torch.float64)
     return state.reshape(-1).to(torch.float64)
 
 
-def _unpack(flat: Tensor, template: Tensor) -> Tensor:
+def _unpack(flat: Tensor, template: Tensor, symmetric: bool) -> Tensor:
     """Inverse of ``_pack``: a state shaped and typed like ``template``."""
-    if template.ndim == 2:
-        rows, cols = torch.triu_indices(*template.shape, device=template.device)
+    if symmetric:
+        d = template.shape[-1]
+        rows, cols = torch.triu_indices(d, d, device=template.device)
+        triangles = flat.reshape(*template.shape[:-2], -1)
         full = torch.empty_like(template)
-        full[rows, cols] = flat
-        full[cols, rows] = flat
+        full[..., rows, cols] = triangles
+        full[..., cols, rows] = triangles
         return full
     return flat.reshape(template.shape).to(template.dtype)

@@ -198,7 +198,7 @@ def test_forward_counts_each_image_once() -> None:
     _fid(reference, real, fake)
     assert int(metric.real_features_num_samples) == N_REAL
     assert torch.allclose(metric.real_features_cov_sum, reference.real_features_cov_sum, rtol=1e-12, atol=0)
-    assert _relative(metric.compute(), reference.compute()) <= 1e-12
+    assert _relative(metric.compute(), reference.compute()) <= 1e-9
 
 
 def test_reset_keeps_real_statistics_when_asked() -> None:
