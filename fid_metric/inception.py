@@ -21,14 +21,26 @@ name        shape        TensorFlow node
 "64"        (N, 64)      ``pool:0`` (after Conv2d_2b + 3x3 max pool), spatial mean
 "192"       (N, 192)     ``pool_1:0`` (after Conv2d_4a + 3x3 max pool), spatial mean
 "768"       (N, 768)     ``mixed_7/join:0`` (Mixed_6e), spatial mean
+"spatial"   (N, 2023)    ``mixed_6/conv:0[..., :7]``, flattened in NHWC order (sFID)
 "2048"      (N, 2048)    ``pool_3:0``, the standard FID feature
+"logits_unbiased" (N, 1008) ``pool_3 @ W``, the logits without the bias (Inception Score)
 "logits"    (N, 1008)    ``softmax/logits:0``
 =========== ============ ========================================================
+
+"spatial" is ADM's sFID feature (guided-diffusion ``evaluations/evaluator.py``: ``FID_SPATIAL_NAME =
+"mixed_6/conv:0"``, then ``spatial[..., :7]`` and a reshape of the NHWC tensor to (N, 17 * 17 * 7)). In the
+2015 graph the blocks after ``mixed_2`` (Mixed_5d) are ``mixed_3`` (Mixed_6a), ``mixed_4`` (6b), ``mixed_5``
+(6c), ``mixed_6`` (6d); ``mixed_6/conv`` is its 1x1 branch, conv + batch norm + ReLU, which
+torch-fidelity's weight conversion maps to ``Mixed_6d.branch1x1`` (``mixed_6/conv/conv2d_params`` ->
+``Mixed_6d.branch1x1.conv``, ``mixed_6/conv/batchnorm`` -> ``Mixed_6d.branch1x1.bn``). Its (N, 192, 17, 17)
+output, first 7 channels, permuted to (N, 17, 17, 7) and flattened, is therefore ordered exactly like ADM's
+features, so the ``mu_s`` / ``sigma_s`` of ADM reference batches apply to it directly. "logits_unbiased" is
+what torch-fidelity feeds its Inception Score.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +54,17 @@ from torchvision.models.inception import (
     InceptionE,
 )
 
-OUTPUTS = ("64", "192", "768", "2048", "logits")
-FEATURE_DIMS = {"64": 64, "192": 192, "768": 768, "2048": 2048, "logits": 1008}
+OUTPUTS = ("64", "192", "spatial", "768", "2048", "logits_unbiased", "logits")
+FEATURE_DIMS = {
+    "64": 64,
+    "192": 192,
+    "spatial": 2023,
+    "768": 768,
+    "2048": 2048,
+    "logits_unbiased": 1008,
+    "logits": 1008,
+}
+SPATIAL_CHANNELS = 7
 
 
 def _tf_avg_pool(x: Tensor) -> Tensor:
@@ -145,27 +166,33 @@ class FIDInceptionV3(nn.Module):
         wanted = set(outputs)
         found: dict[str, Tensor] = {}
 
-        def emit(name: str, value: Tensor) -> bool:
+        def emit(name: str, value: Callable[[], Tensor]) -> bool:
+            """Record output ``name`` if wanted; True once every wanted output is there."""
             if name in wanted:
-                found[name] = value
+                found[name] = value()
             return len(found) == len(wanted)
 
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        if emit("64", _spatial_mean(x)):
+        if emit("64", lambda: _spatial_mean(x)):
             return found
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        if emit("192", _spatial_mean(x)):
+        if emit("192", lambda: _spatial_mean(x)):
             return found
         for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c):
             x = block(x)
-        x = self.Mixed_6e(self.Mixed_6d(x))
-        if emit("768", _spatial_mean(x)):
+        branches = self.Mixed_6d._forward(x)  # branches[0]: mixed_6/conv, the sFID layer
+        if emit("spatial", lambda: branches[0][:, :SPATIAL_CHANNELS].permute(0, 2, 3, 1).flatten(1)):
+            return found
+        x = self.Mixed_6e(torch.cat(branches, 1))
+        if emit("768", lambda: _spatial_mean(x)):
             return found
         x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
         x = _spatial_mean(x)
-        if emit("2048", x):
+        if emit("2048", lambda: x):
             return found
-        emit("logits", self.fc(x))
+        if emit("logits_unbiased", lambda: x @ self.fc.weight.T):
+            return found
+        emit("logits", lambda: self.fc(x))
         return found

@@ -211,10 +211,7 @@ class FrechetInceptionDistance(Metric):
         """How many of this batch's images count, dropping a DistributedSampler's padding (see dataset_size)."""
         if self.dataset_size is None:
             return batch
-        world, rank = 1, 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            world = torch.distributed.get_world_size(self.process_group)
-            rank = torch.distributed.get_rank(self.process_group)
+        world, rank = self._world_and_rank()
         quota = (self.dataset_size - rank + world - 1) // world
         seen = self._images_seen[side]
         if seen + batch > quota + 1:
@@ -225,6 +222,12 @@ class FrechetInceptionDistance(Metric):
                 "batch passed to update() once per side?"
             )
         return max(0, min(batch, quota - seen))
+
+    def _world_and_rank(self) -> tuple[int, int]:
+        """Size of the metric's process group and this process's rank in it; (1, 0) without DDP."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(self.process_group), torch.distributed.get_rank(self.process_group)
+        return 1, 0
 
     def forward(self, imgs: Tensor, real: bool) -> None:
         """Same as ``update``; returns None.
@@ -288,18 +291,15 @@ class FrechetInceptionDistance(Metric):
                 UserWarning,
             )
         self._warn_if_not_dataset_size(fake=n_fake)
-        device = self.fake_features_sum.device
-        reference = self._reference
-        if self._reference_factor is None or self._reference_factor.device != device:
-            self._reference_factor = sqrt_factor(reference.covariance.to(device))
+        mu_real, sigma_real, factor = self._reference_on(self.fake_features_sum.device)
         mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
-        return frechet_distance(
-            reference.mean.to(device),
-            reference.covariance.to(device),
-            mu_fake,
-            sigma_fake,
-            sigma1_factor=self._reference_factor,
-        )
+        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
+
+    def _reference_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+        """The fixed reference's mean, covariance and covariance factor on ``device``; the factor is cached."""
+        if self._reference_factor is None or self._reference_factor.device != device:
+            self._reference_factor = sqrt_factor(self._reference.covariance.to(device))
+        return self._reference.mean.to(device), self._reference.covariance.to(device), self._reference_factor
 
     def statistics(self, real: bool) -> FeatureStats:
         """The accumulated real or generated statistics, over all processes under DDP, as ``FeatureStats``.
@@ -320,11 +320,14 @@ class FrechetInceptionDistance(Metric):
 
         Under DDP every process must call it (the statistics are synced); rank 0 writes the file.
         """
-        stats = self.statistics(real=True)
+        stats = self._real_stats_to_save()
         if not torch.distributed.is_available() or not torch.distributed.is_initialized():
             stats.save(path)
-        elif torch.distributed.get_rank() == 0:
+        elif torch.distributed.get_rank(self.process_group) == 0:
             stats.save(path)
+
+    def _real_stats_to_save(self) -> FeatureStats:
+        return self.statistics(real=True)
 
     def _metadata(self, with_hash: bool) -> dict[str, str]:
         """What statistics files record about how their features were made (``FeatureStats`` fields)."""

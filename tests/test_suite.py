@@ -1,0 +1,174 @@
+"""InceptionMetrics: one pass for FID, sFID, IS (vs torch-fidelity), FID-infinity (vs closed form), under DDP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from conftest import smooth_images
+from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+from torch_fidelity.metric_isc import isc_features_to_metric
+
+from fid_metric import FeatureStats, FrechetInceptionDistance, InceptionMetrics
+from fid_metric.inception import FIDInceptionV3
+from fid_metric.preprocess import inception_input
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, torch.Tensor]:
+    return {"real": smooth_images(10, 40, seed=21), "fake": smooth_images(9, 40, seed=22) // 2 + 60}
+
+
+@pytest.fixture(scope="module")
+def suite_values(images, inception_weights) -> dict[str, float]:
+    metric = InceptionMetrics(splits=1, feature_extractor_weights_path=inception_weights)
+    metric.update(images["real"], real=True)
+    metric.update(images["fake"][:5], real=False)
+    metric.update(images["fake"][5:], real=False)
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def test_fid_equals_the_standalone_metric(images, suite_values, inception_weights) -> None:
+    standalone = FrechetInceptionDistance(feature_extractor_weights_path=inception_weights)
+    standalone.update(images["real"], real=True)
+    standalone.update(images["fake"], real=False)
+    expected = float(standalone.compute())
+    assert set(suite_values) == {"fid", "sfid", "inception_score", "inception_score_std"}
+    assert abs(suite_values["fid"] - expected) <= 1e-6 * expected
+
+
+def test_inception_score_matches_torch_fidelity(images, suite_values, inception_weights) -> None:
+    """splits=1: torch-fidelity's isc_features_to_metric on its own extractor's logits_unbiased, to 1e-6."""
+    extractor = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(inception_weights)
+    )
+    with torch.no_grad():
+        (logits,) = extractor(images["fake"])
+    reference = isc_features_to_metric(logits, splits=1, shuffle=False)["inception_score_mean"]
+    assert reference > 1.0001, "near-uniform predictions would make this test weak"
+    assert abs(suite_values["inception_score"] - reference) <= 1e-6 * reference
+    assert suite_values["inception_score_std"] == 0
+
+
+def test_inception_score_splits_are_interleaved(images, inception_weights) -> None:
+    """splits=3: image j goes to split j % 3; each split's score is torch-fidelity's formula on it."""
+    metric = InceptionMetrics(sfid=False, splits=3, feature_extractor_weights_path=inception_weights)
+    metric.update(images["fake"][:4], real=False)
+    metric.update(images["fake"][4:], real=False)
+    metric.update(images["real"][:2], real=True)
+    values = metric.compute()
+    network = metric._extractor.module
+    with torch.inference_mode():
+        logits = network(inception_input(images["fake"], "tensorflow"), ("logits_unbiased",))["logits_unbiased"]
+    scores = [isc_features_to_metric(logits[k::3], splits=1, shuffle=False)["inception_score_mean"] for k in range(3)]
+    assert abs(float(values["inception_score"]) - np.mean(scores)) <= 1e-6 * np.mean(scores)
+    assert abs(float(values["inception_score_std"]) - np.std(scores)) <= 1e-5 * np.mean(scores)
+
+
+def test_spatial_feature_is_mixed_6d_branch1x1_in_nhwc_order(inception_weights) -> None:
+    """ADM's mixed_6/conv:0[..., :7] reshaped from NHWC: (N, 17 * 17 * 7) with the channel fastest."""
+    network = FIDInceptionV3()
+    network.load_state_dict(torch.load(inception_weights, weights_only=True))
+    captured = {}
+    handle = network.Mixed_6d.branch1x1.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
+    try:
+        with torch.inference_mode():
+            spatial = network(inception_input(smooth_images(2, 32, seed=3), "tensorflow"), ("spatial",))["spatial"]
+    finally:
+        handle.remove()
+    nchw = captured["out"]
+    assert nchw.shape == (2, 192, 17, 17) and spatial.shape == (2, 2023)
+    nhwc = np.transpose(nchw.numpy(), (0, 2, 3, 1))[..., :7].reshape(2, -1)
+    assert np.array_equal(spatial.numpy(), nhwc)
+    assert spatial[1, (5 * 17 + 11) * 7 + 3] == nchw[1, 3, 5, 11]
+    assert nchw.std() > 0
+
+
+def test_sfid_with_an_adm_style_reference(images, inception_weights, tmp_path) -> None:
+    """save_real_stats writes mu_s/sigma_s; as real_stats it gives the same FID and sFID."""
+    two_sided = InceptionMetrics(inception_score=False, feature_extractor_weights_path=inception_weights)
+    two_sided.update(images["real"], real=True)
+    two_sided.update(images["fake"], real=False)
+    two_sided.save_real_stats(tmp_path / "ref.npz")
+    assert set(FeatureStats.load(tmp_path / "ref.npz").extra) == {"mu_s", "sigma_s"}
+    with_ref = InceptionMetrics(
+        inception_score=False, feature_extractor_weights_path=inception_weights, real_stats=tmp_path / "ref.npz"
+    )
+    with_ref.update(images["fake"], real=False)
+    expected, got = two_sided.compute(), with_ref.compute()
+    for key in ("fid", "sfid"):
+        assert abs(got[key] - expected[key]) <= 1e-9 * expected[key], key
+    np.savez(tmp_path / "no_s.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    with pytest.raises(ValueError, match="mu_s"):
+        InceptionMetrics(feature_extractor_weights_path=inception_weights, real_stats=tmp_path / "no_s.npz")
+
+
+def test_fid_infinity_recovers_the_closed_form(inception_weights) -> None:
+    """Gaussian features, reference N(0, I), generated N(delta, I), d = 64.
+
+    FID_true = |delta|^2 = 1. With the reference exact, E[FID_N] = FID_true + d (d + 5) / (4 N) + O(N^-2):
+    E|mu_hat - delta|^2 = |delta|^2 + d / N, and for sigma_hat = I + E (Wishart, E[E_ij^2] = (1 + [i=j]) / N)
+    E tr sqrt(sigma_hat) = d - E tr(E^2) / 8 = d - d (d + 1) / (8 N), so the trace term adds d (d + 1) / (4 N).
+    """
+    d, n, groups = 64, 20000, 10
+    reference = FeatureStats(torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64))
+    metric = InceptionMetrics(
+        sfid=False,
+        inception_score=False,
+        fid_groups=groups,
+        feature=64,
+        feature_extractor_weights_path=inception_weights,
+        real_stats=reference,
+    )
+    g = torch.Generator().manual_seed(0)
+    delta = torch.full((d,), 1 / d**0.5, dtype=torch.float64)
+    features = torch.randn(n, d, generator=g, dtype=torch.float64) + delta
+    for first in range(0, n, 1000):
+        metric._accumulate("fake", {"64": features[first : first + 1000]}, first=first)
+    values = metric.compute()
+    sizes, by_size = metric.fid_by_size
+    bias = d * (d + 5) / (4 * sizes)
+    noise = 2 / sizes.sqrt()  # std of |mu_hat - mu|^2 with |delta| = 1 dominates
+    assert torch.equal(sizes, torch.arange(1, groups + 1, dtype=torch.float64) * n / groups)
+    assert ((by_size - 1 - bias).abs() <= 5 * noise + 0.05 * bias).all()
+    assert abs(values["fid_infinity"] - 1) <= 5 * noise[-1], "FID-infinity must remove the 1/N bias"
+    assert abs(values["fid"] - 1 - bias[-1]) <= 5 * noise[-1]
+    assert 0.5 * noise[-1] <= values["fid_stderr"] <= 2 * noise[-1]
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, weights: str, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    values = _suite_on_shard(weights, rank, world)
+    if rank == 0:
+        Path(out_dir, "ddp.json").write_text(json.dumps(values))
+    dist.destroy_process_group()
+
+
+def _suite_on_shard(weights: str, rank: int, world: int) -> dict[str, float]:
+    real, fake = smooth_images(8, 32, seed=31), smooth_images(8, 32, seed=32) // 2
+    metric = InceptionMetrics(splits=2, fid_groups=2, feature=64, feature_extractor_weights_path=weights)
+    indices = list(range(rank, 8, world))  # a DistributedSampler's shard
+    for batch in (indices[:2], indices[2:]):
+        metric.update(real[batch], real=True)
+        metric.update(fake[batch], real=False)
+    return {k: float(v) for k, v in metric.compute().items()}
+
+
+def test_two_process_ddp_equals_one_process(tmp_path, inception_weights) -> None:
+    """Every value, IS splits and FID groups included, is the same on 2 gloo processes as on one."""
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(inception_weights), str(tmp_path)), nprocs=2)
+    ddp = json.loads((tmp_path / "ddp.json").read_text())
+    single = _suite_on_shard(str(inception_weights), 0, 1)
+    assert (
+        set(ddp)
+        == set(single)
+        == {"fid", "sfid", "inception_score", "inception_score_std", "fid_infinity", "fid_stderr"}
+    )
+    for key, value in single.items():
+        assert abs(ddp[key] - value) <= 1e-5 * abs(value) + 1e-9, key
