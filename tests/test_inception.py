@@ -74,4 +74,4 @@ def test_always_eval_and_frozen(network) -> None:
     assert not any(p.requires_grad for p in network.parameters())
     with pytest.raises(ValueError, match="Unknown Inception outputs"):
         network(torch.zeros(1, 3, 299, 299), ("1000",))
-    assert OUTPUTS == ("64", "192", "768", "2048", "logits")
+    assert OUTPUTS == ("64", "192", "spatial", "768", "2048", "logits_unbiased", "logits")
