@@ -19,6 +19,7 @@ from fid_metric.preprocess import check_images, inception_input, resolve_compat,
 from fid_metric.stats import FeatureStats, mean_and_covariance
 
 _INCEPTION_FEATURES = (64, 192, 768, 2048)
+PRECISIONS = ("exact", "bf16", "tf32")
 
 
 class FrechetInceptionDistance(Metric):
@@ -52,6 +53,10 @@ class FrechetInceptionDistance(Metric):
             divisible by the number of processes W, always at the tail of each rank's sequence, so rank r
             counts only its first ``ceil((N - r) / W)`` images per side and the rest (at most one) is
             dropped. ``fid_metric.lightning.ExactlyOnce`` sets it from the trainer's validation loader.
+        precision: ``"exact"`` (default): the network in float32 with autocast off and TF32 off, whatever
+            the host's settings. Fast modes for development loops, not for reported numbers: ``"bf16"``
+            (autocast to bfloat16; CPUs with AMX/AVX512-BF16 and GPUs) and ``"tf32"`` (TF32 on CUDA). The
+            states and the distance stay float64; the README states each mode's measured FID deviation.
         kwargs: torchmetrics ``Metric`` arguments (``sync_on_compute``, ``process_group``, ...).
 
     Raises:
@@ -108,6 +113,7 @@ class FrechetInceptionDistance(Metric):
         compat: str | None = None,
         real_stats: str | os.PathLike | FeatureStats | None = None,
         dataset_size: int | None = None,
+        precision: str = "exact",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -118,6 +124,9 @@ class FrechetInceptionDistance(Metric):
         if dataset_size is not None and (not isinstance(dataset_size, int) or dataset_size < 1):
             raise ValueError(f"`dataset_size` must be a positive int or None, got {dataset_size!r}.")
         self.dataset_size = dataset_size
+        if precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {precision!r}.")
+        self.precision = precision
         self._images_seen = {"real": 0, "fake": 0}  # this process, this epoch, before any dropping
         self.normalize = normalize
         self.reset_real_features = reset_real_features
@@ -424,7 +433,7 @@ class FrechetInceptionDistance(Metric):
         device = self.device
         network = self._extractor.on(device)
         if self.used_custom_model:
-            with _exact_fp32(device):
+            with _network_math(device, self.precision):
                 features = network(imgs.to(device, non_blocking=True))
             if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
                 shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -433,8 +442,9 @@ class FrechetInceptionDistance(Metric):
                     f"N = {imgs.shape[0]}, got {shape}."
                 )
             return {"features": features}
-        with _exact_fp32(device):
+        with _network_math(device, "exact"):
             x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
+        with _network_math(device, self.precision):
             return network(x.contiguous(memory_format=torch.channels_last), self._network_outputs)
 
 
@@ -486,29 +496,35 @@ def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tupl
 
 
 @contextlib.contextmanager
-def _exact_fp32(device: torch.device) -> Iterator[None]:
-    """Inference mode, autocast off, and (on CUDA) IEEE float32 instead of TF32, restored afterwards."""
+def _network_math(device: torch.device, precision: str) -> Iterator[None]:
+    """Inference mode and the network's arithmetic, whatever autocast or TF32 setting the caller has.
+
+    "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
+    TF32 convolutions and matmuls on CUDA (the same as "exact" elsewhere). "bf16": autocast to bfloat16.
+    Global CUDA flags are restored afterwards.
+    """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
         if torch.amp.is_autocast_available(device.type):
-            stack.enter_context(torch.autocast(device.type, enabled=False))
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
         if device.type == "cuda":
-            stack.enter_context(_ieee_cuda_fp32())
+            stack.enter_context(_cuda_fp32("tf32" if precision == "tf32" else "ieee"))
         yield
 
 
 @contextlib.contextmanager
-def _ieee_cuda_fp32() -> Iterator[None]:
+def _cuda_fp32(mode: str) -> Iterator[None]:
+    """Set CUDA's float32 convolution and matmul precision to ``"ieee"`` or ``"tf32"``, then restore it."""
     if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
         saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
-        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = mode
         try:
             yield
         finally:
             torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
     else:
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
         try:
             yield
         finally:

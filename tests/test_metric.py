@@ -255,3 +255,17 @@ def test_constructor_validation(inception_weights) -> None:
         FrechetInceptionDistance(TinyFeatures(), antialias=True, compat="pytorch-fid")
     with pytest.raises(ValueError, match="`normalize` must be a bool"):
         FrechetInceptionDistance(TinyFeatures(), normalize=1)
+
+
+def test_fast_modes(inception_weights) -> None:
+    """bf16 changes the features a little and nothing else; tf32 is exact off CUDA; unknown modes fail."""
+    real, fake = _images(64)
+    exact = _fid(FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights), real, fake)
+    fast = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights, precision="bf16")
+    approx = _fid(fast, real, fake)
+    assert fast.real_features_cov_sum.dtype == torch.float64 and approx.dtype == torch.float64
+    assert 0 < _relative(approx, exact) < 0.05
+    tf32 = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights, precision="tf32")
+    assert _fid(tf32, real, fake) == exact
+    with pytest.raises(ValueError, match="`precision` must be one of"):
+        FrechetInceptionDistance(TinyFeatures(), precision="fp16")
