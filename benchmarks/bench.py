@@ -25,12 +25,14 @@ import platform
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pytorch_fid
 import torch
+import torch.nn.functional as F
 import torchmetrics
 from pytorch_fid.fid_score import calculate_frechet_distance
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
@@ -58,12 +60,43 @@ def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device)
     return statistics.median(times)
 
 
+def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
+    """``(n, 3, size, size)`` uint8: random 6x6 colour fields, bicubically upsampled, plus pixel noise."""
+    g = torch.Generator().manual_seed(seed)
+    x = F.interpolate(torch.rand(n, 3, 6, 6, generator=g) * 255, size=(size, size), mode="bicubic")
+    return (x + torch.randn(n, 3, size, size, generator=g) * 6).round().clamp(0, 255).to(torch.uint8)
+
+
+def random_weights(path: Path) -> None:
+    """Random-init pt_inception weights with batch-norm statistics calibrated on smooth images.
+
+    Timings do not depend on the weights' values; the fast-mode FID deviation does, and with BN statistics
+    left at 0/1 every image would get nearly the same features.
+    """
+    torch.manual_seed(0)
+    network = FIDInceptionV3()
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    torch.nn.Module.train(network, True)
+    with torch.no_grad():
+        network(inception_input(smooth_images(24, 299, seed=1), "tensorflow"))
+    torch.save(network.state_dict(), path)
+
+
 def bench_update(weights: Path, device: torch.device, batch: int, size: int, repeats: int) -> dict:
     imgs = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     ours = FrechetInceptionDistance(2048, feature_extractor_weights_path=weights).to(device)
+    fast = FrechetInceptionDistance(2048, feature_extractor_weights_path=weights, precision="bf16").to(device)
     theirs = TorchmetricsFID(2048, feature_extractor_weights_path=str(weights), antialias=False).to(device)
-    t_ours = median_seconds(lambda: ours.update(imgs, real=True), repeats, device)
-    t_theirs = median_seconds(lambda: theirs.update(imgs, real=True), repeats, device)
+    peaks = {}
+    for name, metric in (("ours", ours), ("torchmetrics", theirs)):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        peaks[name] = median_seconds(lambda m=metric: m.update(imgs, real=True), repeats, device)
+        peaks[name + "_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    t_ours, t_theirs = peaks["ours"], peaks["torchmetrics"]
+    t_fast = median_seconds(lambda: fast.update(imgs, real=True), repeats, device)
 
     network = ours._extractor.on(device)
     x = inception_input(imgs, "tensorflow").contiguous(memory_format=torch.channels_last)
@@ -80,9 +113,35 @@ def bench_update(weights: Path, device: torch.device, batch: int, size: int, rep
         "ratio": t_ours / t_theirs,
         "ours_images_per_s": batch / t_ours,
         "torchmetrics_images_per_s": batch / t_theirs,
+        "fast_bf16_s": t_fast,
+        "fast_bf16_images_per_s": batch / t_fast,
+        "fast_speedup_vs_torchmetrics": t_theirs / t_fast,
+        "peak_cuda_bytes_ours": peaks["ours_bytes"],
+        "peak_cuda_bytes_torchmetrics": peaks["torchmetrics_bytes"],
         "network_only_s": t_network,
         "overhead_share": max(t_ours - t_network, 0.0) / t_network,
         "max_rel_feature_diff": feature_diff,
+    }
+
+
+def fast_mode_deviation(weights: Path, device: torch.device, n: int) -> dict:
+    """FID of n smooth real vs n darker generated images at 299 px: exact mode vs precision="bf16"."""
+    real, fake = smooth_images(n, 299, seed=2), smooth_images(n, 299, seed=3) // 2 + 40
+    values = {}
+    for precision in ("exact", "bf16"):
+        metric = FrechetInceptionDistance(2048, feature_extractor_weights_path=weights, precision=precision)
+        metric = metric.to(device)
+        for start in range(0, n, 16):
+            metric.update(real[start : start + 16].to(device), real=True)
+            metric.update(fake[start : start + 16].to(device), real=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # n < 2048: singular covariances; fine for comparing two modes
+            values[precision] = metric.compute().item()
+    return {
+        "images_per_side": n,
+        "fid_exact": values["exact"],
+        "fid_bf16": values["bf16"],
+        "relative_deviation": abs(values["bf16"] - values["exact"]) / values["exact"],
     }
 
 
@@ -126,13 +185,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--skip-compute", action="store_true", help="skip the d=2048 distance timings")
+    parser.add_argument("--deviation-images", type=int, default=64, help="images per side, bf16 deviation")
     args = parser.parse_args()
 
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "pt_inception-random.pth"
-        torch.manual_seed(0)
-        torch.save(FIDInceptionV3().state_dict(), weights)
+        random_weights(weights)
         results = {
             "machine": {
                 "platform": platform.platform(),
@@ -154,6 +213,8 @@ def main() -> None:
             for size in (299, 32):
                 row = bench_update(weights, device, batch, size, args.repeats)
                 results["update"].append({"device": device.type, **row})
+            deviation = fast_mode_deviation(weights, device, args.deviation_images)
+            results.setdefault("fast_mode", []).append({"device": device.type, **deviation})
     if not args.skip_compute:
         results["compute"] = bench_compute(2048, args.repeats)
     results["sync"] = sync_bytes(2048, world_size=8)
@@ -165,15 +226,28 @@ def main() -> None:
     )
     print()
     print(
-        "| update() | input | batch | fid_metric | torchmetrics | ratio | overhead beyond network | max feature diff |"
+        "| update() | input | batch | fid_metric exact | torchmetrics | time ratio | overhead beyond network "
+        "| max feature diff | fid_metric bf16 | bf16 speed-up vs torchmetrics |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results["update"]:
         print(
             f"| {r['device']} | {r['input_px']} px | {r['batch']} | {r['ours_s'] * 1e3:.0f} ms "
             f"({r['ours_images_per_s']:.1f} img/s) | {r['torchmetrics_s'] * 1e3:.0f} ms "
             f"({r['torchmetrics_images_per_s']:.1f} img/s) | {r['ratio']:.2f}x | {100 * r['overhead_share']:.1f}% "
-            f"| {r['max_rel_feature_diff']:.1e} |"
+            f"| {r['max_rel_feature_diff']:.1e} | {r['fast_bf16_s'] * 1e3:.0f} ms "
+            f"({r['fast_bf16_images_per_s']:.1f} img/s) | {r['fast_speedup_vs_torchmetrics']:.1f}x |"
+        )
+        if r["peak_cuda_bytes_ours"] is not None:
+            print(
+                f"peak CUDA memory: fid_metric {r['peak_cuda_bytes_ours'] / 2**20:.0f} MiB, "
+                f"torchmetrics {r['peak_cuda_bytes_torchmetrics'] / 2**20:.0f} MiB"
+            )
+    for r in results["fast_mode"]:
+        print(
+            f"\nbf16 fast mode on {r['device']}, {r['images_per_side']} images per side at 299 px: FID "
+            f"{r['fid_bf16']:.4f} vs exact {r['fid_exact']:.4f}, relative deviation "
+            f"{100 * r['relative_deviation']:.2f}%"
         )
     if "compute" in results:
         c = results["compute"]
