@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import torch
@@ -15,11 +13,12 @@ from torchmetrics.utilities import rank_zero_warn
 from fid_metric import weights
 from fid_metric.distance import frechet_distance, sqrt_factor
 from fid_metric.inception import FIDInceptionV3
+from fid_metric.precision import PRECISIONS, network_math
 from fid_metric.preprocess import check_images, inception_input, resolve_compat, to_uint8_rgb
 from fid_metric.stats import FeatureStats, mean_and_covariance
+from fid_metric.sync import all_reduce_sum
 
 _INCEPTION_FEATURES = (64, 192, 768, 2048)
-PRECISIONS = ("exact", "bf16", "tf32")
 
 
 class FrechetInceptionDistance(Metric):
@@ -360,20 +359,11 @@ class FrechetInceptionDistance(Metric):
         return self
 
     def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
-        # One all_reduce of one float64 buffer instead of torchmetrics' all_gather per state. Sums add
-        # exactly, so nothing grows with the world size; the outer-product sums are symmetric, so only their
-        # upper triangles travel. Counts travel as float64, exact below 2**53.
-        names = list(self._defaults)
-        symmetric = [name in self._symmetric_states for name in names]
-        packed = torch.cat([_pack(getattr(self, name), sym) for name, sym in zip(names, symmetric)])
+        # One all_reduce of every state (fid_metric.sync) instead of torchmetrics' all_gather per state.
         group = process_group or self.process_group
-        torch.distributed.all_reduce(packed, group=group)
-        offset = 0
-        for name, sym in zip(names, symmetric):
-            template = getattr(self, name)
-            size = _packed_size(template, sym)
-            setattr(self, name, _unpack(packed[offset : offset + size], template, sym))
-            offset += size
+        states = {name: getattr(self, name) for name in self._defaults}
+        for name, value in all_reduce_sum(states, self._symmetric_states, group).items():
+            setattr(self, name, value)
         if not self.reset_real_features and self._cache is not None:
             # Fold the kept real sums onto rank 0: the local states that unsync() restores become the
             # global sums on rank 0 and zeros elsewhere. Their all_reduce is unchanged, and rank 0's
@@ -433,7 +423,7 @@ class FrechetInceptionDistance(Metric):
         device = self.device
         network = self._extractor.on(device)
         if self.used_custom_model:
-            with _network_math(device, self.precision):
+            with network_math(device, self.precision):
                 features = network(imgs.to(device, non_blocking=True))
             if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
                 shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -442,9 +432,9 @@ class FrechetInceptionDistance(Metric):
                     f"N = {imgs.shape[0]}, got {shape}."
                 )
             return {"features": features}
-        with _network_math(device, "exact"):
+        with network_math(device, "exact"):
             x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
-        with _network_math(device, self.precision):
+        with network_math(device, self.precision):
             return network(x.contiguous(memory_format=torch.channels_last), self._network_outputs)
 
 
@@ -493,67 +483,3 @@ def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tupl
     device = next(module.parameters(), dummy).device
     with torch.inference_mode():
         return int(module(dummy.to(device)).shape[-1])
-
-
-@contextlib.contextmanager
-def _network_math(device: torch.device, precision: str) -> Iterator[None]:
-    """Inference mode and the network's arithmetic, whatever autocast or TF32 setting the caller has.
-
-    "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
-    TF32 convolutions and matmuls on CUDA (the same as "exact" elsewhere). "bf16": autocast to bfloat16.
-    Global CUDA flags are restored afterwards.
-    """
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.inference_mode())
-        if torch.amp.is_autocast_available(device.type):
-            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
-        if device.type == "cuda":
-            stack.enter_context(_cuda_fp32("tf32" if precision == "tf32" else "ieee"))
-        yield
-
-
-@contextlib.contextmanager
-def _cuda_fp32(mode: str) -> Iterator[None]:
-    """Set CUDA's float32 convolution and matmul precision to ``"ieee"`` or ``"tf32"``, then restore it."""
-    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cuda.matmul, "fp32_precision"):
-        saved = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
-        torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = mode
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
-    else:
-        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def _packed_size(state: Tensor, symmetric: bool) -> int:
-    if not symmetric:
-        return state.numel()
-    d = state.shape[-1]
-    return state[..., 0, 0].numel() * d * (d + 1) // 2
-
-
-def _pack(state: Tensor, symmetric: bool) -> Tensor:
-    """A state as a flat float64 vector; a (..., d, d) symmetric state as its upper triangles."""
-    if symmetric:
-        rows, cols = torch.triu_indices(state.shape[-1], state.shape[-1], device=state.device)
-        return state[..., rows, cols].reshape(-1).to(torch.float64)
-    return state.reshape(-1).to(torch.float64)
-
-
-def _unpack(flat: Tensor, template: Tensor, symmetric: bool) -> Tensor:
-    """Inverse of ``_pack``: a state shaped and typed like ``template``."""
-    if symmetric:
-        d = template.shape[-1]
-        rows, cols = torch.triu_indices(d, d, device=template.device)
-        triangles = flat.reshape(*template.shape[:-2], -1)
-        full = torch.empty_like(template)
-        full[..., rows, cols] = triangles
-        full[..., cols, rows] = triangles
-        return full
-    return flat.reshape(template.shape).to(template.dtype)

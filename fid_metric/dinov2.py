@@ -1,0 +1,252 @@
+"""FD_DINOv2: the DINOv2 ViT-L/14 feature extractor of Stein et al. 2023, built on timm.
+
+Stein et al. 2023, "Exposing flaws of generative model evaluation metrics and their unfair treatment of
+diffusion models" (NeurIPS), compute the Fréchet distance on DINOv2 ViT-L/14 features with their dgm-eval
+code (github.com/layer6ai-labs/dgm-eval). ``DINOv2Features`` reproduces its default pipeline
+(``--model dinov2``, no ``--clean_resize``), step by step:
+
+* decode: ``PIL.Image.open(path).convert("RGB")``; here a uint8 batch, grey repeated to RGB;
+* resize: ``TF.Resize((224, 224), InterpolationMode.BICUBIC)`` on the PIL image, i.e. Pillow's
+  ``Image.resize``; here ``pil_bicubic_224``, torch's antialiased bicubic run as Pillow runs it;
+* scale and normalise: ``ToTensor()`` then ``Normalize`` with the ImageNet mean and std; the same float32
+  arithmetic here (``dinov2_input``);
+* network: ``torch.hub.load("facebookresearch/dinov2", "dinov2_vitl14")``; here timm's
+  ``vit_large_patch14_dinov2`` with ``img_size=224, num_classes=0`` and the same weights;
+* feature: ``model(x)``, the hub's ``x_norm_clstoken`` (the final LayerNorm's output at the CLS token),
+  ``(N, 1024)``; here timm's ``global_pool="token"`` after its final ``norm``, the same tensor.
+
+The resize. Pillow resamples an 8-bit image in two passes, horizontal then vertical (libImaging/Resample.c),
+each a separable antialiased bicubic (a = -0.5, support scaled by the reduction factor) whose result is
+rounded half up and clipped to uint8 before the next pass. ``F.interpolate(mode="bicubic", antialias=True)``
+computes the same kernel weights, so ``pil_bicubic_224`` runs it one axis at a time and rounds and clips
+after each pass. What remains is Pillow's fixed-point arithmetic (22-bit coefficients), which moves a value
+that lies within about 1e-4 of a rounding boundary by one level: tests/test_dinov2.py holds the result to
+Pillow at most 2/255 apart with under 1% of values differing (float resizing in one pass, clipped once,
+differs by up to 23/255 in about 20% of values on noisy images, because Pillow clips the overshoot of the
+first pass). Pillow builds that choose the pass order by cost (vertical first for some reductions) differ
+by a few levels more on those shapes.
+
+The network. The official checkpoint ``dinov2_vitl14_pretrain.pth`` is the hub model at 518 px: its
+``pos_embed`` is ``(1, 1 + 37 * 37, 1024)``. At 224 px the hub model resamples it on every forward in
+``DinoVisionTransformer.interpolate_pos_encoding``: bicubic, no antialias, ``scale_factor=(16 + 0.1) / 37``
+(the "+ 0.1" offset of DINO issue #8, ``interpolate_offset=0.1``, ``interpolate_antialias=False`` in the hub
+constructors), so source coordinates step by 37 / 16.1, not 37 / 16. timm's ``checkpoint_filter_fn`` would
+resample to a 16x16 grid with ``antialias=True`` and ``size=(16, 16)``, a different tensor, so
+``hub_pos_embed_224`` resamples it the hub's way first and ``checkpoint_filter_fn`` then only drops
+``mask_token`` (its own resampling is skipped once the token count matches). The remaining arithmetic is
+the same: pre-norm blocks with LayerScale, LayerNorm eps 1e-6, exact GELU; timm's fused attention
+(``scaled_dot_product_attention``) and the hub's explicit softmax (or xformers) agree to float32 rounding.
+
+Weights, first match wins: the ``weights_path=`` argument; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub
+cache (``torch.hub.get_dir()/checkpoints/dinov2_vitl14_pretrain.pth``, where ``torch.hub.load`` of the
+official model, and so dgm-eval, leaves it); a verified download from ``$FID_METRIC_DINOV2_WEIGHTS_URL``,
+whose file name must carry a SHA-256 prefix (``fid_metric.weights.download``). Meta's URL has none, so
+there is no default download. Loading uses ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import math
+import os
+import urllib.parse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fid_metric import weights
+from fid_metric.preprocess import check_images, to_uint8_rgb
+
+OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
+ENV_WEIGHTS = "FID_METRIC_DINOV2_WEIGHTS"
+ENV_URL = "FID_METRIC_DINOV2_WEIGHTS_URL"
+TIMM_MODEL = "vit_large_patch14_dinov2"
+IMAGE_SIZE = 224
+PATCH_SIZE = 14
+NUM_FEATURES = 1024
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_HUB_INTERPOLATE_OFFSET = 0.1
+
+
+class DINOv2Features(nn.Module):
+    """DINOv2 ViT-L/14 CLS features at 224 px, as dgm-eval computes them for FD_DINOv2.
+
+    Use as ``FrechetInceptionDistance(feature=DINOv2Features())``. Always in eval mode (``train()`` is a
+    no-op) and without gradients.
+
+    Args:
+        weights_path: a local ``dinov2_vitl14_pretrain.pth`` (Meta's torch hub state dict). Default: see
+            ``resolve_weights``.
+
+    Raises:
+        ImportError: timm is not installed (``pip install fid_metric[dinov2]``).
+        fid_metric.weights.WeightsUnavailableError: no weights file was found.
+        RuntimeError: the file is not a DINOv2 ViT-L/14 state dict.
+    """
+
+    num_features = NUM_FEATURES
+
+    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        self.weights_path = resolve_weights(weights_path)
+        self.model = load_vit(self.weights_path)
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> DINOv2Features:
+        """No-op: the network never leaves eval mode."""
+        return self
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        """``(N, 3 or 1, H, W)`` images -> ``(N, 1024)`` float32 CLS features.
+
+        ``imgs``: uint8 in [0, 255], or floats in [0, 1] (the metric's ``normalize=True``), rounded to uint8
+        as ``floor(255 x + 0.5)`` first; any H, W. Grey images are repeated to RGB.
+        """
+        check_images(imgs, normalize=isinstance(imgs, Tensor) and imgs.dtype.is_floating_point)
+        return self.model(dinov2_input(to_uint8_rgb(imgs)))
+
+
+def dinov2_input(imgs: Tensor) -> Tensor:
+    """``(N, 3, H, W)`` uint8 -> ``(N, 3, 224, 224)`` float32 network input, dgm-eval's ``transform``.
+
+    ``(pil_bicubic_224(imgs) / 255 - mean) / std`` with the ImageNet mean and std, per channel.
+    """
+    x = pil_bicubic_224(imgs).div_(255)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
+
+
+def pil_bicubic_224(imgs: Tensor) -> Tensor:
+    """``(N, C, H, W)`` uint8 -> ``(N, C, 224, 224)`` float32 holding integers in [0, 255].
+
+    Pillow's ``Image.resize((224, 224), Image.BICUBIC)`` of an 8-bit image: the horizontal pass, rounded
+    half up and clipped to [0, 255], then the vertical pass, rounded and clipped; a pass whose size does not
+    change is skipped. Agrees with Pillow to within its fixed-point rounding (see the module docstring).
+    """
+    x = imgs.float()
+    if x.shape[-1] != IMAGE_SIZE:
+        x = _bicubic_pass(x, (x.shape[-2], IMAGE_SIZE))
+    if x.shape[-2] != IMAGE_SIZE:
+        x = _bicubic_pass(x, (IMAGE_SIZE, IMAGE_SIZE))
+    return x
+
+
+def _bicubic_pass(x: Tensor, size: tuple[int, int]) -> Tensor:
+    y = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return y.add_(0.5).floor_().clamp_(0, 255)
+
+
+def hub_pos_embed_224(pos_embed: Tensor) -> Tensor:
+    """``(1, 1 + M * M, d)`` hub position embedding -> ``(1, 1 + 16 * 16, d)``, as the hub model uses at 224 px.
+
+    Reproduces ``DinoVisionTransformer.interpolate_pos_encoding`` (facebookresearch/dinov2,
+    ``dinov2/models/vision_transformer.py``) with the hub defaults ``interpolate_offset=0.1`` and
+    ``interpolate_antialias=False``: the class token's entry is kept, the M x M grid is resampled in float32
+    with ``F.interpolate(mode="bicubic", scale_factor=(16.1 / M, 16.1 / M))``. Returned unchanged if M = 16.
+    """
+    grid = IMAGE_SIZE // PATCH_SIZE
+    side = math.isqrt(pos_embed.shape[1] - 1)
+    if pos_embed.ndim != 3 or pos_embed.shape[0] != 1 or side * side != pos_embed.shape[1] - 1:
+        raise RuntimeError(
+            f"pos_embed has shape {tuple(pos_embed.shape)}; a DINOv2 checkpoint has (1, 1 + M * M, d) "
+            "(M = 37 for the official 518 px weights)."
+        )
+    if side == grid:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    patches = pos_embed[:, 1:].float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+    scale = float(grid + _HUB_INTERPOLATE_OFFSET) / side
+    patches = F.interpolate(patches, scale_factor=(scale, scale), mode="bicubic", antialias=False)
+    patches = patches.permute(0, 2, 3, 1).reshape(1, grid * grid, dim).to(pos_embed.dtype)
+    return torch.cat([pos_embed[:, :1], patches], dim=1)
+
+
+def load_vit(path: str | os.PathLike) -> nn.Module:
+    """timm's ``vit_large_patch14_dinov2`` at 224 px holding the hub state dict in ``path`` (strict).
+
+    The model is built on the meta device and takes the loaded tensors as its parameters, so no random
+    initialisation runs and the 1.2 GB of weights exist once. Returns it in eval mode.
+    """
+    try:
+        import timm
+        from timm.models.vision_transformer import checkpoint_filter_fn
+    except ImportError as err:
+        raise ImportError("DINOv2Features needs timm: pip install 'fid_metric[dinov2]' (or timm>=0.9).") from err
+
+    with torch.device("meta"):
+        model = timm.create_model(TIMM_MODEL, pretrained=False, img_size=IMAGE_SIZE, num_classes=0)
+    try:
+        state = weights.load_state_dict(path)
+        if "pos_embed" not in state or "mask_token" not in state:
+            missing = sorted({"pos_embed", "mask_token"} - set(state))
+            raise RuntimeError(f"no {missing} entries (it has {len(state)} entries, e.g. {sorted(state)[:3]})")
+        state["pos_embed"] = hub_pos_embed_224(state["pos_embed"])
+        state = {name: value.float() for name, value in checkpoint_filter_fn(state, model).items()}
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{path} is not a DINOv2 ViT-L/14 state dict in torch hub's layout (as in Meta's "
+            f"{Path(OFFICIAL_URL).name}): {err}"
+        ) from err
+    return model.eval()
+
+
+def resolve_weights(path: str | os.PathLike | None = None) -> Path:
+    """A local DINOv2 ViT-L/14 weights file, downloading it only from a verifiable mirror.
+
+    Order: ``path``; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub cache (the mirror's file name, then the
+    official one); a verified download from ``$FID_METRIC_DINOV2_WEIGHTS_URL`` into that cache.
+
+    Raises:
+        fid_metric.weights.WeightsUnavailableError: the given file does not exist, or none was found and
+            none could be downloaded; the message lists what was tried and how to supply the file.
+    """
+    if path is not None:
+        return _existing(Path(path), "weights_path")
+    if os.environ.get(ENV_WEIGHTS):
+        return _existing(Path(os.environ[ENV_WEIGHTS]), f"${ENV_WEIGHTS}")
+    mirror = os.environ.get(ENV_URL)
+    names = [Path(urllib.parse.urlparse(mirror).path).name] if mirror else []
+    names.append(Path(OFFICIAL_URL).name)
+    cached = [weights.cache_dir() / name for name in dict.fromkeys(names)]
+    for candidate in cached:
+        if candidate.is_file():
+            return candidate
+    tried = (
+        "Could not get the DINOv2 ViT-L/14 weights. Tried:\n"
+        "  - weights_path: not given\n"
+        f"  - ${ENV_WEIGHTS}: not set\n"
+        f"  - the torch hub cache: {', '.join(str(c) for c in cached)} not found\n"
+    )
+    advice = (
+        f"Fetch {OFFICIAL_URL} on a machine with internet access and pass "
+        f"DINOv2Features(weights_path='/path/to/{Path(OFFICIAL_URL).name}'), or set "
+        f"{ENV_WEIGHTS}=/path/to/{Path(OFFICIAL_URL).name}, or copy it to {cached[-1]}; or set {ENV_URL} to a "
+        "mirror whose file name carries the file's SHA-256 prefix (e.g. dinov2_vitl14_pretrain-<sha256[:8]>.pth)."
+    )
+    if not mirror:
+        raise weights.WeightsUnavailableError(
+            tried
+            + f"  - downloading: ${ENV_URL} not set, and Meta's URL carries no hash to verify a download by\n"
+            + advice
+        )
+    try:
+        return weights.download(mirror, weights.cache_dir())
+    except (OSError, http.client.HTTPException, RuntimeError, ValueError) as err:  # URLError is an OSError
+        raise weights.WeightsUnavailableError(
+            tried + f"  - downloading {mirror} (from ${ENV_URL}): {err}\n" + advice
+        ) from err
+
+
+def _existing(path: Path, source: str) -> Path:
+    if not path.is_file():
+        raise weights.WeightsUnavailableError(
+            f"DINOv2 weights file {path} (from {source}) does not exist. Fetch {OFFICIAL_URL} and point "
+            f"weights_path= or ${ENV_WEIGHTS} at it."
+        )
+    return path
