@@ -23,8 +23,8 @@ after each pass. What remains is Pillow's fixed-point arithmetic (22-bit coeffic
 that lies within about 1e-4 of a rounding boundary by one level: tests/test_dinov2.py holds the result to
 Pillow at most 2/255 apart with under 1% of values differing (float resizing in one pass, clipped once,
 differs by up to 23/255 in about 20% of values on noisy images, because Pillow clips the overshoot of the
-first pass). Pillow builds that choose the pass order by cost (vertical first for some reductions) differ
-by a few levels more on those shapes.
+first pass). Pillow 13.0.0 as installed here runs the vertical pass first for some reductions (e.g. 512x300
+-> 224x224 as H x W), and there up to 7 levels differ in about a quarter of the values.
 
 The network. The official checkpoint ``dinov2_vitl14_pretrain.pth`` is the hub model at 518 px: its
 ``pos_embed`` is ``(1, 1 + 37 * 37, 1024)``. At 224 px the hub model resamples it on every forward in
@@ -33,9 +33,13 @@ The network. The official checkpoint ``dinov2_vitl14_pretrain.pth`` is the hub m
 constructors), so source coordinates step by 37 / 16.1, not 37 / 16. timm's ``checkpoint_filter_fn`` would
 resample to a 16x16 grid with ``antialias=True`` and ``size=(16, 16)``, a different tensor, so
 ``hub_pos_embed_224`` resamples it the hub's way first and ``checkpoint_filter_fn`` then only drops
-``mask_token`` (its own resampling is skipped once the token count matches). The remaining arithmetic is
-the same: pre-norm blocks with LayerScale, LayerNorm eps 1e-6, exact GELU; timm's fused attention
-(``scaled_dot_product_attention``) and the hub's explicit softmax (or xformers) agree to float32 rounding.
+``mask_token`` (its own resampling is skipped once the token count matches; on random weights it would move
+the features by 0.6% relative). The rest is the same arithmetic: pre-norm blocks with LayerScale, LayerNorm
+eps 1e-6, exact GELU, ``scaled_dot_product_attention``. Given the same network input, the feature equalled
+the hub model's ``x_norm_clstoken`` bit for bit (CPU, facebookresearch/dinov2 at b8931f7 without xformers,
+random weights in the official layout); the hub's xformers or older explicit-softmax attention differ from
+it at float32 rounding. End to end, on the same images, it was 2e-4 relative from dgm-eval's feature, all of
+it from the resized values that Pillow rounds differently.
 
 Weights, first match wins: the ``weights_path=`` argument; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub
 cache (``torch.hub.get_dir()/checkpoints/dinov2_vitl14_pretrain.pth``, where ``torch.hub.load`` of the
@@ -115,10 +119,10 @@ def dinov2_input(imgs: Tensor) -> Tensor:
 
     ``(pil_bicubic_224(imgs) / 255 - mean) / std`` with the ImageNet mean and std, per channel.
     """
-    x = pil_bicubic_224(imgs).div_(255)
+    x = pil_bicubic_224(imgs) / 255
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+    return (x - mean) / std
 
 
 def pil_bicubic_224(imgs: Tensor) -> Tensor:
@@ -181,11 +185,12 @@ def load_vit(path: str | os.PathLike) -> nn.Module:
     with torch.device("meta"):
         model = timm.create_model(TIMM_MODEL, pretrained=False, img_size=IMAGE_SIZE, num_classes=0)
     try:
-        state = weights.load_state_dict(path)
+        state = weights.load_state_dict(path, what="DINOv2 weights")
         if "pos_embed" not in state or "mask_token" not in state:
             missing = sorted({"pos_embed", "mask_token"} - set(state))
             raise RuntimeError(f"no {missing} entries (it has {len(state)} entries, e.g. {sorted(state)[:3]})")
         state["pos_embed"] = hub_pos_embed_224(state["pos_embed"])
+        # float32 like the hub model's parameters, which load_state_dict copies into (a no-op for Meta's file)
         state = {name: value.float() for name, value in checkpoint_filter_fn(state, model).items()}
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:

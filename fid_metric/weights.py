@@ -124,14 +124,14 @@ def resolve(path: str | os.PathLike | None = None) -> Path:
         ) from err
 
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Load a state dict with ``torch.load(weights_only=True)`` on the CPU."""
+def load_state_dict(path: str | os.PathLike, what: str = "Inception weights") -> dict[str, Tensor]:
+    """Load a state dict with ``torch.load(weights_only=True)`` on the CPU; ``what`` names it in errors."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise RuntimeError(f"Could not load Inception weights from {path}: {err}") from err
+        raise RuntimeError(f"Could not load {what} from {path}: {err}") from err
     if not isinstance(state, dict):
-        raise RuntimeError(f"Inception weights file {path} holds a {type(state).__name__}, not a state dict.")
+        raise RuntimeError(f"{what} file {path} holds a {type(state).__name__}, not a state dict.")
     return state
 
 
