@@ -1,0 +1,107 @@
+"""examples/gan_digits.py end to end, as a subprocess with tiny settings and the random-init Inception weights.
+
+Each run trains for a few batches, computes the reference statistics of 32 real digits and evaluates 16
+generated digits per epoch at ``--feature 64`` (about 10 s on one CPU thread).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from fid_metric import FeatureStats
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = "--val-samples 16 --batch-size 8 --max-train-batches 4 --feature 64 --reference-images 32 --accelerator cpu"
+
+
+def run_example(args: list[str], weights: Path, logdir: Path, **env_vars: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env["OMP_NUM_THREADS"] = "1"  # tiny models; avoids thread thrashing when the cores are shared
+    env.update(env_vars)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "examples" / "gan_digits.py"),
+            *TINY.split(),
+            *args,
+            *["--inception-weights", str(weights), "--logdir", str(logdir)],
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    return proc
+
+
+def printed_fids(stdout: str) -> list[float]:
+    """The values of the ``  epoch N: FID`` lines the example prints at the end."""
+    lines = stdout.split("per epoch:\n", 1)[1].splitlines()
+    return [float(line.split(":")[1]) for line in lines if line.startswith("  epoch ")]
+
+
+def test_gan_example_logs_fid_each_epoch_to_tensorboard(inception_weights: Path, tmp_path: Path) -> None:
+    proc = run_example(["--epochs", "2"], inception_weights, tmp_path)
+
+    printed = printed_fids(proc.stdout)
+    assert len(printed) == 2
+    assert all(math.isfinite(value) and value > 0 for value in printed)
+
+    event_files = list((tmp_path / "gan_digits").glob("version_*/events.out.tfevents.*"))
+    assert len(event_files) == 1
+    acc = EventAccumulator(str(event_files[0].parent), size_guidance={"scalars": 0})
+    acc.Reload()
+    events = acc.Scalars("val/fid")
+    assert len(events) == 2  # once per epoch
+    assert events[0].step < events[1].step
+    assert [event.value for event in events] == pytest.approx(printed, rel=1e-5, abs=1e-4)  # printed: 4 decimals
+
+    reference = FeatureStats.load(tmp_path / "digits_ref_64.npz")
+    assert reference.n == 32
+    assert reference.feature_dim == 64
+    assert reference.extractor == "inception-2015-12-05/64"
+    assert reference.weights_sha256  # recorded, so statistics made with other weights are refused
+
+    plot = tmp_path / "fid_curve.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(plot) as image:
+        image.verify()
+    with Image.open(plot) as image:
+        assert image.format == "PNG" and min(image.size) > 100
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is None, reason="wandb is not installed")
+def test_gan_example_logs_to_wandb_offline(inception_weights: Path, tmp_path: Path) -> None:
+    logdir = tmp_path / "logs"
+    wandb_dirs = ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
+    wandb_env = {name: str(tmp_path / name.lower()) for name in wandb_dirs}  # nothing written to $HOME
+    plot = tmp_path / "curve.png"
+    proc = run_example(
+        ["--epochs", "1", "--logger", "wandb", "--plot", str(plot)],
+        inception_weights,
+        logdir,
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        **wandb_env,
+    )
+
+    assert len(printed_fids(proc.stdout)) == 1
+    runs = list((logdir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    (transaction_log,) = runs[0].glob("run-*.wandb")
+    assert transaction_log.stat().st_size > 0
+    assert f"W&B run: {runs[0]}" in proc.stdout
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(logdir.glob("gan_digits")), "no TensorBoard logs with --logger wandb"
