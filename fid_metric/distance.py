@@ -38,7 +38,8 @@ def sqrt_factor(sigma: Tensor) -> Tensor:
 def trace_sqrt_product(sigma1_factor: Tensor, sigma2: Tensor) -> Tensor:
     """``tr((S1 S2)^1/2)`` as a float64 scalar, from ``A`` (``(d, r)``, ``A A^T = S1``) and a ``(d, d)`` ``S2``."""
     a = sigma1_factor.to(torch.float64)
-    congruent = _symmetric(a.T @ sigma2.to(device=a.device, dtype=torch.float64) @ a)
+    # eigvalsh reads only the lower triangle, which is a symmetric matrix's exactly; no need to symmetrise.
+    congruent = a.T @ sigma2.to(device=a.device, dtype=torch.float64) @ a
     return torch.linalg.eigvalsh(congruent).clamp_min(0).sqrt().sum()
 
 

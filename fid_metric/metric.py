@@ -12,7 +12,7 @@ from torchmetrics.utilities import rank_zero_warn
 
 from fid_metric import weights
 from fid_metric.distance import frechet_distance, sqrt_factor
-from fid_metric.inception import FIDInceptionV3
+from fid_metric.inception import FIDInceptionV3, fold_batch_norm
 from fid_metric.precision import PRECISIONS, network_math
 from fid_metric.preprocess import check_images, inception_input, resolve_compat, to_uint8_rgb
 from fid_metric.stats import FeatureStats, mean_and_covariance
@@ -464,7 +464,7 @@ def _load_inception(source: os.PathLike) -> FIDInceptionV3:
             f"{source} is not a pt_inception-2015-12-05 state dict (as in pytorch-fid's "
             f"pt_inception-2015-12-05-6726825d.pth): {err}"
         ) from err
-    return network.to(memory_format=torch.channels_last)
+    return fold_batch_norm(network).to(memory_format=torch.channels_last)
 
 
 def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tuple[int, int, int]) -> int:
