@@ -11,7 +11,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
 from fid_metric import weights
-from fid_metric.distance import frechet_distance, sqrt_factor
+from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
 from fid_metric.inception import FIDInceptionV3, fold_batch_norm
 from fid_metric.precision import PRECISIONS, network_math
 from fid_metric.preprocess import check_images, inception_input, resolve_compat, to_uint8_rgb
@@ -152,7 +152,7 @@ class FrechetInceptionDistance(Metric):
         self._extractor = _Unregistered(network)
 
         self._reference: FeatureStats | None = None
-        self._reference_factor: Tensor | None = None
+        self._reference_factor: CovarianceFactor | None = None
         if real_stats is not None:
             reference = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
             ours = {"feature_dim": num_features, **self._metadata(with_hash=bool(reference.weights_sha256))}
@@ -303,7 +303,7 @@ class FrechetInceptionDistance(Metric):
         mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
 
-    def _reference_on(self, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    def _reference_on(self, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """The fixed reference's mean, covariance and covariance factor on ``device``; the factor is cached."""
         if self._reference_factor is None or self._reference_factor.device != device:
             self._reference_factor = sqrt_factor(self._reference.covariance.to(device))

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fid_metric.distance import frechet_distance, sqrt_factor
+from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
 from fid_metric.inception import FEATURE_DIMS
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.stats import FeatureStats, mean_and_covariance
@@ -207,7 +207,7 @@ class InceptionMetrics(FrechetInceptionDistance):
         stderr = ((g - 1) / g * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
         return intercept, stderr
 
-    def _real_side(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _real_side(self) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """Real mean, covariance and covariance factor (computed once per call, or the reference's cached one)."""
         if self._reference is not None:
             return self._reference_on(self.fake_features_sum.device)

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from fid_metric import frechet_distance
-from fid_metric.distance import sqrt_factor
+from fid_metric.distance import _lower_congruence, sqrt_factor
 
 
 def _orthogonal(d: int, seed: int) -> torch.Tensor:
@@ -67,6 +67,8 @@ def test_rank_deficient_covariances_are_finite_and_exact() -> None:
     mu = torch.zeros(d, dtype=torch.float64)
     s1, s2 = q @ torch.diag(a) @ q.T, q @ torch.diag(b) @ q.T
     assert int(torch.linalg.cholesky_ex(s1)[1]) != 0, "the test needs a singular covariance"
+    factor = sqrt_factor(s1)
+    assert not factor.lower_triangular and factor.matrix.shape == (d, r)
     got = frechet_distance(mu, s1, mu, s2)
     expected = (a + b - 2 * (a * b).sqrt()).sum()
     assert torch.isfinite(got) and abs(got - expected) / expected <= 1e-8
@@ -76,7 +78,8 @@ def test_sqrt_factor_reuse_gives_the_same_value() -> None:
     mu1, s1 = _random_gaussian(48, seed=7)
     mu2, s2 = _random_gaussian(48, seed=8)
     factor = sqrt_factor(s1)
-    assert torch.allclose(factor @ factor.T, s1, rtol=0, atol=1e-12)
+    assert factor.lower_triangular and torch.equal(factor.matrix, factor.matrix.tril())
+    assert torch.allclose(factor.matrix @ factor.matrix.T, s1, rtol=0, atol=1e-12)
     assert frechet_distance(mu1, s1, mu2, s2, sigma1_factor=factor) == frechet_distance(mu1, s1, mu2, s2)
 
 
@@ -93,3 +96,13 @@ def test_rejects_mismatched_shapes() -> None:
         frechet_distance(mu, sigma, mu[:3], sigma)
     with pytest.raises(ValueError, match="shape \\(d, d\\)"):
         frechet_distance(mu, sigma[:3], mu, sigma)
+
+
+@pytest.mark.parametrize("d", [2, 7, 64])
+def test_triangular_product_pair_equals_the_full_product(d: int) -> None:
+    """The blocked L^T S L used for Cholesky factors equals the two plain matrix products."""
+    _, s1 = _random_gaussian(d, seed=11)
+    _, s2 = _random_gaussian(d, seed=12)
+    lower = torch.linalg.cholesky(s1)
+    expected = lower.T @ s2 @ lower
+    assert torch.allclose(_lower_congruence(lower, s2), expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
