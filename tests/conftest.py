@@ -9,6 +9,9 @@ features). Built independently of fid_metric's own network, once per session.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,30 @@ import torchvision
 from pytorch_fid import inception as pfid_inception
 
 torch.set_num_threads(2)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(script: Path, *args: str, timeout: float = 300, **env_vars: str) -> subprocess.CompletedProcess:
+    """Run ``python script args`` from the repository root, as a fresh process; fail with its output.
+
+    The child finds ``fid_metric`` and the test helpers on its path, runs one thread per process (its
+    models are tiny, and threads thrash when other jobs share the cores), and inherits no launcher
+    variables (MASTER_ADDR, RANK, ...) that would confuse a DDP script.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
+    }
+    paths = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "ddp_scripts"), env.get("PYTHONPATH", "")]
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, paths)), OMP_NUM_THREADS="1", **env_vars)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    output = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{output}"
+    return proc
 
 
 def build_reference_inception(seed: int = 0) -> torch.nn.Module:

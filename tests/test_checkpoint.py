@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import smooth_images
+from conftest import run_python, smooth_images
 from test_metric import TinyFeatures
 
 from fid_metric import FrechetInceptionDistance
@@ -27,18 +24,9 @@ def test_only_kept_real_statistics_enter_the_state_dict() -> None:
 
 def test_lightning_resume_in_a_new_process_gives_the_same_fid(tmp_path) -> None:
     """Train 2 epochs (real images fed in epoch 0 only), checkpoint, then validate in a fresh process."""
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
-    }
     ckpt = tmp_path / "model.ckpt"
     for mode in ("train", "resume"):
-        subprocess.run(
-            [sys.executable, str(SCRIPTS / "resume.py"), mode, str(ckpt), str(tmp_path / f"{mode}.json")],
-            check=True,
-            env=env,
-            timeout=300,
-        )
+        run_python(SCRIPTS / "resume.py", mode, str(ckpt), str(tmp_path / f"{mode}.json"))
     trained = json.loads((tmp_path / "train.json").read_text())
     resumed = json.loads((tmp_path / "resume.json").read_text())
     assert trained["values"][0] == trained["values"][1] > 0, "epoch 1 reused the real statistics of epoch 0"

@@ -9,15 +9,13 @@ bookkeeping (one all_reduce of the packed float64 states, sync/unsync, Lightning
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_python
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "ddp_scripts"
 sys.path.insert(0, str(SCRIPTS))
 
@@ -34,22 +32,7 @@ TIMEOUT_S = 240
 
 
 def run_script(script: str, *args: str) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(SCRIPTS)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])
-    )
-    env["OMP_NUM_THREADS"] = "1"  # tiny models; avoids thread thrashing when other jobs share the cores
-    for name in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
-        env.pop(name, None)  # a stray launcher environment must not leak into the subprocess
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / script), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-    assert proc.returncode == 0, f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    run_python(SCRIPTS / script, *args, timeout=TIMEOUT_S)
 
 
 def rel(a: float, b: float) -> float:

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import smooth_images
+from conftest import run_python, smooth_images
 from test_metric import TinyFeatures
 
 from fid_metric import FrechetInceptionDistance
@@ -27,8 +24,7 @@ def _single_process_fid(n: int = 67) -> float:
 
 def _run(mode: str, tmp_path: Path) -> dict[str, float]:
     out = tmp_path / f"{mode}.json"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SCRIPT.parents[2]), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(SCRIPT), "2", mode, str(out)], check=True, env=env, timeout=300)
+    run_python(SCRIPT, "2", mode, str(out))
     return json.loads(out.read_text())
 
 

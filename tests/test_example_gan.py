@@ -8,42 +8,27 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO, run_python
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fid_metric import FeatureStats
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = "--val-samples 16 --batch-size 8 --max-train-batches 4 --feature 64 --reference-images 32 --accelerator cpu"
 
 
 def run_example(args: list[str], weights: Path, logdir: Path, **env_vars: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["OMP_NUM_THREADS"] = "1"  # tiny models; avoids thread thrashing when the cores are shared
-    env.update(env_vars)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / "gan_digits.py"),
-            *TINY.split(),
-            *args,
-            *["--inception-weights", str(weights), "--logdir", str(logdir)],
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    return run_python(
+        REPO / "examples" / "gan_digits.py",
+        *TINY.split(),
+        *args,
+        *["--inception-weights", str(weights), "--logdir", str(logdir)],
+        **env_vars,
     )
-    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    return proc
 
 
 def printed_fids(stdout: str) -> list[float]:

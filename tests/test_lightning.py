@@ -7,8 +7,6 @@ the ``inception_weights`` fixture.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import REPO, run_python
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -24,7 +23,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fid_metric import FrechetInceptionDistance
 
-REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent / "ddp_scripts"))
 
 from tiny import TinyFeatures, fid_of, images  # noqa: E402
@@ -255,23 +253,11 @@ def test_state_dict_has_no_inception_weights(inception_weights: Path, tmp_path: 
 
 
 def test_example_runs_and_logs_fid(inception_weights: Path, tmp_path: Path) -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    env["OMP_NUM_THREADS"] = "1"  # tiny model; avoids thread thrashing when the cores are shared
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "examples" / "lightning_tensorboard.py"),
-            *"--epochs 1 --val-images 8 --batch-size 4 --train-images 64 --feature 64 --accelerator cpu".split(),
-            *["--inception-weights", str(inception_weights), "--logdir", str(tmp_path)],
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    proc = run_python(
+        REPO / "examples" / "lightning_tensorboard.py",
+        *"--epochs 1 --val-images 8 --batch-size 4 --train-images 64 --feature 64 --accelerator cpu".split(),
+        *["--inception-weights", str(inception_weights), "--logdir", str(tmp_path)],
     )
-    assert proc.returncode == 0, f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
     assert "epoch 0:" in proc.stdout
 
     event_files = list((tmp_path / "fid_example").glob("version_*/events.out.tfevents.*"))
