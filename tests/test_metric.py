@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import smooth_images
 from pytorch_fid.fid_score import calculate_frechet_distance
+from test_preprocess import BAD_INPUTS
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 
 from fid_metric import FrechetInceptionDistance
@@ -170,6 +171,34 @@ def test_network_is_not_in_state_dict(inception_weights) -> None:
     keys = set(metric.state_dict())
     assert keys == {f"{side}_features_{s}" for side in ("real", "fake") for s in ("sum", "cov_sum", "num_samples")}
     assert list(metric.parameters()) == []
+
+
+@pytest.fixture(scope="module")
+def fed_metrics(inception_weights) -> dict[bool, FrechetInceptionDistance]:
+    """A uint8 and a normalize=True metric that have already seen one batch on each side."""
+    metrics = {}
+    for normalize in (False, True):
+        metric = FrechetInceptionDistance(64, normalize=normalize, feature_extractor_weights_path=inception_weights)
+        for real in (True, False):
+            imgs = smooth_images(2, 32, seed=int(real))
+            metric.update(imgs.float() / 255 if normalize else imgs, real=real)
+        metrics[normalize] = metric
+    return metrics
+
+
+@pytest.mark.parametrize(("imgs", "normalize", "error", "message"), BAD_INPUTS)
+@pytest.mark.parametrize("real", [True, False])
+def test_every_bad_input_is_rejected_by_update_without_changing_state(
+    fed_metrics, imgs, normalize, error, message, real
+) -> None:
+    metric = fed_metrics[normalize]
+    before = {name: getattr(metric, name).clone() for name in metric._defaults}
+    seen = dict(metric._images_seen)
+    with pytest.raises(error, match=message):
+        metric.update(imgs, real=real)
+    for name, value in before.items():
+        assert torch.equal(getattr(metric, name), value), name
+    assert metric._images_seen == seen
 
 
 def test_rejected_batch_changes_no_state(inception_weights) -> None:

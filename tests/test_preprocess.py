@@ -67,24 +67,24 @@ def test_resolve_compat_maps_torchmetrics_antialias() -> None:
         resolve_compat("clean-fid", None)
 
 
-@pytest.mark.parametrize(
-    ("imgs", "normalize", "error", "message"),
-    [
-        ([[0]], False, TypeError, "torch.Tensor"),
-        (torch.zeros(3, 8, 8, dtype=torch.uint8), False, ValueError, "3-d tensor"),
-        (torch.zeros(2, 2, 8, 8, dtype=torch.uint8), False, ValueError, "1 \\(grey\\) or 3 \\(RGB\\) channels"),
-        (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), False, ValueError, "got shape \\(2, 4, 8, 8\\)"),
-        (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), False, ValueError, "permute"),
-        (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), False, ValueError, "non-empty"),
-        (torch.zeros(2, 3, 8, 8), False, TypeError, "need normalize=True"),
-        (torch.zeros(2, 3, 8, 8, dtype=torch.int32), False, TypeError, "uint8 in \\[0, 255\\], got dtype torch.int32"),
-        (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), True, TypeError, "floating point in \\[0, 1\\]"),
-        (torch.full((2, 3, 8, 8), 1.5), True, ValueError, "in \\[0, 1\\], got values in \\[1.5, 1.5\\]"),
-        (torch.full((2, 3, 8, 8), -0.1), True, ValueError, "in \\[0, 1\\]"),
-        (torch.full((2, 3, 8, 8), float("nan")), True, ValueError, "finite"),
-        (torch.full((2, 3, 8, 8), float("inf")), True, ValueError, "finite"),
-    ],
-)
+BAD_INPUTS = [
+    ([[0]], False, TypeError, "torch.Tensor"),
+    (torch.zeros(3, 8, 8, dtype=torch.uint8), False, ValueError, "3-d tensor"),
+    (torch.zeros(2, 2, 8, 8, dtype=torch.uint8), False, ValueError, "1 \\(grey\\) or 3 \\(RGB\\) channels"),
+    (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), False, ValueError, "got shape \\(2, 4, 8, 8\\)"),
+    (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), False, ValueError, "permute"),
+    (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), False, ValueError, "non-empty"),
+    (torch.zeros(2, 3, 8, 8), False, TypeError, "need normalize=True"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.int32), False, TypeError, "uint8 in \\[0, 255\\], got dtype torch.int32"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), True, TypeError, "floating point in \\[0, 1\\]"),
+    (torch.full((2, 3, 8, 8), 1.5), True, ValueError, "in \\[0, 1\\], got values in \\[1.5, 1.5\\]"),
+    (torch.full((2, 3, 8, 8), -0.1), True, ValueError, "in \\[0, 1\\]"),
+    (torch.full((2, 3, 8, 8), float("nan")), True, ValueError, "finite"),
+    (torch.full((2, 3, 8, 8), float("inf")), True, ValueError, "finite"),
+]
+
+
+@pytest.mark.parametrize(("imgs", "normalize", "error", "message"), BAD_INPUTS)
 def test_check_images_rejects_with_what_was_expected(imgs, normalize, error, message) -> None:
     with pytest.raises(error, match=message):
         check_images(imgs, normalize)
