@@ -61,7 +61,7 @@ class FrechetInceptionDistance(Metric):
     Raises:
         ValueError: ``feature`` is an int other than 64, 192, 768, 2048; ``compat`` is unknown or contradicts
             ``antialias``; ``normalize`` or ``reset_real_features`` is not a bool; ``real_stats`` is not
-            readable.
+            readable; ``dataset_size`` is not a positive int; ``precision`` is unknown.
         fid_metric.StatsMismatchError: ``real_stats`` was made with another feature dimension, extractor,
             weights or compat mode.
         TypeError: ``feature`` is neither an int nor an ``nn.Module``.
