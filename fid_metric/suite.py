@@ -123,7 +123,7 @@ class InceptionMetrics(FrechetInceptionDistance):
         if self.inception_score:
             log_p = self._as_state(outputs["logits_unbiased"]).log_softmax(dim=1)
             p = log_p.exp()
-            split = torch.tensor([j % self.splits for j in positions], device=device)
+            split = _index([j % self.splits for j in positions], device)
             self.is_plogp_sum.index_add_(0, split, (p * log_p).sum(1))
             self.is_p_sum.index_add_(0, split, p)
             self.is_num_samples.index_add_(0, split, torch.ones_like(split))
@@ -131,9 +131,7 @@ class InceptionMetrics(FrechetInceptionDistance):
             features = self._as_state(outputs[self._feature_output])
             groups = [j % self.fid_groups for j in positions]
             for g in sorted(set(groups)):
-                rows = features.index_select(
-                    0, torch.tensor([i for i, h in enumerate(groups) if h == g], device=device)
-                )
+                rows = features.index_select(0, _index([i for i, h in enumerate(groups) if h == g], device))
                 self.fake_group_sum[g].add_(rows.sum(0))
                 self.fake_group_cov_sum[g].addmm_(rows.T, rows)
                 self.fake_group_num_samples[g].add_(rows.shape[0])
@@ -223,3 +221,9 @@ class InceptionMetrics(FrechetInceptionDistance):
                 mu_s, sigma_s = mean_and_covariance(stats.n, self.real_spatial_sum, self.real_spatial_cov_sum)
             stats.extra.update(mu_s=mu_s.cpu(), sigma_s=sigma_s.cpu())
         return stats
+
+
+def _index(values: list[int], device: torch.device) -> Tensor:
+    """An int64 index tensor on ``device``, copied from pinned memory so that it does not wait for the GPU."""
+    index = torch.tensor(values, dtype=torch.int64)
+    return index if device.type == "cpu" else index.pin_memory().to(device, non_blocking=True)
