@@ -257,22 +257,29 @@ class FrechetInceptionDistance(Metric):
         if self._reference is not None:
             return self._distance_to_reference(n_fake)
         n_real = int(self.real_features_num_samples)
-        if n_real < 2 or n_fake < 2:
-            raise RuntimeError(
-                f"FID needs at least 2 real and 2 generated images to estimate covariances; got {n_real} real "
-                f"and {n_fake} generated. Call update(imgs, real=True) and update(imgs, real=False) first."
-            )
-        if min(n_real, n_fake) < self.num_features:
-            rank_zero_warn(
-                f"FID from {n_real} real and {n_fake} generated images with {self.num_features}-dimensional "
-                "features: fewer samples than dimensions makes the covariance singular, and FID is strongly "
-                "biased. Use more images (FID is usually reported on 10k-50k) or a smaller `feature`.",
-                UserWarning,
-            )
+        self._check_counts(real=n_real, fake=n_fake)
         self._warn_if_not_dataset_size(real=n_real, fake=n_fake)
         mu_real, sigma_real = mean_and_covariance(n_real, self.real_features_sum, self.real_features_cov_sum)
         mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)
+
+    def _check_counts(self, **counts: int) -> None:
+        """Raise below 2 images on a side; warn below the feature dimension (the covariance is singular)."""
+        names = {"real": "real", "fake": "generated"}
+        needed = " and ".join(f"2 {names[side]}" for side in counts)
+        got = " and ".join(f"{n} {names[side]}" for side, n in counts.items())
+        if min(counts.values()) < 2:
+            raise RuntimeError(
+                f"FID needs at least {needed} images to estimate covariances; got {got}. "
+                "Call update(imgs, real=...) first."
+            )
+        if min(counts.values()) < self.num_features:
+            rank_zero_warn(
+                f"FID from {got} images with {self.num_features}-dimensional features: fewer samples than "
+                "dimensions makes the covariance singular, and FID is strongly biased. Use more images (FID is "
+                "usually reported on 10k-50k) or a smaller `feature`.",
+                UserWarning,
+            )
 
     def _warn_if_not_dataset_size(self, **counted: int) -> None:
         if self.dataset_size is None:
@@ -287,17 +294,7 @@ class FrechetInceptionDistance(Metric):
                 )
 
     def _distance_to_reference(self, n_fake: int) -> Tensor:
-        if n_fake < 2:
-            raise RuntimeError(
-                f"FID needs at least 2 generated images to estimate a covariance; got {n_fake}. "
-                "Call update(imgs, real=False) first."
-            )
-        if n_fake < self.num_features:
-            rank_zero_warn(
-                f"FID from {n_fake} generated images with {self.num_features}-dimensional features: fewer samples "
-                "than dimensions makes the covariance singular, and FID is strongly biased.",
-                UserWarning,
-            )
+        self._check_counts(fake=n_fake)
         self._warn_if_not_dataset_size(fake=n_fake)
         mu_real, sigma_real, factor = self._reference_on(self.fake_features_sum.device)
         mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
@@ -329,9 +326,7 @@ class FrechetInceptionDistance(Metric):
         Under DDP every process must call it (the statistics are synced); rank 0 writes the file.
         """
         stats = self._real_stats_to_save()
-        if not torch.distributed.is_available() or not torch.distributed.is_initialized():
-            stats.save(path)
-        elif torch.distributed.get_rank(self.process_group) == 0:
+        if self._world_and_rank()[1] == 0:
             stats.save(path)
 
     def _real_stats_to_save(self) -> FeatureStats:
@@ -377,8 +372,7 @@ class FrechetInceptionDistance(Metric):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         # A checkpoint holds the global real sums (see the class docstring); each process loads it, so
         # only rank 0 may keep them or the next all_reduce would count them world_size times.
-        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if holds_real and distributed and torch.distributed.get_rank(self.process_group) != 0:
+        if holds_real and self._world_and_rank()[1] != 0:
             for name in self._real_states:
                 setattr(self, name, torch.zeros_like(getattr(self, name)))
 
