@@ -91,26 +91,57 @@ def frechet_distance(
     return mean_term + trace_term
 
 
+_BLOCK = 256
+
+
 def _symmetric(m: Tensor) -> Tensor:
     return (m + m.T) / 2
 
 
-def _lower_congruence(lower: Tensor, sigma: Tensor) -> Tensor:
-    """``L^T S L`` for a lower-triangular ``(d, d)`` L and a symmetric S, in 9/16 of two GEMMs' flops.
+def _lower_congruence(lower: Tensor, sigma: Tensor, block: int = _BLOCK) -> Tensor:
+    """The lower triangle of ``L^T S L`` for a lower-triangular ``(d, d)`` L and a symmetric S.
 
-    With L = [[A, 0], [B, C]] and S = [[P, Q], [Q^T, R]] in h = d // 2 blocks, the product's lower blocks
-    are ``A^T (P A + Q B) + B^T (Q^T A + R B)``, ``C^T (Q^T A + R B)`` and ``C^T R C``: L's zero block is
-    skipped and the upper block is the transpose of the lower one (a triangular product pair, for which
-    torch has no BLAS call).
+    About 1.5 d^3 flops instead of two GEMMs' 4 d^3 (torch has no ``trmm``): ``W = S L`` skips L's zero
+    upper triangle and ``L^T W`` computes only the lower block triangle of the symmetric result. The blocks
+    above the diagonal are left zero; ``eigvalsh`` reads only the lower triangle.
     """
-    h = lower.shape[0] // 2
-    a, b, c = lower[:h, :h], lower[h:, :h], lower[h:, h:]
-    p, q, r = sigma[:h, :h], sigma[:h, h:], sigma[h:, h:]
-    left = p @ a + q @ b
-    right = q.T @ a + r @ b
-    product = torch.empty_like(sigma)
-    product[:h, :h] = a.T @ left + b.T @ right
-    product[h:, :h] = c.T @ right
-    product[h:, h:] = c.T @ (r @ c)
-    product[:h, h:] = product[h:, :h].T
+    w = torch.empty_like(sigma)
+    _times_lower(sigma, lower, w, block)
+    product = torch.zeros_like(sigma)
+    _lower_part_of_lower_t_times(lower, w, product, block)
     return product
+
+
+def _times_lower(m: Tensor, lower: Tensor, out: Tensor, block: int) -> None:
+    """``out = m @ lower`` for an ``(r, n)`` m and a lower-triangular ``(n, n)`` lower: half a GEMM's flops.
+
+    With lower = [[A, 0], [B, C]] in h = n // 2 blocks and m = [M1, M2]: ``[M1 A + M2 B, M2 C]``, recursing
+    on the triangular A and C down to ``block`` columns, below which a plain GEMM beats more recursion.
+    ``out`` may be a strided view (the recursion writes into column blocks of it).
+    """
+    n = lower.shape[0]
+    if n <= block:
+        torch.mm(m, lower, out=out)
+        return
+    h = n // 2
+    _times_lower(m[:, :h], lower[:h, :h], out[:, :h], block)
+    out[:, :h].addmm_(m[:, h:], lower[h:, :h])
+    _times_lower(m[:, h:], lower[h:, h:], out[:, h:], block)
+
+
+def _lower_part_of_lower_t_times(lower: Tensor, w: Tensor, out: Tensor, block: int) -> None:
+    """Writes ``lower.T @ w`` into the diagonal blocks of a zeroed ``out`` and below them, not above.
+
+    With lower = [[A, 0], [B, C]] and w = [[W11, W12], [W21, W22]]: the lower blocks of ``L^T W`` are
+    ``A^T W11 + B^T W21`` (recursing on A), ``C^T W21 = (W21^T C)^T`` and ``C^T W22`` (recursing on C).
+    """
+    n = lower.shape[0]
+    if n <= block:
+        torch.mm(lower.T, w, out=out)
+        return
+    h = n // 2
+    a, b, c = lower[:h, :h], lower[h:, :h], lower[h:, h:]
+    _lower_part_of_lower_t_times(a, w[:h, :h], out[:h, :h], block)
+    out[:h, :h].addmm_(b.T, w[h:, :h])
+    _times_lower(w[h:, :h].T, c, out[h:, :h].T, block)
+    _lower_part_of_lower_t_times(c, w[h:, h:], out[h:, h:], block)

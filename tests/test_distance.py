@@ -98,11 +98,15 @@ def test_rejects_mismatched_shapes() -> None:
         frechet_distance(mu, sigma[:3], mu, sigma)
 
 
-@pytest.mark.parametrize("d", [2, 7, 64])
-def test_triangular_product_pair_equals_the_full_product(d: int) -> None:
-    """The blocked L^T S L used for Cholesky factors equals the two plain matrix products."""
+@pytest.mark.parametrize(("d", "block"), [(2, 256), (7, 2), (64, 256), (64, 8), (100, 7)])
+def test_triangular_product_pair_equals_the_full_product(d: int, block: int) -> None:
+    """The recursive L^T S L used for Cholesky factors has the lower triangle of the two plain products.
+
+    Small ``block`` sizes make the recursion run several levels deep, with odd halves, on small matrices.
+    """
     _, s1 = _random_gaussian(d, seed=11)
     _, s2 = _random_gaussian(d, seed=12)
     lower = torch.linalg.cholesky(s1)
-    expected = lower.T @ s2 @ lower
-    assert torch.allclose(_lower_congruence(lower, s2), expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
+    expected = (lower.T @ s2 @ lower).tril()
+    got = _lower_congruence(lower, s2, block=block).tril()
+    assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
