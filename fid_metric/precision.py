@@ -16,7 +16,8 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
 
     "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
     TF32 convolutions and matmuls on CUDA (the same as "exact" elsewhere). "bf16": autocast to bfloat16.
-    Global CUDA flags are restored afterwards.
+    On CUDA, cuDNN autotunes its convolution algorithms in every mode (the first batch of each shape pays for
+    the search). Global CUDA flags are restored afterwards.
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
@@ -24,7 +25,22 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
             stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
         if device.type == "cuda":
             stack.enter_context(cuda_fp32("tf32" if precision == "tf32" else "ieee"))
+            stack.enter_context(cudnn_autotune())
         yield
+
+
+@contextlib.contextmanager
+def cudnn_autotune() -> Iterator[None]:
+    """Turn on ``torch.backends.cudnn.benchmark`` (fastest convolution algorithm per shape), then restore it.
+
+    The algorithms it chooses between differ only in float32 rounding order, as any two GPUs' do.
+    """
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 @contextlib.contextmanager

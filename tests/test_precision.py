@@ -7,7 +7,7 @@ import torch
 from test_metric import TinyFeatures
 
 from fid_metric import FrechetInceptionDistance
-from fid_metric.precision import cuda_fp32, network_math
+from fid_metric.precision import cuda_fp32, cudnn_autotune, network_math
 
 
 @pytest.mark.skipif(
@@ -27,6 +27,23 @@ def test_cuda_fp32_sets_and_restores_the_global_flags() -> None:
         assert matmul.fp32_precision == "tf32", "an exception must not leave the flags changed"
     finally:
         matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def test_cuda_network_math_autotunes_cudnn_and_restores_the_flags() -> None:
+    """cuDNN benchmark mode and IEEE float32 inside; the caller's flags afterwards (no GPU needed to check)."""
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with network_math(torch.device("cuda"), "exact"):
+            assert torch.backends.cudnn.benchmark
+        assert not torch.backends.cudnn.benchmark
+        with pytest.raises(RuntimeError, match="inside"), cudnn_autotune():
+            raise RuntimeError("inside")
+        assert not torch.backends.cudnn.benchmark, "an exception must not leave the flag changed"
+        with network_math(torch.device("cpu"), "exact"):
+            assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark = saved
 
 
 def test_network_math_disables_autocast_and_grad_unless_bf16() -> None:
