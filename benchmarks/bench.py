@@ -8,13 +8,18 @@ Measures, on identical inputs and identical (random-init, pt_inception layout) I
 * ``update()`` seconds per batch of images (299 px and 32 px input; batch 16 on CPU, 64 on CUDA), exact
   mode, ours vs torchmetrics' ``FrechetInceptionDistance(antialias=False)`` (its TF1-resize path, the one
   that computes the same features), and the largest relative feature difference between the two;
-* the share of ``update()`` spent outside the network's own forward (preprocessing, float64 accumulation);
-* ``compute()``'s Fréchet distance at d = 2048: ours (Cholesky + eigvalsh), ours with a fixed reference's
-  factor reused, torchmetrics' ``_compute_fid`` (eigvals of S1 S2) and pytorch-fid's
+* the time ``update()`` spends outside the network's own forward (input checks, preprocessing, float64
+  accumulation), measured by running it with the network swapped for its cached output, as a share of the
+  network's time;
+* ``compute()``'s Fréchet distance at d = 2048 (``--dim``): ours (Cholesky + eigvalsh), ours with a fixed
+  reference's factor reused, torchmetrics' ``_compute_fid`` (eigvals of S1 S2) and pytorch-fid's
   ``calculate_frechet_distance`` (scipy sqrtm);
+* the network's forward, eager vs ``torch.compile`` (and CUDA graphs on CUDA), with the compile time;
 * the bytes each process sends per DDP sync, from the state sizes.
 
-Timings are medians of ``--repeats`` runs after one warm-up run; the weights' values do not affect them.
+Timings are medians of ``--repeats`` rounds after one warm-up run, the contenders taking turns within each
+round; the weights' values do not affect them. ``--repeats 1 --batch 4 --dim 64 --skip-compile`` is a quick
+smoke run (tests/test_bench.py).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import torch
 import torch.nn.functional as F
 import torchmetrics
 from pytorch_fid.fid_score import calculate_frechet_distance
+from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 from torchmetrics.image.fid import _compute_fid
 
@@ -42,22 +48,30 @@ import fid_metric
 from fid_metric import FrechetInceptionDistance, frechet_distance
 from fid_metric.distance import sqrt_factor
 from fid_metric.inception import FIDInceptionV3
+from fid_metric.metric import _Unregistered
+from fid_metric.precision import network_math
 from fid_metric.preprocess import inception_input
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after one warm-up, synchronising CUDA around each."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:
+    """Median wall time of each function over ``repeats`` rounds, after one warm-up run of each.
+
+    Each round runs every function once, in turn, so a slow spell of a shared machine lands on all of them
+    alike and the ratios stay fair. CUDA is synchronised around each run.
+    """
+    for fn in fns.values():
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def smooth_images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -84,24 +98,54 @@ def random_weights(path: Path) -> None:
     torch.save(network.state_dict(), path)
 
 
+class _CachedOutputs(torch.nn.Module):
+    """Stands in for the network: returns the outputs it was built with, whatever the input."""
+
+    def __init__(self, outputs: dict[str, Tensor]) -> None:
+        super().__init__()
+        self.outputs = outputs
+
+    def forward(self, x: Tensor, names: tuple[str, ...]) -> dict[str, Tensor]:
+        return {name: self.outputs[name] for name in names}
+
+
 def bench_update(weights: Path, device: torch.device, batch: int, size: int, repeats: int) -> dict:
     imgs = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     ours = FrechetInceptionDistance(2048, feature_extractor_weights_path=weights).to(device)
     fast = FrechetInceptionDistance(2048, feature_extractor_weights_path=weights, precision="bf16").to(device)
     theirs = TorchmetricsFID(2048, feature_extractor_weights_path=str(weights), antialias=False).to(device)
-    peaks = {}
-    for name, metric in (("ours", ours), ("torchmetrics", theirs)):
-        if device.type == "cuda":
+    peak_bytes = {}
+    if device.type == "cuda":
+        for name, metric in (("ours", ours), ("torchmetrics", theirs)):
             torch.cuda.reset_peak_memory_stats(device)
-        peaks[name] = median_seconds(lambda m=metric: m.update(imgs, real=True), repeats, device)
-        peaks[name + "_bytes"] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    t_ours, t_theirs = peaks["ours"], peaks["torchmetrics"]
-    t_fast = median_seconds(lambda: fast.update(imgs, real=True), repeats, device)
+            metric.update(imgs, real=True)
+            peak_bytes[name] = torch.cuda.max_memory_allocated(device)
 
     network = ours._extractor.on(device)
     x = inception_input(imgs, "tensorflow").contiguous(memory_format=torch.channels_last)
+    # The same update() with the network swapped for its cached output: input checks, preprocessing, the
+    # float64 accumulation, timed on their own rather than as a small difference of two large timings.
+    hollow = FrechetInceptionDistance(2048, feature_extractor_weights_path=weights).to(device)
+    with network_math(device, "exact"):
+        hollow._extractor = _Unregistered(_CachedOutputs(network(x, ("2048",))))
+
+    def network_only() -> None:
+        with network_math(device, "exact"):
+            network(x, ("2048",))
+
+    times = interleaved_medians(
+        {
+            "ours": lambda: ours.update(imgs, real=True),
+            "torchmetrics": lambda: theirs.update(imgs, real=True),
+            "fast": lambda: fast.update(imgs, real=True),
+            "network": network_only,
+            "hollow": lambda: hollow.update(imgs, real=True),
+        },
+        repeats,
+        device,
+    )
+    t_ours, t_theirs, t_fast, t_network = times["ours"], times["torchmetrics"], times["fast"], times["network"]
     with torch.inference_mode():
-        t_network = median_seconds(lambda: network(x, ("2048",)), repeats, device)
         f_ours = ours._outputs(imgs)["2048"].double()
         f_theirs = theirs.inception(imgs).double()
     feature_diff = ((f_ours - f_theirs).abs().max() / f_theirs.abs().max()).item()
@@ -116,12 +160,47 @@ def bench_update(weights: Path, device: torch.device, batch: int, size: int, rep
         "fast_bf16_s": t_fast,
         "fast_bf16_images_per_s": batch / t_fast,
         "fast_speedup_vs_torchmetrics": t_theirs / t_fast,
-        "peak_cuda_bytes_ours": peaks["ours_bytes"],
-        "peak_cuda_bytes_torchmetrics": peaks["torchmetrics_bytes"],
+        "peak_cuda_bytes_ours": peak_bytes.get("ours"),
+        "peak_cuda_bytes_torchmetrics": peak_bytes.get("torchmetrics"),
         "network_only_s": t_network,
-        "overhead_share": max(t_ours - t_network, 0.0) / t_network,
+        "around_network_s": times["hollow"],
+        "overhead_share": times["hollow"] / t_network,
         "max_rel_feature_diff": feature_diff,
     }
+
+
+def bench_compile(weights: Path, device: torch.device, batch: int, repeats: int) -> dict:
+    """The network's exact forward at 299 px: eager (what the metric runs) vs ``torch.compile``.
+
+    On CUDA also ``mode="reduce-overhead"`` (CUDA graphs). On CPU, inductor's freezing (constant-folded,
+    prepacked weights), without which the CPU gains nothing. Reports the one-off compile time and the
+    largest relative feature difference from eager.
+    """
+    network = FrechetInceptionDistance(2048, feature_extractor_weights_path=weights)._extractor.on(device)
+    x = inception_input(smooth_images(batch, 299, seed=4).to(device), "tensorflow")
+    x = x.contiguous(memory_format=torch.channels_last)
+    modes = {"default": {"options": {"freezing": True}} if device.type == "cpu" else {}}
+    if device.type == "cuda":
+        modes["reduce-overhead"] = {"mode": "reduce-overhead"}
+    variants: dict[str, Callable[[], Tensor]] = {"eager": lambda: network(x, ("2048",))["2048"]}
+    row: dict = {"batch": batch}
+    with network_math(device, "exact"):
+        reference = variants["eager"]()
+        for name, kwargs in modes.items():
+            torch._dynamo.reset()
+            compiled = torch.compile(network, **kwargs)
+            start = time.perf_counter()
+            features = compiled(x, ("2048",))["2048"]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            row[f"{name}_compile_s"] = time.perf_counter() - start
+            row[f"{name}_max_rel_feature_diff"] = ((features - reference).abs().max() / reference.abs().max()).item()
+            variants[name] = lambda c=compiled: c(x, ("2048",))["2048"]
+        times = interleaved_medians(variants, repeats, device)
+    for name, seconds in times.items():
+        row[f"{name}_s"] = seconds
+        row[f"{name}_speedup"] = times["eager"] / seconds
+    return row
 
 
 def fast_mode_deviation(weights: Path, device: torch.device, n: int) -> dict:
@@ -160,14 +239,18 @@ def bench_compute(d: int, repeats: int) -> dict:
         "torchmetrics": _compute_fid(mu1, s1, mu2, s2).item(),
         "pytorch_fid": float(calculate_frechet_distance(*n1, *n2)),
     }
-    times = {
-        "ours_s": median_seconds(lambda: frechet_distance(mu1, s1, mu2, s2), repeats, cpu),
-        "ours_fixed_reference_s": median_seconds(
-            lambda: frechet_distance(mu1, s1, mu2, s2, sigma1_factor=factor), repeats, cpu
-        ),
-        "torchmetrics_s": median_seconds(lambda: _compute_fid(mu1, s1, mu2, s2), repeats, cpu),
-        "pytorch_fid_s": median_seconds(lambda: calculate_frechet_distance(*n1, *n2), 1, cpu),
-    }
+    times = interleaved_medians(
+        {
+            "ours_s": lambda: frechet_distance(mu1, s1, mu2, s2),
+            "ours_fixed_reference_s": lambda: frechet_distance(mu1, s1, mu2, s2, sigma1_factor=factor),
+            "torchmetrics_s": lambda: _compute_fid(mu1, s1, mu2, s2),
+        },
+        repeats,
+        cpu,
+    )
+    times["pytorch_fid_s"] = interleaved_medians({"pytorch_fid": lambda: calculate_frechet_distance(*n1, *n2)}, 1, cpu)[
+        "pytorch_fid"
+    ]
     return {"d": d, **times, "values": values}
 
 
@@ -184,7 +267,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
-    parser.add_argument("--skip-compute", action="store_true", help="skip the d=2048 distance timings")
+    parser.add_argument("--batch", type=int, default=None, help="images per update(); default 16 CPU, 64 CUDA")
+    parser.add_argument("--skip-compute", action="store_true", help="skip the distance timings")
+    parser.add_argument("--dim", type=int, default=2048, help="feature dimension of the distance timings")
+    parser.add_argument("--skip-compile", action="store_true", help="skip the torch.compile timings")
     parser.add_argument("--deviation-images", type=int, default=64, help="images per side, bf16 deviation")
     args = parser.parse_args()
 
@@ -209,14 +295,17 @@ def main() -> None:
             "update": [],
         }
         for device in devices:
-            batch = 64 if device.type == "cuda" else 16
+            batch = args.batch or (64 if device.type == "cuda" else 16)
             for size in (299, 32):
                 row = bench_update(weights, device, batch, size, args.repeats)
                 results["update"].append({"device": device.type, **row})
+            if not args.skip_compile:
+                row = bench_compile(weights, device, batch, args.repeats)
+                results.setdefault("compile", []).append({"device": device.type, **row})
             deviation = fast_mode_deviation(weights, device, args.deviation_images)
             results.setdefault("fast_mode", []).append({"device": device.type, **deviation})
     if not args.skip_compute:
-        results["compute"] = bench_compute(2048, args.repeats)
+        results["compute"] = bench_compute(args.dim, args.repeats)
     results["sync"] = sync_bytes(2048, world_size=8)
 
     print(
@@ -243,6 +332,18 @@ def main() -> None:
                 f"peak CUDA memory: fid_metric {r['peak_cuda_bytes_ours'] / 2**20:.0f} MiB, "
                 f"torchmetrics {r['peak_cuda_bytes_torchmetrics'] / 2**20:.0f} MiB"
             )
+    for r in results.get("compile", []):
+        line = (
+            f"\ntorch.compile of the network on {r['device']}, batch {r['batch']} at 299 px: eager "
+            f"{r['eager_s'] * 1e3:.0f} ms; compiled {r['default_s'] * 1e3:.0f} ms ({r['default_speedup']:.2f}x, "
+            f"{r['default_compile_s']:.0f} s to compile, feature diff {r['default_max_rel_feature_diff']:.1e})"
+        )
+        if "reduce-overhead_s" in r:
+            line += (
+                f"; CUDA graphs {r['reduce-overhead_s'] * 1e3:.1f} ms ({r['reduce-overhead_speedup']:.2f}x, "
+                f"{r['reduce-overhead_compile_s']:.0f} s to compile)"
+            )
+        print(line)
     for r in results["fast_mode"]:
         print(
             f"\nbf16 fast mode on {r['device']}, {r['images_per_side']} images per side at 299 px: FID "
@@ -252,7 +353,7 @@ def main() -> None:
     if "compute" in results:
         c = results["compute"]
         print()
-        print("| Fréchet distance, d = 2048 | seconds | vs torchmetrics | vs pytorch-fid |")
+        print(f"| Fréchet distance, d = {c['d']} | seconds | vs torchmetrics | vs pytorch-fid |")
         print("|---|---|---|---|")
         for name, key in [
             ("fid_metric", "ours_s"),

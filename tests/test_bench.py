@@ -1,0 +1,33 @@
+"""A smoke run of benchmarks/bench.py: it still runs against the peers' current APIs and agrees with them.
+
+The timings are not asserted (claims of speed live in the benchmark's output, not in tests); what is
+asserted is what the benchmark's tables rest on: identical features to torchmetrics, one Fréchet distance
+from all three implementations, and a bf16 deviation small enough to be a fast mode.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import REPO, run_python
+
+
+def test_benchmark_smoke_run_agrees_with_the_peers(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    run_python(
+        REPO / "benchmarks" / "bench.py",
+        *("--repeats", "1", "--batch", "4", "--dim", "64", "--skip-compile", "--deviation-images", "8"),
+        *("--json", str(out)),
+    )
+    results = json.loads(out.read_text())
+    assert [(r["device"], r["input_px"]) for r in results["update"]][:2] == [("cpu", 299), ("cpu", 32)]
+    for row in results["update"]:
+        assert row["max_rel_feature_diff"] < 1e-4, row
+        assert (
+            min(row[k] for k in ("ours_s", "torchmetrics_s", "fast_bf16_s", "network_only_s", "around_network_s")) > 0
+        )
+    values = results["compute"]["values"]
+    assert abs(values["ours"] - values["torchmetrics"]) <= 1e-8 * values["torchmetrics"]
+    assert abs(values["ours"] - values["pytorch_fid"]) <= 1e-8 * values["pytorch_fid"]
+    assert results["fast_mode"][0]["relative_deviation"] < 0.05
