@@ -40,10 +40,10 @@ def sqrt_factor(sigma: Tensor) -> CovarianceFactor:
     The ``(d, d)`` Cholesky factor when ``sigma`` is positive definite. Otherwise (fewer samples than
     dimensions) ``V_r diag(sqrt(w_r))`` from ``eigh``, keeping the r eigenvalues above ``d * eps * max(w)``:
     the dropped directions hold only round-off, whose square roots (~1e-8 each) would otherwise add up in
-    the trace term. Compute it once for a fixed reference and pass it to :func:`frechet_distance` as
-    ``sigma1_factor``.
+    the trace term. Like LAPACK, reads only the lower triangle of ``sigma``. Compute it once for a fixed
+    reference and pass it to :func:`frechet_distance` as ``sigma1_factor``.
     """
-    sigma = _symmetric(sigma.to(torch.float64))
+    sigma = sigma.to(torch.float64)
     factor, info = torch.linalg.cholesky_ex(sigma)
     if int(info) == 0:
         return CovarianceFactor(factor, lower_triangular=True)
@@ -57,7 +57,7 @@ def trace_sqrt_product(sigma1_factor: CovarianceFactor, sigma2: Tensor) -> Tenso
     a = sigma1_factor.matrix
     sigma2 = sigma2.to(device=a.device, dtype=torch.float64)
     congruent = _lower_congruence(a, sigma2) if sigma1_factor.lower_triangular else a.T @ sigma2 @ a
-    # eigvalsh reads only the lower triangle, which is a symmetric matrix's exactly; no need to symmetrise.
+    # eigvalsh reads only the lower triangle: all that _lower_congruence fills in.
     return torch.linalg.eigvalsh(congruent).clamp_min(0).sqrt().sum()
 
 
@@ -92,10 +92,6 @@ def frechet_distance(
 
 
 _BLOCK = 256
-
-
-def _symmetric(m: Tensor) -> Tensor:
-    return (m + m.T) / 2
 
 
 def _lower_congruence(lower: Tensor, sigma: Tensor, block: int = _BLOCK) -> Tensor:

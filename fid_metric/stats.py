@@ -39,8 +39,12 @@ def mean_and_covariance(n: int | Tensor, feature_sum: Tensor, outer_sum: Tensor)
     """
     n = torch.as_tensor(n, dtype=torch.float64, device=feature_sum.device)
     mean = feature_sum.to(torch.float64) / n
-    covariance = (outer_sum.to(torch.float64) - n * torch.outer(mean, mean)) / (n - 1)
-    return mean, (covariance + covariance.T) / 2
+    # In place and without a (C + C^T) / 2 pass, which took half of this function's 75 ms at d = 2048. The
+    # matrix n mu mu^T is symmetric to the bit, so the covariance is exactly as symmetric as outer_sum. The
+    # metric's sums are X^T X products (symmetric to the bit on the CPU, as a test checks) and, after a DDP
+    # sync, are rebuilt from upper triangles. Cholesky and eigvalsh read only one triangle anyway.
+    covariance = torch.outer(mean, mean).mul_(-n).add_(outer_sum).div_(n - 1)
+    return mean, covariance
 
 
 class StatsMismatchError(ValueError):
