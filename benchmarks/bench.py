@@ -11,9 +11,9 @@ Measures, on identical inputs and identical (random-init, pt_inception layout) I
 * the time ``update()`` spends outside the network's own forward (input checks, preprocessing, float64
   accumulation), measured by running it with the network swapped for its cached output, as a share of the
   network's time;
-* ``compute()``'s Fréchet distance at d = 2048 (``--dim``): ours (Cholesky + eigvalsh), ours with a fixed
-  reference's factor reused, torchmetrics' ``_compute_fid`` (eigvals of S1 S2) and pytorch-fid's
-  ``calculate_frechet_distance`` (scipy sqrtm);
+* ``compute()`` at d = 2048 (``--dim``) on identical float64 sums: ours (Cholesky + triangular product
+  pair + eigvalsh), ours with fixed reference statistics (factor reused), torchmetrics' (eigvals of S1 S2)
+  and pytorch-fid's ``calculate_frechet_distance`` (scipy sqrtm) on the same mean and covariance;
 * the network's forward, eager vs ``torch.compile`` (and CUDA graphs on CUDA), with the compile time;
 * the bytes each process sends per DDP sync, from the state sizes.
 
@@ -42,11 +42,9 @@ import torchmetrics
 from pytorch_fid.fid_score import calculate_frechet_distance
 from torch import Tensor
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
-from torchmetrics.image.fid import _compute_fid
 
 import fid_metric
-from fid_metric import FrechetInceptionDistance, frechet_distance
-from fid_metric.distance import sqrt_factor
+from fid_metric import FeatureStats, FrechetInceptionDistance
 from fid_metric.inception import FIDInceptionV3
 from fid_metric.metric import _Unregistered
 from fid_metric.precision import network_math
@@ -224,34 +222,51 @@ def fast_mode_deviation(weights: Path, device: torch.device, n: int) -> dict:
     }
 
 
-def bench_compute(d: int, repeats: int) -> dict:
+def bench_compute(weights: Path, d: int, repeats: int) -> dict:
+    """``compute()`` on identical float64 sums of 2d samples per side: ours two-sided, ours with a fixed
+    reference (``real_stats=``, its factor computed once), torchmetrics; and pytorch-fid's
+    ``calculate_frechet_distance`` on the same mean and covariance (pytorch-fid has no metric object).
+    """
     g = torch.Generator().manual_seed(0)
-    stats = []
+    sums = []
     for _ in range(2):
         a = torch.randn(2 * d, d, generator=g, dtype=torch.float64).relu()
-        stats.append((a.mean(0), torch.cov(a.T)))
-    (mu1, s1), (mu2, s2) = stats
-    factor = sqrt_factor(s1)
+        sums.append((torch.tensor(2 * d), a.sum(0), a.T @ a))
+    # compute_with_cache=False: torchmetrics would otherwise return the first result again.
+    ours = FrechetInceptionDistance(d, feature_extractor_weights_path=weights, compute_with_cache=False)
+    fixed = FrechetInceptionDistance(
+        d,
+        feature_extractor_weights_path=weights,
+        real_stats=FeatureStats.from_sums(int(sums[0][0]), *sums[0][1:]),
+        compute_with_cache=False,
+    )
+    theirs = TorchmetricsFID(d, feature_extractor_weights_path=str(weights), compute_with_cache=False)
+    two_images = smooth_images(2, 32, seed=5)
+    for metric in (ours, fixed, theirs):
+        metric.update(two_images, real=False)  # then overwrite the states: update() also sets up torchmetrics'
+        sides = ("fake",) if metric is fixed else ("real", "fake")
+        for side, (n, feature_sum, outer_sum) in zip(sides, sums[-len(sides) :]):
+            getattr(metric, f"{side}_features_num_samples").copy_(n)
+            getattr(metric, f"{side}_features_sum").copy_(feature_sum)
+            getattr(metric, f"{side}_features_cov_sum").copy_(outer_sum)
+    numpy_stats = []
+    for n, feature_sum, outer_sum in sums:
+        mu = feature_sum.numpy() / int(n)
+        numpy_stats += [mu, (outer_sum.numpy() - int(n) * np.outer(mu, mu)) / (int(n) - 1)]
     cpu = torch.device("cpu")
-    n1, n2 = [(m.numpy(), s.numpy()) for m, s in stats]
     values = {
-        "ours": frechet_distance(mu1, s1, mu2, s2).item(),
-        "torchmetrics": _compute_fid(mu1, s1, mu2, s2).item(),
-        "pytorch_fid": float(calculate_frechet_distance(*n1, *n2)),
+        "ours": ours.compute().item(),
+        "ours_fixed_reference": fixed.compute().item(),
+        "torchmetrics": theirs.compute().item(),
+        "pytorch_fid": float(calculate_frechet_distance(*numpy_stats)),
     }
     times = interleaved_medians(
-        {
-            "ours_s": lambda: frechet_distance(mu1, s1, mu2, s2),
-            "ours_fixed_reference_s": lambda: frechet_distance(mu1, s1, mu2, s2, sigma1_factor=factor),
-            "torchmetrics_s": lambda: _compute_fid(mu1, s1, mu2, s2),
-        },
+        {"ours_s": ours.compute, "ours_fixed_reference_s": fixed.compute, "torchmetrics_s": theirs.compute},
         repeats,
         cpu,
     )
-    times["pytorch_fid_s"] = interleaved_medians({"pytorch_fid": lambda: calculate_frechet_distance(*n1, *n2)}, 1, cpu)[
-        "pytorch_fid"
-    ]
-    return {"d": d, **times, "values": values}
+    pytorch_fid_s = interleaved_medians({"p": lambda: calculate_frechet_distance(*numpy_stats)}, 1, cpu)["p"]
+    return {"d": d, **times, "pytorch_fid_s": pytorch_fid_s, "values": values}
 
 
 def sync_bytes(d: int, world_size: int) -> dict:
@@ -269,7 +284,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--batch", type=int, default=None, help="images per update(); default 16 CPU, 64 CUDA")
     parser.add_argument("--skip-compute", action="store_true", help="skip the distance timings")
-    parser.add_argument("--dim", type=int, default=2048, help="feature dimension of the distance timings")
+    parser.add_argument("--dim", type=int, default=2048, choices=(64, 192, 768, 2048), help="compute()'s features")
     parser.add_argument("--skip-compile", action="store_true", help="skip the torch.compile timings")
     parser.add_argument("--deviation-images", type=int, default=64, help="images per side, bf16 deviation")
     args = parser.parse_args()
@@ -304,8 +319,8 @@ def main() -> None:
                 results.setdefault("compile", []).append({"device": device.type, **row})
             deviation = fast_mode_deviation(weights, device, args.deviation_images)
             results.setdefault("fast_mode", []).append({"device": device.type, **deviation})
-    if not args.skip_compute:
-        results["compute"] = bench_compute(args.dim, args.repeats)
+        if not args.skip_compute:
+            results["compute"] = bench_compute(weights, args.dim, args.repeats)
     results["sync"] = sync_bytes(2048, world_size=8)
 
     print(
@@ -353,7 +368,7 @@ def main() -> None:
     if "compute" in results:
         c = results["compute"]
         print()
-        print(f"| Fréchet distance, d = {c['d']} | seconds | vs torchmetrics | vs pytorch-fid |")
+        print(f"| compute(), d = {c['d']} | seconds | vs torchmetrics | vs pytorch-fid |")
         print("|---|---|---|---|")
         for name, key in [
             ("fid_metric", "ours_s"),
