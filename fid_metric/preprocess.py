@@ -114,9 +114,9 @@ def resize_tf1_bilinear(x: Tensor, size: int) -> Tensor:
     """
 
     def taps(in_size: int) -> tuple[Tensor, Tensor, Tensor]:
-        src = torch.arange(size, dtype=torch.float32, device=x.device) * torch.tensor(
-            in_size / size, dtype=torch.float32, device=x.device
-        )
+        # The float32 scale as TF rounds it; torch.full, not torch.tensor, which would be a blocking copy to a GPU.
+        scale = torch.full((), in_size / size, dtype=torch.float32, device=x.device)
+        src = torch.arange(size, dtype=torch.float32, device=x.device) * scale
         lo = src.long()
         hi = (lo + 1).clamp_max(in_size - 1)
         return lo, hi, src - lo.float()
