@@ -23,9 +23,12 @@ def _random_gaussian(d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(d, generator=g, dtype=torch.float64), a @ a.T / (2 * d)
 
 
-@pytest.mark.parametrize("d", [1, 16, 256])
+@pytest.mark.parametrize("d", [1, 16, 256, 600])
 def test_commuting_covariances_closed_form(d: int) -> None:
-    """S1 = Q diag(a) Q^T, S2 = Q diag(b) Q^T: d^2 = |mu1 - mu2|^2 + sum(a + b - 2 sqrt(a b)), to 1e-9."""
+    """S1 = Q diag(a) Q^T, S2 = Q diag(b) Q^T: d^2 = |mu1 - mu2|^2 + sum(a + b - 2 sqrt(a b)), to 1e-9.
+
+    d = 600 runs the triangular product pair's recursion at its default leaf size (256).
+    """
     q = _orthogonal(d, seed=d)
     g = torch.Generator().manual_seed(d + 1)
     a = torch.rand(d, generator=g, dtype=torch.float64) * 3 + 0.01
@@ -35,6 +38,33 @@ def test_commuting_covariances_closed_form(d: int) -> None:
     got = frechet_distance(mu1, q @ torch.diag(a) @ q.T, mu2, q @ torch.diag(b) @ q.T)
     assert got.dtype == torch.float64 and got.shape == ()
     assert abs(got - expected) / expected <= 1e-9
+
+
+def test_strided_covariances_give_the_same_distance() -> None:
+    """Transposed and sliced views (strides the recursion's GEMMs must respect) change nothing."""
+    mu1, s1 = _random_gaussian(300, seed=3)
+    mu2, s2 = _random_gaussian(300, seed=4)
+    expected = frechet_distance(mu1, s1, mu2, s2)
+    padded = torch.zeros(310, 320, dtype=torch.float64)
+    padded[5:305, 7:307] = s2
+    got = frechet_distance(mu1, s1.T.contiguous().T, mu2, padded[5:305, 7:307])
+    assert abs(got - expected) <= 1e-12 * expected
+
+
+def test_gradient_matches_the_closed_form() -> None:
+    """Autograd goes through the plain products: dFID/dmu2 = 2 (mu2 - mu1), and for diagonal covariances
+    dFID/dS2_ii = 1 - sqrt(a_i / b_i)."""
+    g = torch.Generator().manual_seed(7)
+    a = torch.rand(40, generator=g, dtype=torch.float64) + 0.5
+    b = torch.rand(40, generator=g, dtype=torch.float64) * 2 + 0.1
+    mu1, mu2 = torch.randn(2, 40, generator=g, dtype=torch.float64)
+    mu2.requires_grad_(True)
+    s2 = torch.diag(b).requires_grad_(True)
+    value = frechet_distance(mu1, torch.diag(a), mu2, s2)
+    value.backward()
+    assert abs(value.item() - frechet_distance(mu1, torch.diag(a), mu2.detach(), torch.diag(b)).item()) <= 1e-12
+    assert torch.allclose(mu2.grad, 2 * (mu2.detach() - mu1), rtol=1e-12)
+    assert torch.allclose(s2.grad.diagonal(), 1 - (a / b).sqrt(), rtol=1e-8, atol=1e-10)
 
 
 def test_matches_scipy_sqrtm_definition() -> None:
