@@ -46,6 +46,17 @@ def test_covariance_is_exactly_symmetric_without_a_symmetrising_pass() -> None:
     assert np.allclose(covariance.numpy(), np.cov(f.numpy(), rowvar=False), rtol=1e-10, atol=1e-10)
 
 
+def test_loading_symmetrises_another_tools_covariance(tmp_path) -> None:
+    """A file whose sigma is asymmetric at round-off level loads as its symmetric part, exactly."""
+    f = _features(80, 9, seed=6).numpy()
+    sigma = np.cov(f, rowvar=False)
+    sigma[0, 1] += 1e-13
+    np.savez(tmp_path / "other.npz", mu=f.mean(0), sigma=sigma)
+    loaded = FeatureStats.load(tmp_path / "other.npz").covariance
+    assert torch.equal(loaded, loaded.T)
+    assert torch.allclose(loaded, torch.from_numpy((sigma + sigma.T) / 2), rtol=0, atol=1e-16)
+
+
 def test_merging_shards_equals_one_pass() -> None:
     f = _features(40, 5, seed=1)
     merged = FeatureStats.from_features(f[:13]) + FeatureStats.from_features(f[13:])
