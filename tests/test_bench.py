@@ -24,9 +24,6 @@ def test_benchmark_smoke_run_agrees_with_the_peers(tmp_path: Path) -> None:
     assert [(r["device"], r["input_px"]) for r in results["update"]][:2] == [("cpu", 299), ("cpu", 32)]
     for row in results["update"]:
         assert row["max_rel_feature_diff"] < 1e-4, row
-        assert (
-            min(row[k] for k in ("ours_s", "torchmetrics_s", "fast_bf16_s", "network_only_s", "around_network_s")) > 0
-        )
     values = results["compute"]["values"]
     for ours in (values["ours"], values["ours_fixed_reference"]):
         # torchmetrics returns its FID in the features' dtype, float32: 6e-8 relative rounding.
