@@ -253,18 +253,30 @@ class FrechetInceptionDistance(Metric):
         Raises:
             RuntimeError: fewer than 2 real or 2 generated images.
         """
-        n_fake = int(self.fake_features_num_samples)
-        if self._reference is not None:
-            return self._distance_to_reference(n_fake)
-        n_real = int(self.real_features_num_samples)
-        self._check_counts(real=n_real, fake=n_fake)
-        self._warn_if_not_dataset_size(real=n_real, fake=n_fake)
-        mu_real, sigma_real = mean_and_covariance(n_real, self.real_features_sum, self.real_features_cov_sum)
-        mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
-        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)
+        self._check_counts()
+        return self._fid(*self._real_side())
 
-    def _check_counts(self, **counts: int) -> None:
-        """Raise below 2 images on a side; warn below the feature dimension (the covariance is singular)."""
+    def _real_side(self) -> tuple[Tensor, Tensor, CovarianceFactor]:
+        """Real mean ``(d,)``, covariance ``(d, d)`` and its factor, float64: the fixed reference's (factor cached
+        across epochs) or the accumulated statistics' (factored once per compute)."""
+        if self._reference is not None:
+            return self._reference_on(self.fake_features_sum.device)
+        n_real = int(self.real_features_num_samples)
+        mu, sigma = mean_and_covariance(n_real, self.real_features_sum, self.real_features_cov_sum)
+        return mu, sigma, sqrt_factor(sigma)
+
+    def _fid(self, mu_real: Tensor, sigma_real: Tensor, factor: CovarianceFactor) -> Tensor:
+        """FID of the accumulated generated statistics against the given real side."""
+        n_fake = int(self.fake_features_num_samples)
+        mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
+        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
+
+    def _check_counts(self) -> None:
+        """For each side compute() uses (generated only, with a fixed reference): raise below 2 images; warn
+        below the feature dimension (the covariance is singular) or when not ``dataset_size``."""
+        counts = {"fake": int(self.fake_features_num_samples)}
+        if self._reference is None:
+            counts = {"real": int(self.real_features_num_samples), **counts}
         names = {"real": "real", "fake": "generated"}
         needed = " and ".join(f"2 {names[side]}" for side in counts)
         got = " and ".join(f"{n} {names[side]}" for side, n in counts.items())
@@ -280,6 +292,7 @@ class FrechetInceptionDistance(Metric):
                 "usually reported on 10k-50k) or a smaller `feature`.",
                 UserWarning,
             )
+        self._warn_if_not_dataset_size(**counts)
 
     def _warn_if_not_dataset_size(self, **counted: int) -> None:
         if self.dataset_size is None:
@@ -292,13 +305,6 @@ class FrechetInceptionDistance(Metric):
                     "drop_last=True?), so this FID is not over the whole set.",
                     UserWarning,
                 )
-
-    def _distance_to_reference(self, n_fake: int) -> Tensor:
-        self._check_counts(fake=n_fake)
-        self._warn_if_not_dataset_size(fake=n_fake)
-        mu_real, sigma_real, factor = self._reference_on(self.fake_features_sum.device)
-        mu_fake, sigma_fake = mean_and_covariance(n_fake, self.fake_features_sum, self.fake_features_cov_sum)
-        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
 
     def _reference_on(self, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """The fixed reference's mean, covariance and covariance factor on ``device``; the factor is cached."""

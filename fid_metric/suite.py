@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
+from fid_metric.distance import CovarianceFactor, frechet_distance
 from fid_metric.inception import FEATURE_DIMS
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.stats import FeatureStats, mean_and_covariance
@@ -143,13 +143,15 @@ class InceptionMetrics(FrechetInceptionDistance):
 
     def compute(self) -> dict[str, Tensor]:
         """The requested metrics over everything accumulated (all processes under DDP), 0-d float64 tensors."""
-        results = {"fid": super().compute()}
+        self._check_counts()
+        real = self._real_side()  # factored once for FID and every FID-infinity group distance
+        results = {"fid": self._fid(*real)}
         if self.sfid:
             results["sfid"] = self._sfid()
         if self.inception_score:
             results["inception_score"], results["inception_score_std"] = self._inception_score()
         if self.fid_groups:
-            results["fid_infinity"], results["fid_stderr"] = self._fid_infinity()
+            results["fid_infinity"], results["fid_stderr"] = self._fid_infinity(real, results["fid"])
         return results
 
     def _sfid(self) -> Tensor:
@@ -178,8 +180,9 @@ class InceptionMetrics(FrechetInceptionDistance):
         scores = (self.is_plogp_sum / n - torch.special.xlogy(q, q).sum(1)).exp()
         return scores.mean(), scores.std(unbiased=False)
 
-    def _fid_infinity(self) -> tuple[Tensor, Tensor]:
-        mu_real, sigma_real, factor = self._real_side()
+    def _fid_infinity(self, real: tuple[Tensor, Tensor, CovarianceFactor], fid: Tensor) -> tuple[Tensor, Tensor]:
+        """FID-infinity and the jackknife standard error, given the real side and the FID of all groups."""
+        mu_real, sigma_real, factor = real
         n = self.fake_group_num_samples.to(torch.float64)
         if bool((n < 2).any()):
             raise RuntimeError(f"FID-infinity needs at least 2 generated images per group; got {n.tolist()}.")
@@ -190,7 +193,8 @@ class InceptionMetrics(FrechetInceptionDistance):
 
         sums, outers = self.fake_group_sum.cumsum(0), self.fake_group_cov_sum.cumsum(0)
         sizes = n.cumsum(0)
-        by_size = torch.stack([fid_of(sizes[m], sums[m], outers[m]) for m in range(self.fid_groups)])
+        # The union of all G groups is every generated image: its FID is the one already computed.
+        by_size = torch.stack([*(fid_of(sizes[m], sums[m], outers[m]) for m in range(self.fid_groups - 1)), fid])
         design = torch.stack([torch.ones_like(sizes), 1 / sizes], dim=1)
         intercept = torch.linalg.lstsq(design, by_size[:, None]).solution[0, 0]
         self.fid_by_size = (sizes, by_size)
@@ -204,14 +208,6 @@ class InceptionMetrics(FrechetInceptionDistance):
         g = self.fid_groups
         stderr = ((g - 1) / g * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
         return intercept, stderr
-
-    def _real_side(self) -> tuple[Tensor, Tensor, CovarianceFactor]:
-        """Real mean, covariance and covariance factor (computed once per call, or the reference's cached one)."""
-        if self._reference is not None:
-            return self._reference_on(self.fake_features_sum.device)
-        n_real = int(self.real_features_num_samples)
-        mu, sigma = mean_and_covariance(n_real, self.real_features_sum, self.real_features_cov_sum)
-        return mu, sigma, sqrt_factor(sigma)
 
     def _real_stats_to_save(self) -> FeatureStats:
         # With sFID, the file also holds ADM's mu_s / sigma_s, so it can serve as `real_stats` for sFID.
