@@ -36,9 +36,10 @@ def mean_and_covariance(n: int | Tensor, feature_sum: Tensor, outer_sum: Tensor)
 
     ``sigma = (sum_i x_i x_i^T - n mu mu^T) / (n - 1)``, as torchmetrics computes it; equal to
     ``numpy.cov(features, rowvar=False)`` (pytorch-fid, clean-fid) up to float64 round-off. ``outer_sum``
-    must be symmetric; the covariance is then symmetric to the bit (``n mu mu^T`` is), with no ``(C + C^T)
-    / 2`` pass. The metric's sums are: X^T X products (bitwise symmetric with MKL, as a test checks) and,
-    after a DDP sync, rebuilt from their upper triangles.
+    must be symmetric up to round-off; there is no ``(C + C^T) / 2`` pass, because the distance reads the lower
+    triangle (Cholesky, ``eigvalsh``) and a round-off asymmetry moves it by round-off (a test holds it to
+    1e-12). The metric's sums are X^T X products (a BLAS may sum the two triangles in different orders) and,
+    after a DDP sync, rebuilt from their upper triangles (symmetric to the bit).
     """
     n = torch.as_tensor(n, dtype=torch.float64, device=feature_sum.device)
     mean = feature_sum.to(torch.float64) / n
