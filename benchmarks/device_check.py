@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         batches, sizes, deviation_images, dim, repeats = [2], [32], 4, 64, 1
         args.skip_compile = True
+    precisions = bench.device_precisions(device, ["exact", "tf32", "bf16"])
     run.results["environment"] = bench.environment()
     run.results["arguments"] = vars(args) | {"batches": batches, "sizes": sizes}
     if device.type == "cuda":
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.random_weights(weights)
 
         def update() -> None:
-            metrics = bench.update_contenders(weights, device)
+            metrics = bench.update_contenders(weights, device, precisions)
             rows = run.results.setdefault("update", [])
             for batch in batches:
                 for size in sizes:
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                     run.save()
 
         def deviation() -> None:
-            row = bench.fid_deviation(weights, device, deviation_images, batches[-1])
+            row = bench.fid_deviation(weights, device, deviation_images, batches[-1], precisions)
             run.results["fid_deviation"] = [{"device": device.type, **row}]
             run.say(f"FID deviation from exact: {row['relative_deviation']}")
 
@@ -175,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
             if not compile and not args.skip_compile:
                 run.say(f"torch.compile skipped: {run.elapsed():.0f} s elapsed of a {args.budget_s:.0f} s budget")
             rows = run.results.setdefault("network", [])
-            precisions = ("exact", "tf32", "bf16") if device.type == "cuda" else ("exact",)
             for batch in dict.fromkeys([batches[0], batches[-1]]):
                 for precision in precisions:
                     first = batch == batches[0] and precision == "exact"

@@ -13,7 +13,7 @@ from torchmetrics.utilities import rank_zero_warn
 from fid_metric import weights
 from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
 from fid_metric.inception import FIDInceptionV3, fold_batch_norm
-from fid_metric.precision import PRECISIONS, network_math
+from fid_metric.precision import PRECISIONS, network_math, network_memory_format
 from fid_metric.preprocess import check_images, inception_input, resolve_compat, to_uint8_rgb
 from fid_metric.stats import FeatureStats, mean_and_covariance
 from fid_metric.sync import all_reduce_sum
@@ -149,7 +149,7 @@ class FrechetInceptionDistance(Metric):
         self.num_features = num_features
         # Outside the module tree: never in state_dict (no 92 MB checkpoints), never cast by Lightning's
         # bf16-true/16-true, never broadcast by DDP. update() moves it to the metric's device.
-        self._extractor = _Unregistered(network)
+        self._extractor = _Unregistered(network, torch.channels_last if not self.used_custom_model else None)
 
         self._reference: FeatureStats | None = None
         self._reference_factor: CovarianceFactor | None = None
@@ -421,8 +421,8 @@ class FrechetInceptionDistance(Metric):
         A custom extractor's ``(N, d)`` output is returned as ``"features"``.
         """
         device = self.device
-        network = self._extractor.on(device)
         if self.used_custom_model:
+            network = self._extractor.on(device)
             with network_math(device, self.precision):
                 features = network(imgs.to(device, non_blocking=True))
             if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
@@ -432,23 +432,29 @@ class FrechetInceptionDistance(Metric):
                     f"N = {imgs.shape[0]}, got {shape}."
                 )
             return {"features": features}
+        layout = network_memory_format(device, self.precision)
+        network = self._extractor.on(device, layout)
         with network_math(device, "exact"):
             x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
         with network_math(device, self.precision):
-            return network(x.contiguous(memory_format=torch.channels_last), self._network_outputs)
+            return network(x.contiguous(memory_format=layout), self._network_outputs)
 
 
 class _Unregistered:
     """Holds a network outside the metric's module tree; clones of the metric share it (it is frozen)."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: nn.Module, memory_format: torch.memory_format | None = None) -> None:
         self.module = module
+        self.memory_format = memory_format  # of the 4-d weights, where known
 
-    def on(self, device: torch.device) -> nn.Module:
-        """The network, moved to ``device`` the first time it is needed there."""
+    def on(self, device: torch.device, memory_format: torch.memory_format | None = None) -> nn.Module:
+        """The network on ``device`` (and in ``memory_format``, if given), converted the first time it is needed so."""
         param = next(self.module.parameters(), None)
         if param is not None and param.device != device:
             self.module.to(device)
+        if memory_format is not None and self.memory_format != memory_format:
+            self.module.to(memory_format=memory_format)
+            self.memory_format = memory_format
         return self.module
 
     def __deepcopy__(self, memo: dict) -> _Unregistered:

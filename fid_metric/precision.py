@@ -16,8 +16,10 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
 
     "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
     TF32 convolutions and matmuls on CUDA (the same as "exact" elsewhere). "bf16": autocast to bfloat16.
-    On CUDA, cuDNN autotunes its convolution algorithms in every mode (the first batch of each shape pays for
-    the search; see ``cudnn_autotune``). Global CUDA flags are restored afterwards.
+    cuDNN picks its convolution algorithms by its heuristics, as PyTorch's default: autotuning
+    (``cudnn.benchmark``) measured no faster on an H100 (36.3 vs 36.4 ms for 64 images in exact mode; README)
+    and would let the choice, and so the float32 round-off, change from run to run. Global CUDA flags are
+    restored afterwards.
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
@@ -25,24 +27,19 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
             stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
         if device.type == "cuda":
             stack.enter_context(cuda_fp32("tf32" if precision == "tf32" else "ieee"))
-            stack.enter_context(cudnn_autotune())
         yield
 
 
-@contextlib.contextmanager
-def cudnn_autotune() -> Iterator[None]:
-    """Turn on ``torch.backends.cudnn.benchmark`` (fastest convolution algorithm per shape), then restore it.
+def network_memory_format(device: torch.device, precision: str) -> torch.memory_format:
+    """The layout the Inception network and its input run in: the faster one for the device and arithmetic.
 
-    The choice is made by timing, so it can differ between runs, and the candidates (direct, implicit GEMM,
-    FFT, Winograd) round differently: features move at float32 round-off level (~1e-6 relative), as they do
-    between two GPU models, far inside the 1e-4 the reference tests hold FID to.
+    NCHW for IEEE float32 on CUDA (exact mode): cuDNN's NCHW float32 kernels ran the network 1.22x faster
+    than channels-last on an H100 (29.8 vs 36.4 ms for 64 images). Channels-last elsewhere: TF32 and bf16 on
+    that H100 (1.15x), and oneDNN on the CPU. benchmarks/bench.py measures both (``network`` rows).
     """
-    saved = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.benchmark = saved
+    if device.type == "cuda" and precision == "exact":
+        return torch.contiguous_format
+    return torch.channels_last
 
 
 @contextlib.contextmanager

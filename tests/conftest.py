@@ -86,6 +86,16 @@ def calibrate_batch_norm(net: torch.nn.Module, images: torch.Tensor) -> None:
     net.eval()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` are skipped where no CUDA GPU is present (benchmarks/device_check.sh runs them)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; benchmarks/device_check.sh runs it on one")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a random-init, batch-norm-calibrated ``pt_inception-2015-12-05`` state dict file."""
