@@ -5,19 +5,23 @@ all-reduces and what our statistics files store; the mean and covariance follow 
 distance is computed. Files written by other tools hold only the mean and covariance: they serve as a fixed
 reference but cannot be merged.
 
-File formats read by :meth:`FeatureStats.load` (all with ``numpy.load(allow_pickle=False)``):
+File formats read by :meth:`FeatureStats.load` (through :class:`fid_metric.npz.NpzArchive`: only the arrays
+named here are read, each one's header checked before its data):
 
 * ours (``.npz``, ``format = "fid_metric.stats/1"``): ``n``, ``feature_sum``, ``outer_sum``, ``mu``,
   ``sigma``, ``feature_dim``, ``extractor``, ``weights_sha256``, ``compat``, ``fid_metric_version``;
 * pytorch-fid ``--save-stats`` and clean-fid reference files: ``mu``, ``sigma``;
 * ADM (guided-diffusion evaluator) reference batches: ``mu``, ``sigma`` and the sFID statistics
-  ``mu_s``, ``sigma_s``, kept in ``extra``.
+  ``mu_s``, ``sigma_s``, kept in ``extra`` (their ``arr_0`` of images is never read).
+
+:meth:`FeatureStats.save` writes atomically (:func:`fid_metric.atomic_file.atomic_write`): a reader, a
+crash or a concurrent writer never leaves a partial file under the target name.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -26,9 +30,31 @@ import torch
 from torch import Tensor
 
 from fid_metric._version import __version__
+from fid_metric.atomic_file import atomic_write
+from fid_metric.npz import ArrayHeader, NpzArchive
+from fid_metric.warn import warn_caller
 
 FORMAT = "fid_metric.stats/1"
 _METADATA = ("extractor", "weights_sha256", "compat")
+_SUMS = ("n", "feature_sum", "outer_sum")
+_ADM_SFID = ("mu_s", "sigma_s")
+_KEYS = ("mu", "sigma", *_SUMS, *_ADM_SFID, *_METADATA)  # all that load() reads
+# Files with more features are refused before anything is read: the covariance alone would take 2 GiB, the
+# sums' outer product as much again. Inception has 2048, DINOv2 ViT-L 1024, ADM's sFID statistics 2023.
+MAX_FEATURE_DIM = 16384
+_MAX_METADATA_CHARS = 1024
+
+_FLOAT64_DIGITS = -math.log10(2.0**-53)  # 15.95 significant digits: the unit round-off u = 2^-53
+# _digits_lost is a lower bound: the sums' own round-off, which grows with the number of batches added, cost
+# 1-1.6 digits more in measurements against numpy.cov (2000-5000 samples in 40-100 batches, d = 16 to 256).
+# Above 13.95 lost, fewer than 2 digits remain before that round-off: the variance has no correct digit.
+# That is still a warning, not an error: a feature that is constant over all samples (a collapsed generator's
+# identical images) looks the same from the sums, and there the round-off is harmless to FID.
+# Above 8 lost, the covariance may be off by ~1e-6 relative after it; FID was then off by ~1e-7 (7e-7 at 9.3
+# lost): still below the float32 network's own noise (~1e-6), but no longer negligible, and it grows
+# tenfold per digit towards the 1e-4 promised against the peer libraries.
+_NO_DIGIT_LEFT = _FLOAT64_DIGITS - 2
+_WARN_DIGITS_LOST = 8.0
 
 
 def mean_and_covariance(n: int | Tensor, feature_sum: Tensor, outer_sum: Tensor) -> tuple[Tensor, Tensor]:
@@ -40,11 +66,74 @@ def mean_and_covariance(n: int | Tensor, feature_sum: Tensor, outer_sum: Tensor)
     triangle (Cholesky, ``eigvalsh``) and a round-off asymmetry moves it by round-off (a test holds it to
     1e-12). The metric's sums are X^T X products (a BLAS may sum the two triangles in different orders) and,
     after a DDP sync, rebuilt from their upper triangles (symmetric to the bit).
+
+    The one-pass formula cancels digits when a feature's mean is large against its spread: about
+    ``2 log10(|mean| / std)`` of float64's 15.95 (see :func:`_digits_lost`). Inception features (mean ~ std)
+    lose less than one; features with mean 1e8 and unit spread lose all of them.
+
+    Warns:
+        UserWarning: some feature lost more than 8 digits; the message names the worst one and says when no
+            correct digit is left (more than 13.95 lost).
     """
     n = torch.as_tensor(n, dtype=torch.float64, device=feature_sum.device)
     mean = feature_sum.to(torch.float64) / n
     covariance = torch.outer(mean, mean).mul_(-n).add_(outer_sum).div_(n - 1)
+    _check_cancellation(n, mean, covariance, outer_sum)
     return mean, covariance
+
+
+def _digits_lost(n: Tensor, outer_sum: Tensor, covariance: Tensor) -> Tensor:
+    """Significant digits of each variance lost to cancellation, ``(d,)`` float64 (inf: all of them).
+
+    ``outer_sum_ii`` carries a relative rounding error of at least u = 2^-53 (more after many additions), as
+    does ``n mean_i^2``, which is at most ``outer_sum_ii``. Their difference is ``(n - 1) sigma_ii``, so
+    ``sigma_ii``'s relative error is about ``u outer_sum_ii / ((n - 1) sigma_ii)``: it has lost
+    ``log10(outer_sum_ii / ((n - 1) sigma_ii)) = log10(1 + n mean_i^2 / ((n - 1) sigma_ii))`` of the sums'
+    digits. An off-diagonal entry, relative to ``sqrt(sigma_ii sigma_jj)``, loses the mean of its features'
+    digits, so the worst variance bounds the whole matrix. A variance that came out <= 0 from a positive
+    ``outer_sum_ii`` lost everything; an all-zero feature (or NaN sums, not this check's business) nothing.
+    """
+    mean_square = outer_sum.diagonal().to(torch.float64) / (n - 1)
+    variance = covariance.diagonal()
+    lost = torch.where(variance > 0, (mean_square / variance).log10().clamp_min(0), math.inf)
+    return torch.where(mean_square > 0, lost, 0.0)
+
+
+def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: Tensor) -> None:
+    """Warn when a variance lost more than 8 of float64's 15.95 digits, naming the worst feature.
+
+    A feature that is constant across all samples (e.g. every generated image the same) reads as lost too:
+    its variance is 0, what the formula returns is round-off, and from the sums alone it cannot be told from
+    a large mean with a small spread.
+    """
+    lost = _digits_lost(n, outer_sum, covariance)
+    worst_lost, worst = (value.item() for value in lost.max(0))
+    if not worst_lost > _WARN_DIGITS_LOST:  # also false for NaN
+        return
+    affected = int((lost > _WARN_DIGITS_LOST).sum())
+    detail = (
+        f"(mean {mean[worst].item():.3g}, mean square {(outer_sum[worst, worst] / (n - 1)).item():.3g}, "
+        f"computed variance {covariance[worst, worst].item():.3g}; {affected} of {len(lost)} features lost more "
+        f"than {_WARN_DIGITS_LOST:.0f} digits) in the one-pass covariance (outer_sum - n mean mean^T) / (n - 1)"
+    )
+    remedy = (
+        "Subtract a fixed offset (e.g. the real features' approximate mean) from the features in the extractor, "
+        "for real and generated images alike: FID does not change, and the sums keep their digits. (A feature "
+        "that is constant over all samples, e.g. identical images, looks the same from the sums.)"
+    )
+    if worst_lost > _NO_DIGIT_LEFT:
+        lost_text = "all" if math.isinf(worst_lost) else f"{worst_lost:.1f}"
+        consequence = (
+            "with the sums' own round-off, the covariance has no correct digit left, and FID is meaningless unless "
+            "that feature is constant over the samples"
+        )
+    else:
+        lost_text = f"{worst_lost:.1f}"
+        consequence = f"the covariance keeps at most {_FLOAT64_DIGITS - worst_lost:.1f} correct digits, and FID fewer"
+    warn_caller(
+        f"Covariance cancellation: feature {worst} lost {lost_text} of float64's {_FLOAT64_DIGITS:.2f} significant "
+        f"digits {detail}; {consequence}. {remedy}"
+    )
 
 
 class StatsMismatchError(ValueError):
@@ -63,7 +152,7 @@ class FeatureStats:
         extractor: e.g. ``"inception-2015-12-05/2048"``, or "" if unknown.
         weights_sha256: hex SHA-256 of the network weights file, or "" if unknown.
         compat: the preprocessing pipeline (``"tensorflow"``, ...), or "" if unknown.
-        extra: other arrays a file held (ADM's ``mu_s``, ``sigma_s``), float64 tensors.
+        extra: ADM's sFID statistics ``mu_s`` ``(k,)`` and ``sigma_s`` ``(k, k)``, float64, when a file held them.
     """
 
     mean: Tensor
@@ -135,7 +224,11 @@ class FeatureStats:
     __add__ = merge
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write a self-describing ``.npz`` (see the module docstring); mean/covariance-only stats too."""
+        """Write a self-describing ``.npz`` (see the module docstring) atomically; mean/covariance-only stats too.
+
+        Raises:
+            ValueError: ``path`` cannot be written (:func:`fid_metric.atomic_file.check_writable` says why).
+        """
         arrays: dict[str, np.ndarray] = {
             "format": np.array(FORMAT),
             "mu": self.mean.numpy(),
@@ -147,67 +240,130 @@ class FeatureStats:
         }
         if self.mergeable:
             arrays.update(n=np.array(self.n), feature_sum=self.feature_sum.numpy(), outer_sum=self.outer_sum.numpy())
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        atomic_write(path, lambda file: np.savez(file, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
         """Read our ``.npz``, a pytorch-fid / clean-fid ``.npz`` or an ADM reference batch.
 
+        Reads only the arrays the module docstring names, each after its header (shape, dtype) was checked
+        against the others and against :data:`MAX_FEATURE_DIM`.
+
         Raises:
-            ValueError: the file is missing, truncated, corrupt, or holds inconsistent arrays.
+            ValueError: naming the file and the field: the file is missing, not an ``.npz``, truncated or
+                corrupt; an array is not plain numbers (text, for the metadata), does not fit the others'
+                shapes, is too large, or holds NaN or infinite values; or, in our files, ``mu`` is not
+                ``feature_sum / n``, ``sigma`` is not the covariance from the sums, or ``n`` is not an integer
+                >= 2.
         """
         path = Path(path)
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-        except FileNotFoundError:
-            raise ValueError(f"Statistics file {path} does not exist.") from None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as err:
-            raise ValueError(f"{path} is not a readable statistics file (truncated or corrupt?): {err}") from err
-        if "mu" not in arrays or "sigma" not in arrays:
-            raise ValueError(
-                f"{path} holds {sorted(arrays)}; a statistics file needs at least 'mu' and 'sigma' "
-                "(pytorch-fid, clean-fid, ADM) or is written by fid_metric."
-            )
-        mean = torch.from_numpy(np.asarray(arrays.pop("mu"), dtype=np.float64))
-        covariance = torch.from_numpy(np.asarray(arrays.pop("sigma"), dtype=np.float64))
-        d = mean.shape[0] if mean.ndim == 1 else -1
-        if d < 1 or covariance.shape != (d, d):
-            raise ValueError(
-                f"{path}: 'mu' must be (d,) and 'sigma' (d, d), got {mean.shape} and {tuple(covariance.shape)}."
-            )
-        if not (torch.isfinite(mean).all() and torch.isfinite(covariance).all()):
-            raise ValueError(f"{path}: 'mu' or 'sigma' holds NaN or infinite values.")
-        # Symmetrised once, here: the distance reads one triangle of one covariance and all of the other, so
-        # another tool's round-off asymmetry would otherwise make FID(a, b) differ from FID(b, a).
-        covariance = (covariance + covariance.T) / 2
-        metadata = {key: str(arrays.pop(key)) for key in _METADATA if key in arrays}
-        n = feature_sum = outer_sum = None
-        if "n" in arrays:
-            missing = [key for key in ("feature_sum", "outer_sum") if key not in arrays]
-            if missing or arrays["n"].ndim != 0:
-                raise ValueError(
-                    f"{path} holds 'n' but not a scalar n with 'feature_sum' and 'outer_sum' (missing: {missing}); "
-                    "fid_metric statistics files store the three together."
-                )
-            n = int(arrays.pop("n"))
-            feature_sum = torch.from_numpy(np.asarray(arrays.pop("feature_sum"), dtype=np.float64))
-            outer_sum = torch.from_numpy(np.asarray(arrays.pop("outer_sum"), dtype=np.float64))
-            if feature_sum.shape != (d,) or outer_sum.shape != (d, d):
-                raise ValueError(f"{path}: sums of shapes {feature_sum.shape}, {outer_sum.shape} do not match d={d}.")
-            outer_sum = (outer_sum + outer_sum.T) / 2
-            if not torch.allclose(mean, feature_sum / n, rtol=1e-9, atol=1e-12):
-                raise ValueError(f"{path}: 'mu' is not 'feature_sum' / 'n'; the file is inconsistent.")
-        for key in ("format", "feature_dim", "fid_metric_version"):
-            arrays.pop(key, None)
-        extra = {
-            key: torch.from_numpy(np.asarray(value, dtype=np.float64))
-            for key, value in arrays.items()
-            if np.issubdtype(value.dtype, np.number)
-        }
-        return cls(mean, covariance, n, feature_sum, outer_sum, extra=extra, **metadata)
+        with NpzArchive(path) as archive:
+            headers = {key: archive.header(key) for key in _KEYS if key in archive.keys}
+            _check_headers(path, headers, archive.keys)
+            arrays = {key: archive.read(key, header) for key, header in headers.items()}
+        return _from_arrays(path, arrays)
 
 
 def _metadata_of(stats: FeatureStats) -> dict[str, str]:
     return {key: getattr(stats, key) for key in _METADATA}
+
+
+def _check_headers(path: Path, headers: dict[str, ArrayHeader], keys: frozenset[str]) -> None:
+    """Raise ``ValueError`` unless the headers describe statistics this module reads, within its limits."""
+    if "mu" not in headers or "sigma" not in headers:
+        raise ValueError(
+            f"{path} holds {sorted(keys)}; a statistics file needs at least 'mu' and 'sigma' "
+            "(pytorch-fid, clean-fid, ADM) or is written by fid_metric."
+        )
+    for key, header in headers.items():
+        if key in _METADATA:
+            if header.dtype.kind != "U" or header.shape != () or not 0 < header.nbytes <= 4 * _MAX_METADATA_CHARS:
+                raise ValueError(
+                    f"{path}: '{key}' must be a string of at most {_MAX_METADATA_CHARS} characters, got "
+                    f"{header.dtype} of shape {header.shape}."
+                )
+        elif header.dtype.kind not in "fiu":
+            raise ValueError(
+                f"{path} is not a readable statistics file: '{key}' has dtype {header.dtype}; expected plain "
+                "numbers, float or int (pickled objects are never loaded)."
+            )
+    d = _check_mean_and_covariance(path, headers, "mu", "sigma", "d")
+    if any(key in headers for key in _ADM_SFID):
+        _check_mean_and_covariance(path, headers, *_ADM_SFID, "k")
+    present = [key for key in _SUMS if key in headers]
+    missing = [key for key in _SUMS if key not in headers]
+    if present and (missing or headers["n"].shape != ()):
+        raise ValueError(
+            f"{path} holds {' and '.join(repr(key) for key in present)} but not a scalar n with 'feature_sum' and "
+            f"'outer_sum' (missing: {missing}); fid_metric statistics files store the three together."
+        )
+    if present and (headers["feature_sum"].shape != (d,) or headers["outer_sum"].shape != (d, d)):
+        raise ValueError(
+            f"{path}: sums of shapes {headers['feature_sum'].shape}, {headers['outer_sum'].shape} do not match d={d}."
+        )
+
+
+def _check_mean_and_covariance(path: Path, headers: dict[str, ArrayHeader], mean: str, cov: str, d: str) -> int:
+    """The dimension of a ``(d,)`` mean and ``(d, d)`` covariance pair, or ``ValueError`` naming both."""
+    shapes = {key: headers[key].shape if key in headers else None for key in (mean, cov)}
+    size = shapes[mean][0] if shapes[mean] is not None and len(shapes[mean]) == 1 else 0
+    if size > MAX_FEATURE_DIM:
+        raise ValueError(
+            f"{path}: '{mean}' has {size} features; statistics of at most {MAX_FEATURE_DIM} are read (a {size} x "
+            f"{size} float64 covariance would take {size * size * 8 / 2**30:.0f} GiB)."
+        )
+    if size < 1 or shapes[cov] != (size, size):
+        raise ValueError(
+            f"{path}: '{mean}' must be ({d},) and '{cov}' ({d}, {d}), got {shapes[mean]} and {shapes[cov]}."
+        )
+    return size
+
+
+def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> FeatureStats:
+    """``FeatureStats`` from the arrays ``_check_headers`` passed, after checking their values."""
+    tensors = {}
+    for key, array in arrays.items():
+        if key in _METADATA or key == "n":
+            continue
+        tensors[key] = torch.from_numpy(np.asarray(array, dtype=np.float64))
+        if not torch.isfinite(tensors[key]).all():
+            raise ValueError(f"{path}: '{key}' holds NaN or infinite values.")
+    # Symmetrised once, here: the distance reads one triangle of one covariance and all of the other, so
+    # another tool's round-off asymmetry would otherwise make FID(a, b) differ from FID(b, a).
+    mean, covariance = tensors["mu"], (tensors["sigma"] + tensors["sigma"].T) / 2
+    metadata = {key: str(arrays[key][()]) for key in _METADATA if key in arrays}
+    n = feature_sum = outer_sum = None
+    if "n" in arrays:
+        n = _count(path, arrays["n"])
+        feature_sum, outer_sum = tensors["feature_sum"], (tensors["outer_sum"] + tensors["outer_sum"].T) / 2
+        _check_sums(path, n, feature_sum, outer_sum, mean, covariance)
+    extra = {key: tensors[key] for key in _ADM_SFID if key in tensors}
+    return FeatureStats(mean, covariance, n, feature_sum, outer_sum, extra=extra, **metadata)
+
+
+def _count(path: Path, array: np.ndarray) -> int:
+    value = array.item()
+    if not (float(value).is_integer() and value >= 2):
+        raise ValueError(f"{path}: 'n' must be an integer >= 2, got {value}.")
+    return int(value)
+
+
+def _check_sums(path: Path, n: int, feature_sum: Tensor, outer_sum: Tensor, mean: Tensor, covariance: Tensor) -> None:
+    """Raise ``ValueError`` unless ``mu`` and ``sigma`` are what ``mean_and_covariance`` makes of the sums."""
+    try:
+        expected_mean, expected_covariance = mean_and_covariance(n, feature_sum, outer_sum)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    if (mean - expected_mean).abs().max() > 1e-9 * expected_mean.abs().max():
+        raise ValueError(f"{path}: 'mu' is not 'feature_sum' / 'n'; the file is inconsistent.")
+    # Relative to the mean squares, the scale of the sums' own round-off: where cancellation lost digits, the
+    # covariance recomputed after symmetrising outer_sum differs from the saved one by that much.
+    difference = (covariance - expected_covariance).abs()
+    scale = outer_sum.diagonal().max() / (n - 1)
+    if difference.max() > 1e-9 * scale:
+        i, j = divmod(int(difference.argmax()), len(mean))
+        raise ValueError(
+            f"{path}: 'sigma' is not the covariance of 'outer_sum', 'feature_sum' and 'n': it differs by "
+            f"{difference[i, j].item():.3g} at [{i}, {j}] (mean squares up to {scale.item():.3g}); the file is "
+            "inconsistent."
+        )

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import tracemalloc
+import zipfile
+
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_images
+from conftest import REPO, smooth_images
 from PIL import Image
 from pytorch_fid import fid_score
 from test_metric import TinyFeatures
@@ -201,3 +211,290 @@ def test_statistics_carry_the_metric_metadata(inception_weights) -> None:
     assert len(stats.weights_sha256) == 64
     value = frechet_distance(stats.mean, stats.covariance, stats.mean, stats.covariance)
     assert abs(value) < 1e-9
+
+
+# --- Files are written atomically (issue #10, part 3) ---
+
+_SLOW_SAVE = """
+import io, sys, time
+import numpy as np
+import torch
+from fid_metric import FeatureStats
+
+real_savez = np.savez
+
+
+def half_then_hang(file, **arrays):
+    buffer = io.BytesIO()
+    real_savez(buffer, **arrays)
+    data = buffer.getvalue()
+    file.write(data[: len(data) // 2])
+    file.flush()
+    print("half written", flush=True)
+    time.sleep(120)
+
+
+np.savez = half_then_hang
+FeatureStats.from_features(torch.randn(40, 6, dtype=torch.float64)).save(sys.argv[1])
+"""
+
+
+def _same_stats(loaded: FeatureStats, saved: FeatureStats) -> bool:
+    """``loaded`` is ``saved`` as a file holds it (loading symmetrises ``outer_sum`` exactly)."""
+    symmetric = (saved.outer_sum + saved.outer_sum.T) / 2
+    return loaded.n == saved.n and torch.equal(loaded.mean, saved.mean) and torch.equal(loaded.outer_sum, symmetric)
+
+
+def test_a_writer_killed_mid_save_leaves_the_old_file(tmp_path) -> None:
+    """SIGKILL while half of the new file is written: the old file is intact, no partial .npz appears."""
+    path = tmp_path / "ref.npz"
+    old = FeatureStats.from_features(_features(30, 6, seed=20))
+    old.save(path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_SAVE, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    try:
+        line = child.stdout.readline()
+        assert line == b"half written\n", child.stderr.read().decode()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    assert _same_stats(FeatureStats.load(path), old)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".npz"] == ["ref.npz"]
+
+
+def test_concurrent_saves_leave_one_complete_file(tmp_path, monkeypatch) -> None:
+    """Two threads save different statistics to one path, their writes interleaved (a: first half; b: all;
+    a: second half). The result is one of the two files, complete, and no temporary file is left."""
+    path = tmp_path / "ref.npz"
+    stats = {
+        "a": FeatureStats.from_features(_features(30, 5, seed=21)),
+        "b": FeatureStats.from_features(_features(30, 5, seed=22)),
+    }
+    real_savez = np.savez
+    both_started, a_wrote_half, b_finished = threading.Barrier(2, timeout=30), threading.Event(), threading.Event()
+
+    def interleaved_savez(file, **arrays) -> None:
+        buffer = io.BytesIO()
+        real_savez(buffer, **arrays)
+        data = buffer.getvalue()
+        both_started.wait()
+        if threading.current_thread().name == "a":
+            file.write(data[: len(data) // 2])
+            file.flush()
+            a_wrote_half.set()
+            assert b_finished.wait(timeout=30)
+            file.write(data[len(data) // 2 :])
+        else:
+            assert a_wrote_half.wait(timeout=30)
+            file.write(data)
+            file.flush()
+            b_finished.set()
+
+    monkeypatch.setattr(np, "savez", interleaved_savez)
+    errors = []
+
+    def save(name: str) -> None:
+        try:
+            stats[name].save(path)
+        except Exception as err:  # reported by the main thread, after join
+            errors.append(err)
+            b_finished.set()
+            a_wrote_half.set()
+
+    threads = [threading.Thread(target=save, args=(name,), name=name) for name in stats]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not errors, errors
+    loaded = FeatureStats.load(path)
+    assert _same_stats(loaded, stats["a"]) or _same_stats(loaded, stats["b"])
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_a_failed_save_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch) -> None:
+    path = tmp_path / "ref.npz"
+    old = FeatureStats.from_features(_features(30, 4, seed=23))
+    old.save(path)
+
+    def disk_full(file, **arrays) -> None:
+        file.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        FeatureStats.from_features(_features(30, 4, seed=24)).save(path)
+    assert _same_stats(FeatureStats.load(path), old)
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_save_to_a_bad_path_says_what_is_wrong(tmp_path) -> None:
+    stats = FeatureStats.from_features(_features(10, 3, seed=25))
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(ValueError, match=r"cannot write .*missing.*: folder .*missing does not exist"):
+        stats.save(tmp_path / "missing" / "ref.npz")
+    with pytest.raises(ValueError, match=r"cannot write .*folder\.npz: it is a directory"):
+        stats.save(tmp_path / "folder.npz")
+
+
+# --- Reading files: only the keys used, headers checked first, consistency (issue #10, part 4) ---
+
+
+def _npy(shape: tuple[int, ...], dtype: str, data: bytes = b"", fortran: bool = False) -> bytes:
+    """A .npy member: a version 1.0 header claiming ``shape`` and ``dtype``, followed by ``data`` as is."""
+    buffer = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": fortran, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue() + data
+
+
+def _array_npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _zip(path, members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> None:
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_reads_other_tools_files_without_touching_unused_keys(tmp_path) -> None:
+    """clean-fid (compressed, float32 mu), ADM (mu, sigma, mu_s, sigma_s and a 10 GB ``arr_0`` of images that
+    must not be read: here only its header exists), big-endian and Fortran-ordered arrays."""
+    f = _features(40, 4, seed=26).numpy()
+    mu, sigma = f.mean(0), np.cov(f, rowvar=False)
+    np.savez_compressed(tmp_path / "cleanfid.npz", mu=mu.astype(np.float32), sigma=sigma)
+    cleanfid = FeatureStats.load(tmp_path / "cleanfid.npz")
+    assert torch.equal(cleanfid.mean, torch.from_numpy(mu.astype(np.float32).astype(np.float64)))
+    adm = {
+        "arr_0.npy": _npy((50000, 256, 256, 3), "uint8"),
+        "mu.npy": _array_npy(mu.astype(">f8")),
+        "sigma.npy": _array_npy(np.asfortranarray(sigma)),
+        "mu_s.npy": _array_npy(np.arange(3.0)),
+        "sigma_s.npy": _array_npy(np.eye(3)),
+    }
+    _zip(tmp_path / "adm.npz", adm, zipfile.ZIP_DEFLATED)
+    loaded = FeatureStats.load(tmp_path / "adm.npz")
+    assert torch.equal(loaded.mean, torch.from_numpy(mu)) and torch.equal(loaded.covariance, torch.from_numpy(sigma))
+    assert set(loaded.extra) == {"mu_s", "sigma_s"} and torch.equal(loaded.extra["sigma_s"], torch.eye(3).double())
+
+
+def test_bad_headers_and_non_npz_files_are_refused_before_reading(tmp_path) -> None:
+    """Each file fails with a ValueError naming it and saying what is wrong, having allocated < 16 MB (numpy's
+    arrays are traced by tracemalloc): a header's claim is refused before memory is set aside for it."""
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    (tmp_path / "single.npy").rename(tmp_path / "renamed.npz")
+    (tmp_path / "folder.npz").mkdir()
+    cases = {
+        "renamed.npz": (None, r"is a \.npy file \(one array, numpy\.save\), not an \.npz"),
+        "huge_mu.npz": ({"mu.npy": _npy((10**9,), "<f8"), "sigma.npy": _npy((2, 2), "<f8")}, r"'mu'.*at most"),
+        "huge_sigma.npz": ({"mu.npy": _npy((70000,), "<f8"), "sigma.npy": _npy((70000, 70000), "<f8")}, "at most"),
+        "short.npz": ({"mu.npy": _npy((3,), "<f8", b"\0" * 8), "sigma.npy": _array_npy(np.eye(3))}, "'mu'.*24"),
+        "complex.npz": ({"mu.npy": _array_npy(np.zeros(2)), "sigma.npy": _array_npy(np.eye(2) + 0j)}, "'sigma'.*dtype"),
+        "text.npz": ({"mu.npy": b"0.1 0.2", "sigma.npy": _array_npy(np.eye(2))}, "'mu'.*not a .npy array"),
+        "object.npz": ({"mu.npy": _npy((2,), "O"), "sigma.npy": _array_npy(np.eye(2))}, "'mu'.*dtype object"),
+        "folder.npz": (None, "is a directory"),
+    }
+    for name, (members, message) in cases.items():
+        if members is not None:
+            _zip(tmp_path / name, members, zipfile.ZIP_DEFLATED)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match=message) as caught:
+                FeatureStats.load(tmp_path / name)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert name in str(caught.value), name
+        assert peak < 2**24, (name, peak)
+
+
+def test_our_files_are_checked_for_internal_consistency(tmp_path) -> None:
+    """A file of ours whose fields disagree says which field is wrong."""
+    f = _features(20, 3, seed=27).numpy()
+    good = {"n": np.array(20), "feature_sum": f.sum(0), "outer_sum": f.T @ f, "mu": f.mean(0)}
+    good["sigma"] = (good["outer_sum"] - 20 * np.outer(good["mu"], good["mu"])) / 19
+    np.savez(tmp_path / "good.npz", **good)
+    assert FeatureStats.load(tmp_path / "good.npz").n == 20
+    bad_sigma = good["sigma"].copy()
+    bad_sigma[0, 0] *= 1.5
+    cases = {
+        "sigma": ({"sigma": bad_sigma}, "'sigma' is not the covariance of 'outer_sum'"),
+        "n1": ({"n": np.array(1), "feature_sum": f[:1].sum(0), "mu": f[0]}, "'n' must be an integer >= 2"),
+        "nfrac": ({"n": np.array(20.5)}, "'n' must be an integer >= 2, got 20.5"),
+        "sum_inf": ({"feature_sum": np.array([np.inf, 0, 0])}, "'feature_sum' holds NaN or infinite"),
+        "outer_nan": ({"outer_sum": np.full((3, 3), np.nan)}, "'outer_sum' holds NaN or infinite"),
+        "sigma_s": ({"mu_s": np.zeros(2), "sigma_s": np.eye(3)}, "'mu_s' must be \\(k,\\) and 'sigma_s' \\(k, k\\)"),
+    }
+    for name, (changes, message) in cases.items():
+        np.savez(tmp_path / f"{name}.npz", **{**good, **changes})
+        with pytest.raises(ValueError, match=message) as caught:
+            FeatureStats.load(tmp_path / f"{name}.npz")
+        assert f"{name}.npz" in str(caught.value), name
+
+
+# --- Cancellation in the one-pass covariance (issue #10, part 8) ---
+
+
+def _batched_sums(x: torch.Tensor, batch: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """The metric's accumulation: a float64 sum and X^T X added batch by batch."""
+    total, outer = (
+        torch.zeros(x.shape[1], dtype=torch.float64),
+        torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64),
+    )
+    for start in range(0, len(x), batch):
+        total.add_(x[start : start + batch].sum(0))
+        outer.addmm_(x[start : start + batch].T, x[start : start + batch])
+    return total, outer
+
+
+def _inception_like(n: int, d: int, seed: int) -> torch.Tensor:
+    """Non-negative, correlated features with mean ~0.3 and spreads 0.03 to 0.3, float32 values (pool3-like)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
+    spread = torch.linspace(0.3, 0.03, d, dtype=torch.float64)
+    return torch.relu(0.3 + spread * z / d**0.5).float().double()
+
+
+def test_cancellation_warns_with_the_digits_lost(recwarn) -> None:
+    """Inception-like features (and an all-zero one) lose at most ~2 digits: no warning. Shifted by 1e4 they lose ~11
+    of float64's 15.95 digits: a warning names the worst feature and the digits, and numpy.cov (two-pass, the
+    independent reference) shows that many digits lost, within 3 (the accumulation's own growth)."""
+    x = _inception_like(2000, 16, seed=28)
+    with_dead_feature = x.clone()
+    with_dead_feature[:, 5] = 0
+    mean_and_covariance(2000, *_batched_sums(x))
+    mean_and_covariance(2000, *_batched_sums(with_dead_feature))
+    assert not [w for w in recwarn if "digits" in str(w.message)]
+    shifted = x + 1e4
+    reference = np.cov(shifted.numpy(), rowvar=False)
+    with pytest.warns(UserWarning, match=r"feature (\d+) lost (\d+\.\d) of float64's 15\.9") as caught:
+        _, covariance = mean_and_covariance(2000, *_batched_sums(shifted))
+    message = next(str(w.message) for w in caught if "digits" in str(w.message))
+    feature, digits = re.search(r"feature (\d+) lost (\d+\.\d)", message).groups()
+    variance = np.diag(reference)
+    expected = np.log10(1 + shifted.numpy().mean(0) ** 2 / variance)
+    assert int(feature) == int(np.argmax(expected)) and abs(float(digits) - expected.max()) < 0.1
+    observed = 15.95 + np.log10(np.max(np.abs(np.diag(covariance.numpy()) - variance) / variance))
+    assert float(digits) - 0.5 <= observed <= float(digits) + 3, (observed, digits)
+
+
+def test_cancellation_beyond_float64_warns_that_no_digit_is_left() -> None:
+    """The issue's example: mean 1e8, unit spread. (outer_sum - n mean mean^T) / (n - 1) keeps no correct digit
+    (checked against numpy.cov, so that the test proves something), and mean_and_covariance says so. A warning,
+    not an error: a collapsed generator's constant features look the same from the sums and are harmless."""
+    g = torch.Generator().manual_seed(29)
+    x = 1e8 + torch.randn(2000, 16, generator=g, dtype=torch.float64)
+    total, outer = _batched_sums(x)
+    mean = total.numpy() / 2000
+    one_pass = (outer.numpy() - 2000 * np.outer(mean, mean)) / 1999
+    reference = np.cov(x.numpy(), rowvar=False)
+    assert np.max(np.abs(np.diag(one_pass) - np.diag(reference)) / np.diag(reference)) > 0.5
+    with pytest.warns(UserWarning, match=r"feature \d+ .*no correct digit left"):
+        mean_and_covariance(2000, total, outer)
+    with pytest.warns(UserWarning, match=r"feature \d+ .*no correct digit left"):
+        FeatureStats.from_features(x)
