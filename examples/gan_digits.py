@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -57,7 +58,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fid_metric import FeatureStats, FrechetInceptionDistance
+from fid_metric import FeatureStats, FrechetInceptionDistance, WeightsUnavailableError
 from fid_metric.lightning import ExactlyOnce
 
 matplotlib.use("Agg")
@@ -313,4 +314,11 @@ def main(argv: list[str] | None = None) -> list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except WeightsUnavailableError as err:  # e.g. offline: one line on what to pass, not a chained traceback
+        reason = str(err.__cause__ or err).splitlines()[0]
+        sys.exit(
+            f"{Path(__file__).name}: no Inception weights ({reason}); pass --inception-weights "
+            "/path/to/pt_inception-2015-12-05-6726825d.pth or set FID_METRIC_WEIGHTS"
+        )

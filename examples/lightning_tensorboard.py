@@ -38,7 +38,9 @@ few hundred images than 2048; use 2048 (the standard) to compare with published 
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -48,7 +50,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fid_metric import FrechetInceptionDistance
+from fid_metric import FrechetInceptionDistance, WeightsUnavailableError
 
 IMAGE_SIZE = 32
 
@@ -206,4 +208,11 @@ def main(argv: list[str] | None = None) -> list[float]:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except WeightsUnavailableError as err:  # e.g. offline: one line on what to pass, not a chained traceback
+        reason = str(err.__cause__ or err).splitlines()[0]
+        sys.exit(
+            f"{Path(__file__).name}: no Inception weights ({reason}); pass --inception-weights "
+            "/path/to/pt_inception-2015-12-05-6726825d.pth or set FID_METRIC_WEIGHTS"
+        )

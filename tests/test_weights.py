@@ -1,21 +1,28 @@
 """Weights resolution, verified download and safe loading, against a real HTTP server on 127.0.0.1.
 
 Every test runs with ``TORCH_HOME`` in its own temporary folder (so ``torch.hub.get_dir()`` and the weights
-cache live there), without ``FID_METRIC_WEIGHTS``/``FID_METRIC_WEIGHTS_URL``/proxy variables, and with the
-module's default URL pointed at a closed local port: nothing here can reach any address but 127.0.0.1.
+cache live there), without ``FID_METRIC_WEIGHTS``/``FID_METRIC_WEIGHTS_URL``/``FID_METRIC_DOWNLOAD_TIMEOUT``/
+proxy variables, and with the module's default URL pointed at a closed local port: nothing here can reach any
+address but 127.0.0.1. The real weights are never at hand, so tests that need "the official file" make a tiny
+state dict official by patching ``OFFICIAL_SHA256``/``OFFICIAL_SIZE`` (the ``official`` fixture).
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import hashlib
 import http.client
 import http.server
 import io
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,21 +36,24 @@ from fid_metric.weights import WeightsUnavailableError
 
 _REAL_DEFAULT_URL = weights.DEFAULT_URL  # read before any fixture patches it
 _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
+_REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class LocalServer:
-    """A ThreadingHTTPServer on 127.0.0.1 serving ``routes`` (path -> bytes, int status, or ``Truncated``)."""
+    """A ThreadingHTTPServer on 127.0.0.1 serving ``routes`` (path -> bytes, int status, or a slow response)."""
 
     httpd: http.server.ThreadingHTTPServer
     routes: dict[str, object] = field(default_factory=dict)
     requests: collections.Counter = field(default_factory=collections.Counter)
+    closing: threading.Event = field(default_factory=threading.Event)  # ends the slow responses
 
     def url(self, path: str) -> str:
         host, port = self.httpd.server_address[:2]
         return f"http://{host}:{port}{path}"
 
     def stop(self) -> None:
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -53,6 +63,22 @@ class Truncated:
     """Serve ``data`` as a chunked response whose connection drops before the terminating chunk."""
 
     data: bytes
+
+
+@dataclass(frozen=True)
+class Trickle:
+    """Announce all of ``data``, then send it one byte every ``interval_s`` seconds: slow, but never silent."""
+
+    data: bytes
+    interval_s: float
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Announce all of ``data``, send its first ``sent`` bytes, then nothing until the server stops."""
+
+    data: bytes
+    sent: int
 
 
 def _make_handler(server: LocalServer) -> type[http.server.BaseHTTPRequestHandler]:
@@ -73,12 +99,32 @@ def _make_handler(server: LocalServer) -> type[http.server.BaseHTTPRequestHandle
                 self.wfile.write(f"{len(body.data):x}\r\n".encode() + half)
                 self.wfile.flush()
                 self.close_connection = True
+            elif isinstance(body, (Trickle, Stall)):
+                self._send_headers(len(body.data))
+                self.close_connection = True
+                try:
+                    if isinstance(body, Stall):
+                        self.wfile.write(body.data[: body.sent])
+                        self.wfile.flush()
+                        server.closing.wait()
+                        return
+                    for i in range(len(body.data)):
+                        if server.closing.wait(body.interval_s):
+                            return
+                        self.wfile.write(body.data[i : i + 1])
+                        self.wfile.flush()
+                except OSError:  # the client gave up and closed the connection: what the test wants
+                    pass
             else:
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
+                self._send_headers(len(body))
                 self.wfile.write(body)
+
+        def _send_headers(self, length: int) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(length))
+            self.end_headers()
+            self.wfile.flush()
 
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base class signature)
             pass
@@ -98,6 +144,11 @@ def _hashed_name(data: bytes, stem: str = "weights", suffix: str = ".pth") -> st
     return f"{stem}-{hashlib.sha256(data).hexdigest()[:8]}{suffix}"
 
 
+def _mirror(data: bytes) -> str:
+    """The path of ``data`` on a mirror that kept torch.hub's naming (the hash prefix in the name)."""
+    return f"/mirror/{_hashed_name(data)}"
+
+
 def _saved(obj: object) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -105,9 +156,33 @@ def _saved(obj: object) -> bytes:
 
 
 def _cache_listing() -> list[str]:
-    """Every entry in the cache folder, hidden temporary files included."""
+    """Every entry in the cache folder, hidden temporary files and sidecars included."""
     directory = weights.cache_dir()
     return sorted(os.listdir(directory)) if directory.exists() else []
+
+
+def _only_weights_in_cache() -> list[str]:
+    """What the cache must hold after a good download: the file and its recorded hash, no ``.partial``."""
+    return sorted([weights.CACHE_NAME, f".{weights.CACHE_NAME}.sha256"])
+
+
+def _make_official(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    """Make ``data`` the official file: resolve() and the cache then accept exactly these bytes."""
+    monkeypatch.setattr(weights, "OFFICIAL_SHA256", hashlib.sha256(data).hexdigest())
+    monkeypatch.setattr(weights, "OFFICIAL_SIZE", len(data))
+
+
+def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
+    """Count the SHA-256 objects made from now on: each full read of a file for its hash makes one."""
+    made: collections.Counter = collections.Counter()
+    real = hashlib.sha256
+
+    def counting(*args: object, **kwargs: object) -> object:
+        made["sha256"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hashlib, "sha256", counting)
+    return made
 
 
 class NotAStateDict:
@@ -119,11 +194,12 @@ class NotAStateDict:
 
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """TORCH_HOME in tmp, no weights/proxy variables, and a default URL that can only fail locally."""
+    """TORCH_HOME in tmp, no weights/proxy/timeout variables, and a default URL that can only fail locally."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # in case anything called torch.hub.set_dir()
     monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
     monkeypatch.delenv(weights.ENV_URL, raising=False)
+    monkeypatch.delenv("FID_METRIC_DOWNLOAD_TIMEOUT", raising=False)
     for var in _PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
@@ -155,6 +231,13 @@ def small_weights() -> tuple[bytes, str]:
     return data, _hashed_name(data)
 
 
+@pytest.fixture
+def official(small_weights: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch) -> bytes:
+    """The tiny state dict's bytes, made the official file (see ``_make_official``)."""
+    _make_official(monkeypatch, small_weights[0])
+    return small_weights[0]
+
+
 def test_torch_home_sets_cache_dir(isolated_env: Path) -> None:
     """torch.hub.get_dir() follows TORCH_HOME, so the weights cache is TORCH_HOME/hub/checkpoints."""
     assert Path(torch.hub.get_dir()) == isolated_env / "hub"
@@ -162,37 +245,38 @@ def test_torch_home_sets_cache_dir(isolated_env: Path) -> None:
 
 
 def test_default_url_name_carries_hash() -> None:
-    """The real default URL (a constant here, never fetched) is pytorch-fid's file and names its hash."""
-    assert Path(_REAL_DEFAULT_URL).name == "pt_inception-2015-12-05-6726825d.pth"
+    """The real default URL (never fetched) is pytorch-fid's file; its name's hash prefix is the official one's."""
+    assert Path(_REAL_DEFAULT_URL).name == weights.CACHE_NAME == "pt_inception-2015-12-05-6726825d.pth"
     assert weights.expected_hash_prefix(_REAL_DEFAULT_URL) == "6726825d"
+    assert len(weights.OFFICIAL_SHA256) == 64
+    assert weights.OFFICIAL_SHA256.startswith(weights.expected_hash_prefix(_REAL_DEFAULT_URL))
 
 
 def test_download_success(
-    server: LocalServer, small_weights: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+    server: LocalServer, small_weights: tuple[bytes, str], official: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """resolve() downloads from $FID_METRIC_WEIGHTS_URL into the cache, byte-identical; it loads as a dict."""
-    data, name = small_weights
-    server.routes[f"/mirror/{name}"] = data
+    _, name = small_weights
+    server.routes[f"/mirror/{name}"] = official
     monkeypatch.setenv(weights.ENV_URL, server.url(f"/mirror/{name}"))
 
     path = weights.resolve()
 
-    assert path == weights.cache_dir() / name
-    assert path.read_bytes() == data
-    assert _cache_listing() == [name]  # no temporary file left beside it
+    assert path == weights.cache_dir() / weights.CACHE_NAME
+    assert path.read_bytes() == official
+    assert _cache_listing() == _only_weights_in_cache()  # no temporary file left beside it
     assert server.requests[f"/mirror/{name}"] == 1
     state = weights.load_state_dict(path)
     assert set(state) == {"w"}
     assert torch.equal(state["w"], torch.arange(5.0))
 
 
-def test_cache_reused(server: LocalServer, small_weights: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cache_reused(server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second resolve() returns the cached file without a new request, even with the server gone."""
-    data, name = small_weights
-    server.routes[f"/{name}"] = data
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    server.routes[_mirror(official)] = official
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
     first = weights.resolve()
-    assert server.requests[f"/{name}"] == 1
+    assert server.requests[_mirror(official)] == 1
 
     second = weights.resolve()
     server.stop()
@@ -200,15 +284,15 @@ def test_cache_reused(server: LocalServer, small_weights: tuple[bytes, str], mon
 
     assert first == second == third
     assert sum(server.requests.values()) == 1
-    assert third.read_bytes() == data
+    assert third.read_bytes() == official
 
 
 def test_corrupt_download_leaves_nothing(
-    server: LocalServer, small_weights: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+    server: LocalServer, small_weights: tuple[bytes, str], official: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bytes not matching the hash in the name raise, keep no file or .partial; a good retry then works."""
-    data, name = small_weights
-    server.routes[f"/{name}"] = data[:-1] + bytes([data[-1] ^ 0xFF])
+    """Bytes not matching the official hash raise, keep no file or .partial; a good retry then works."""
+    _, name = small_weights
+    server.routes[f"/{name}"] = official[:-1] + bytes([official[-1] ^ 0xFF])  # same size, one byte differs
     monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
 
     with pytest.raises(WeightsUnavailableError) as info:
@@ -216,31 +300,274 @@ def test_corrupt_download_leaves_nothing(
     message = str(info.value)
     assert "corrupt" in message
     assert "SHA-256" in message
-    assert name.rsplit("-", 1)[1].split(".")[0] in message  # the expected prefix
+    assert weights.OFFICIAL_SHA256 in message
     assert isinstance(info.value.__cause__, RuntimeError)
     assert weights.cache_dir().is_dir()  # the folder was created, so the listing below is meaningful
     assert _cache_listing() == []
 
-    server.routes[f"/{name}"] = data
+    server.routes[f"/{name}"] = official
     path = weights.resolve()
-    assert path.read_bytes() == data
-    assert _cache_listing() == [name]
+    assert path.read_bytes() == official
+    assert _cache_listing() == _only_weights_in_cache()
     assert server.requests[f"/{name}"] == 2
 
 
 def test_truncated_download_leaves_nothing(
-    server: LocalServer, small_weights: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+    server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection dropped mid-download gives WeightsUnavailableError and leaves no file or .partial."""
-    data, name = small_weights
-    server.routes[f"/{name}"] = Truncated(data)
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    server.routes[_mirror(official)] = Truncated(official)
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
 
     with pytest.raises(WeightsUnavailableError, match="Could not get the FID Inception weights") as info:
         weights.resolve()
     assert isinstance(info.value.__cause__, http.client.HTTPException)
+    assert server.requests[_mirror(official)] == 1
+    assert _cache_listing() == []
+
+
+def test_wrong_announced_size_refused(server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A response announcing another size than the official file's is refused before its body is saved."""
+    server.routes[_mirror(official)] = official + b"\0"
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+
+    with pytest.raises(WeightsUnavailableError) as info:
+        weights.resolve()
+    assert f"announces {len(official) + 1} bytes" in str(info.value)
+    assert str(len(official)) in str(info.value)
+    assert _cache_listing() == []
+
+
+def test_mirror_verified_against_official_hash(
+    server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mirror's file whose name carries its own (correct) hash prefix, but is not the official file, is refused."""
+    other = _saved({"w": torch.arange(5.0) + 1})
+    assert len(other) == len(official)  # the same size, so only the hash can tell them apart
+    name = _hashed_name(other, stem="pt_inception-2015-12-05")
+    server.routes[f"/{name}"] = other
+    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+
+    with pytest.raises(WeightsUnavailableError) as info:
+        weights.resolve()
+    assert weights.OFFICIAL_SHA256 in str(info.value)
     assert server.requests[f"/{name}"] == 1
     assert _cache_listing() == []
+
+
+@pytest.mark.parametrize("name", ["weights.pth", "pt_inception-2015-12-05.pth", "weights-ABCDEF12.pth", "x"])
+def test_mirror_name_needs_no_hash(
+    server: LocalServer, official: bytes, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The official bytes from a mirror under any name are accepted and cached under the canonical name."""
+    server.routes[f"/{name}"] = official
+    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+
+    assert weights.resolve() == weights.cache_dir() / weights.CACHE_NAME
+    assert _cache_listing() == _only_weights_in_cache()
+
+
+@pytest.mark.parametrize("name", ["weights.pth", "pt_inception-2015-12-05.pth", "weights-ABCDEF12.pth", ""])
+def test_download_by_name_refuses_url_without_hash(server: LocalServer, name: str, tmp_path: Path) -> None:
+    """download() (DINOv2's mirrors) verifies by the name's lowercase-hex SHA-256 prefix: none, no request."""
+    server.routes[f"/{name}"] = _saved({"w": torch.arange(5.0)})
+    url = server.url(f"/{name}")
+
+    with pytest.raises(ValueError, match="no SHA-256 prefix"):
+        weights.expected_hash_prefix(url)
+    with pytest.raises(ValueError, match="original file name"):
+        weights.download(url, tmp_path / "cache")
+    assert sum(server.requests.values()) == 0
+
+
+def test_cached_file_is_verified(server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file under the canonical cache name that is not the official one is not used, and a download replaces it."""
+    cached = weights.cache_dir() / weights.CACHE_NAME
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(official[:-1] + bytes([official[-1] ^ 0xFF]))  # same size: only the hash can tell
+
+    with pytest.raises(WeightsUnavailableError) as info:
+        weights.resolve()  # the default URL is a closed port: nothing can replace it
+    assert f"{cached} is not the official file" in str(info.value)
+    assert weights.OFFICIAL_SHA256 in str(info.value)
+
+    server.routes[_mirror(official)] = official
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    assert weights.resolve() == cached
+    assert cached.read_bytes() == official
+    assert server.requests[_mirror(official)] == 1
+
+
+def test_cached_file_hashed_once(tmp_path: Path, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache file is hashed once, not on every resolve()/sha256_of() nor in the next process; a change re-hashes."""
+    cached = weights.cache_dir() / weights.CACHE_NAME
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(official)
+    made = _count_hashing(monkeypatch)
+
+    for _ in range(3):
+        assert weights.resolve() == cached
+        assert weights.sha256_of(cached) == weights.OFFICIAL_SHA256
+    assert made["sha256"] == 1
+
+    monkeypatch.setattr(weights, "_known_hashes", {})  # what a new process starts with
+    assert weights.resolve() == cached
+    assert weights.sha256_of(cached) == weights.OFFICIAL_SHA256
+    assert made["sha256"] == 1  # read from the record beside the file
+
+    stat = cached.stat()
+    os.utime(cached, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # touched: maybe rewritten
+    assert weights.resolve() == cached
+    assert made["sha256"] == 2
+
+
+def test_sha256_of_remembers_other_files_in_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file outside the cache is hashed once per version in a process, and nothing is written beside it."""
+    path = tmp_path / "mine" / "weights.pth"
+    path.parent.mkdir()
+    path.write_bytes(b"first")
+    first, second = hashlib.sha256(b"first").hexdigest(), hashlib.sha256(b"other").hexdigest()
+    made = _count_hashing(monkeypatch)
+
+    assert weights.sha256_of(path) == weights.sha256_of(str(path)) == weights.sha256_of(path.resolve()) == first
+    assert made["sha256"] == 1
+    assert os.listdir(path.parent) == ["weights.pth"]
+
+    stat = path.stat()
+    path.write_bytes(b"other")  # same size; set the time too, as a later write would (clocks are coarse)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert weights.sha256_of(path) == second
+    assert made["sha256"] == 2
+
+
+def _resolve_within(seconds: float) -> BaseException:
+    """The exception resolve() raises, failing the test if it has not returned after ``seconds``.
+
+    Runs it in a thread so that a download that would hang fails the test quickly; the server's teardown
+    then ends the slow response and the thread with it.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    future = pool.submit(weights.resolve)
+    pool.shutdown(wait=False)
+    try:
+        future.result(timeout=seconds)
+    except concurrent.futures.TimeoutError:
+        pytest.fail(f"resolve() was still downloading after {seconds} s")
+    except Exception as err:  # noqa: BLE001 (the caller checks what it is)
+        return err
+    pytest.fail("resolve() returned instead of raising")
+
+
+@pytest.mark.parametrize("slow", ["trickle", "stall"])
+def test_download_deadline(server: LocalServer, official: bytes, slow: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$FID_METRIC_DOWNLOAD_TIMEOUT bounds the whole download: a trickling or stalled server cannot hold it."""
+    deadline_s, interval_s = 0.5, 0.05
+    # The trickle alone would take len * interval, the stall the 60 s read timeout: both far past the bound.
+    bound_s = 5  # deadline + one interval, with room for a loaded 2-core machine
+    assert len(official) * interval_s > 4 * bound_s
+    server.routes[_mirror(official)] = Trickle(official, interval_s) if slow == "trickle" else Stall(official, sent=10)
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv("FID_METRIC_DOWNLOAD_TIMEOUT", str(deadline_s))
+
+    started = time.monotonic()
+    err = _resolve_within(bound_s)
+    elapsed = time.monotonic() - started
+
+    assert elapsed >= deadline_s
+    assert isinstance(err, WeightsUnavailableError)
+    assert isinstance(err.__cause__, TimeoutError)
+    message = str(err)
+    assert f"within {deadline_s:g} s" in message
+    assert "FID_METRIC_DOWNLOAD_TIMEOUT" in message
+    assert _REAL_DEFAULT_URL.rsplit("/", 1)[1] in message  # how to fetch the file by hand
+    assert "feature_extractor_weights_path" in message
+    assert _cache_listing() == []
+
+
+@pytest.mark.parametrize("value", ["soon", "0", "-3", "nan"])
+def test_download_timeout_must_be_positive_seconds(
+    server: LocalServer, official: bytes, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A malformed $FID_METRIC_DOWNLOAD_TIMEOUT is refused, naming it and what it expects, before any request."""
+    server.routes[_mirror(official)] = official
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv("FID_METRIC_DOWNLOAD_TIMEOUT", value)
+
+    with pytest.raises(WeightsUnavailableError, match=r"FID_METRIC_DOWNLOAD_TIMEOUT must be a number of seconds > 0"):
+        weights.resolve()
+    assert sum(server.requests.values()) == 0
+
+
+def _partials() -> list[str]:
+    return [name for name in _cache_listing() if name.endswith(".partial")]
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float, what: str) -> None:
+    stop = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > stop:
+            pytest.fail(f"no {what} after {seconds} s")
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or os.name == "nt", reason="POSIX signals")
+def test_partial_of_a_terminated_download_removed_by_next_download(
+    server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process killed by SIGTERM mid-download leaves a .partial; the next download removes it."""
+    server.routes["/slow" + _mirror(official)] = Stall(official, sent=10)
+    server.routes[_mirror(official)] = official
+    env = {**os.environ, weights.ENV_URL: server.url("/slow" + _mirror(official))}
+    code = (  # the child makes the same bytes official, so that only the signal stops its download
+        "from fid_metric import weights; "
+        f"weights.OFFICIAL_SHA256, weights.OFFICIAL_SIZE = {weights.OFFICIAL_SHA256!r}, {weights.OFFICIAL_SIZE}; "
+        "weights.resolve()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], cwd=_REPO, env=env, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: bool(_partials()) or child.poll() is not None, 120, "partial file from the child")
+        assert child.poll() is None, child.communicate()[1].decode()[-4000:]
+        time.sleep(0.2)  # let it write the bytes it has
+    finally:
+        child.send_signal(signal.SIGTERM)
+        child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGTERM
+    (left,) = _partials()  # a SIGTERM runs no clean-up: the file stays until someone removes it
+
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    assert weights.resolve().read_bytes() == official
+    assert _cache_listing() == _only_weights_in_cache()
+
+
+def test_stale_partials_removed_live_ones_kept(
+    server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before a download, .partial files of dead processes on this host, and of any host that has not written
+    for over an hour, are removed; those of live processes, recent ones of other hosts and other files stay."""
+    directory = weights.cache_dir()
+    directory.mkdir(parents=True)
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])
+    exited.wait()  # its pid names no process now
+    host, stem = socket.gethostname(), f".{weights.CACHE_NAME}"
+    names = {
+        "dead here": f"{stem}.{host}.{exited.pid}.abc_12.partial",
+        "live here": f"{stem}.{host}.{os.getpid()}.def_34.partial",
+        "recent elsewhere": f"{stem}.other-node.example.7.ghi_56.partial",
+        "old elsewhere": f"{stem}.other-node.example.8.jkl_78.partial",
+        "another file's": f".other-weights.pth.{host}.{exited.pid}.mno_90.partial",
+        "not a partial": f"{stem}.{host}.{exited.pid}.pqr_12.tmp",
+    }
+    for name in names.values():
+        (directory / name).write_bytes(b"part")
+    old = time.time() - 2 * 3600  # the rule: no write for over an hour
+    os.utime(directory / names["old elsewhere"], (old, old))
+    server.routes[_mirror(official)] = official
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+
+    weights.resolve()
+
+    kept = {what for what, name in names.items() if (directory / name).exists()}
+    assert kept == {"live here", "recent elsewhere", "another file's", "not a partial"}
 
 
 def _assert_helpful(message: str, url: str) -> None:
@@ -291,20 +618,17 @@ def test_http_404(server: LocalServer, small_weights: tuple[bytes, str], monkeyp
     assert _cache_listing() == []
 
 
-def test_precedence(
-    tmp_path: Path, server: LocalServer, small_weights: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_precedence(tmp_path: Path, server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """Explicit path beats $FID_METRIC_WEIGHTS, which beats the cache, which beats a download."""
-    data, name = small_weights
-    server.routes[f"/{name}"] = data
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    server.routes[_mirror(official)] = official
+    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
     explicit = tmp_path / "explicit.pth"
     explicit.write_bytes(_saved({"w": torch.zeros(1)}))
     from_env = tmp_path / "from_env.pth"
     from_env.write_bytes(_saved({"w": torch.ones(1)}))
-    cached = weights.cache_dir() / name
+    cached = weights.cache_dir() / weights.CACHE_NAME
     cached.parent.mkdir(parents=True)
-    cached.write_bytes(data)
+    cached.write_bytes(official)
 
     monkeypatch.setenv(weights.ENV_WEIGHTS, str(from_env))
     assert weights.resolve(explicit) == explicit
@@ -316,7 +640,7 @@ def test_precedence(
 
     cached.unlink()
     assert weights.resolve() == cached
-    assert server.requests[f"/{name}"] == 1
+    assert server.requests[_mirror(official)] == 1
 
 
 def test_missing_explicit_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -347,24 +671,6 @@ def test_missing_env_weights(
     assert str(missing) in str(info.value)
     assert weights.ENV_WEIGHTS in str(info.value)
     assert sum(server.requests.values()) == 0
-
-
-@pytest.mark.parametrize("name", ["weights.pth", "pt_inception-2015-12-05.pth", "weights-ABCDEF12.pth", ""])
-def test_url_without_hash_refused(server: LocalServer, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A URL whose file name has no lowercase-hex SHA-256 prefix is refused before any request."""
-    data = _saved({"w": torch.arange(5.0)})
-    server.routes[f"/{name}"] = data
-    url = server.url(f"/{name}")
-    monkeypatch.setenv(weights.ENV_URL, url)
-
-    with pytest.raises(ValueError, match="no SHA-256 prefix"):
-        weights.expected_hash_prefix(url)
-    with pytest.raises(WeightsUnavailableError) as info:
-        weights.resolve()
-    assert "no SHA-256 prefix" in str(info.value)
-    assert "original file name" in str(info.value)
-    assert sum(server.requests.values()) == 0
-    assert _cache_listing() == []
 
 
 def test_load_refuses_pickled_objects(tmp_path: Path) -> None:
@@ -411,14 +717,15 @@ def test_metric_end_to_end(
 ) -> None:
     """FrechetInceptionDistance() with no path downloads from the mirror into the cache, then reuses it."""
     data, name = inception_file
+    _make_official(monkeypatch, data)
     server.routes[f"/{name}"] = data
     monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
 
     metric = fid_metric.FrechetInceptionDistance(feature=64)
 
-    cached = weights.cache_dir() / name
+    cached = weights.cache_dir() / weights.CACHE_NAME
     assert cached.read_bytes() == data
-    assert _cache_listing() == [name]
+    assert _cache_listing() == _only_weights_in_cache()
     assert server.requests[f"/{name}"] == 1
     expected = torch.load(io.BytesIO(data), weights_only=True)["fc.weight"]  # convolutions are BN-folded
     assert torch.equal(metric._extractor.module.fc.weight, expected)
@@ -427,3 +734,28 @@ def test_metric_end_to_end(
     again = fid_metric.FrechetInceptionDistance(feature=64)
     assert server.requests[f"/{name}"] == 1
     assert torch.equal(again._extractor.module.fc.weight, expected)
+
+
+@pytest.mark.parametrize(
+    "example, args",
+    [
+        ("gan_digits.py", "--epochs 1 --val-samples 8 --batch-size 8 --max-train-batches 1 --reference-images 8"),
+        ("lightning_tensorboard.py", "--epochs 1 --train-images 8 --val-images 8 --batch-size 8"),
+    ],
+)
+def test_example_without_weights_says_so_in_one_line(tmp_path: Path, example: str, args: str) -> None:
+    """Offline with no weights, an example ends with one line naming --inception-weights, not a traceback."""
+    env = {
+        **os.environ,
+        weights.ENV_URL: f"http://127.0.0.1:{_free_port()}/{weights.CACHE_NAME}",  # offline: nothing listens
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, str(_REPO / "examples" / example), *args.split(), "--feature", "64"]
+    command += ["--accelerator", "cpu", "--logdir", str(tmp_path / "logs")]
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+    mentions = [line for line in proc.stderr.splitlines() if "--inception-weights" in line]
+    assert mentions == [proc.stderr.splitlines()[-1]], proc.stderr[-4000:]
+    assert "urlopen error" in mentions[0]  # why: the download could not connect
