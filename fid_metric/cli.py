@@ -3,7 +3,12 @@
 ``fid-metric score A B`` prints the FID; ``fid-metric stats FOLDER -o ref.npz`` saves the statistics of a
 folder for later use as A or B. Images are decoded in DataLoader workers (``fid_metric.image_folder``) and
 fed to :class:`fid_metric.FrechetInceptionDistance`; statistics files are read by
-:meth:`fid_metric.FeatureStats.load`. Bad input ends the run with exit code 2 and one line on stderr.
+:meth:`fid_metric.FeatureStats.load`.
+
+Everything that can be checked without the network is checked before the first image is processed: the
+options, both inputs (every image's header), the output file and the weights. Bad input ends the run with
+exit code 2 and one line on stderr; warnings are single "fid-metric: warning:" lines too, and Ctrl-C exits
+130 with one line.
 """
 
 from __future__ import annotations
@@ -13,22 +18,36 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple, NoReturn, TextIO, Union
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from fid_metric.atomic_file import check_writable
 from fid_metric.distance import frechet_distance
-from fid_metric.image_folder import IMAGE_EXTENSIONS, BadImage, ImageFiles, collate, list_images, same_size_batches
+from fid_metric.image_folder import (
+    FORMATS,
+    IMAGE_EXTENSIONS,
+    BadImage,
+    ImageFiles,
+    check_header,
+    collate,
+    list_images,
+    same_size_batches,
+)
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.preprocess import COMPAT_MODES
 from fid_metric.stats import FeatureStats, StatsMismatchError
-from fid_metric.weights import WeightsUnavailableError
+from fid_metric.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
 
 PROG = "fid-metric"
+# 65,536 images of 3 x 299 x 299 float32 are 70 GB of network input: a larger batch is a typo.
+MAX_BATCH_SIZE = 65536
 
 EPILOG = f"""\
 examples:
@@ -36,20 +55,26 @@ examples:
   {PROG} stats real/ -o real.npz && {PROG} score real.npz generated/ --json
 
 inputs:
-  A folder is searched recursively for {", ".join(IMAGE_EXTENSIONS)} files (any case), read in sorted
-  order and decoded with PIL's convert("RGB"); images may differ in size. A .npz file holds statistics:
-  written by `{PROG} stats`, by pytorch-fid --save-stats, by clean-fid, or an ADM reference batch.
-  It must match --feature, --compat and the weights; when A and B are both statistics files, the
-  FID comes from them alone and those options are not used.
+  A folder is searched recursively for {", ".join(IMAGE_EXTENSIONS)} files (any case), following
+  links to folders (each real folder once), read in sorted order and decoded with PIL's
+  convert("RGB"); images may differ in size. Only the {", ".join(FORMATS)} decoders are used,
+  whatever a file holds. Every file's header, in A and in B, is read before the first image is
+  processed, and the number of images of each side is printed on stderr. A .npz file holds
+  statistics: written by `{PROG} stats`, by pytorch-fid --save-stats, by clean-fid, or an ADM
+  reference batch. It must match --feature, --compat and the weights; when A and B are both
+  statistics files, the FID comes from them alone and those options are not used.
 
 exit codes:
-  0  success
-  1  any other failure, e.g. the Inception weights can be neither found nor downloaded
-     (pass --weights or set FID_METRIC_WEIGHTS)
-  2  bad input, reported as one line "{PROG}: error: ...": a usage error, a missing path, a path
-     that is neither a folder nor a .npz file, a folder with fewer than 2 images, an unreadable
-     image (unless --skip-bad-images), a corrupt statistics file, or one made with another
-     --feature, --compat or weights file
+  0    success
+  1    any other failure, e.g. the Inception weights can be neither found nor downloaded
+       (pass --weights or set {ENV_WEIGHTS})
+  2    bad input, reported as one line "{PROG}: error: ..." before any image is processed: a usage
+       error (e.g. --batch-size above {MAX_BATCH_SIZE}, a --device that cannot run), a missing path, a
+       path that is neither a folder nor a .npz file, a folder that cannot be listed or holds fewer
+       than 2 images, an unreadable image (unless --skip-bad-images), a corrupt statistics file, one
+       made with another --feature, --compat or weights file, or an -o file that cannot be written;
+       an image whose pixel data is cut short is found only when it is decoded
+  130  interrupted (Ctrl-C), reported as one line "{PROG}: interrupted"
 """
 
 
@@ -57,8 +82,28 @@ class InputError(Exception):
     """Bad input: reported as one line on stderr, exit code 2."""
 
 
+class _Folder(NamedTuple):
+    """An image folder: its files whose headers were read (sorted), and how many image files it holds."""
+
+    files: list[Path]
+    found: int
+
+
+_Side = Union[_Folder, FeatureStats]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fid-metric`` with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _run(argv)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(argv: Sequence[str] | None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already reported
@@ -66,18 +111,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.command(args)
     except InputError as err:
-        print(f"{PROG}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except WeightsUnavailableError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like the command's other errors, instead of after the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{PROG}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser: subcommands ``score`` and ``stats`` with the shared options."""
     formatter = argparse.RawDescriptionHelpFormatter
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--feature", type=int, choices=(64, 192, 768, 2048), default=2048, help="Inception feature layer; default: 2048"
     )
@@ -85,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compat", choices=COMPAT_MODES, default="tensorflow", help="preprocessing to reproduce; default: tensorflow"
     )
     common.add_argument("--weights", type=_existing_file, metavar="PATH", help="pt_inception-2015-12-05 weights")
-    common.add_argument("--batch-size", type=_int_at_least(1), default=50, metavar="N", help="default: 50")
+    common.add_argument("--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=50, metavar="N", help="default: 50")
     common.add_argument(
         "--device",
         type=_device,
@@ -94,17 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--workers",
-        type=_int_at_least(0),
+        type=_int_in(0),
         default=min(8, os.cpu_count() or 1),
         metavar="N",
-        help="image decoding processes (0: in the main process); default: min(8, CPUs)",
+        help="image decoding processes (0: in the main process), and header-reading threads; default: min(8, CPUs)",
     )
     common.add_argument(
-        "--skip-bad-images", action="store_true", help="leave out files that cannot be decoded, with a warning"
+        "--skip-bad-images", action="store_true", help="leave out files that cannot be read, with a warning each"
     )
     common.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=PROG, description="Exact Fréchet Inception Distance.", epilog=EPILOG, formatter_class=formatter
     )
     commands = parser.add_subparsers(title="commands", required=True, metavar="{score,stats}")
@@ -114,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("a", metavar="A", help="image folder or .npz statistics file")
     score.add_argument("b", metavar="B", help="image folder or .npz statistics file")
     score.add_argument(
-        "--json", action="store_true", help='print {"fid", "n_a", "n_b", "compat", "feature_dim", "seconds"}'
+        "--json",
+        action="store_true",
+        help='print {"fid", "n_a", "n_b", "found_a", "found_b", "compat", "feature_dim", "seconds"}: n_a images used '
+        "(for a statistics file, its count or null), found_a image files found (null for a statistics file)",
     )
     score.set_defaults(command=score_command)
     stats = commands.add_parser(
@@ -129,12 +184,15 @@ def build_parser() -> argparse.ArgumentParser:
 def score_command(args: argparse.Namespace) -> None:
     """Print the FID between ``args.a`` and ``args.b`` (a float, or a JSON object with ``--json``)."""
     start = time.perf_counter()
-    a, b = _open_input(args.a), _open_input(args.b)
+    for text in (args.a, args.b):
+        _is_folder(text)  # both paths are checked before either is read
+    a, b = _open_input(args.a, args), _open_input(args.b, args)
     if isinstance(a, FeatureStats) and isinstance(b, FeatureStats):
         try:
-            a.check_compatible(b, f"{args.a} and {args.b}")
+            a.check_compatible(b, args.a, args.b)
         except StatsMismatchError as err:
             raise InputError(err) from err
+        _print_counts(("A", args.a, a), ("B", args.b, b))
         fid = float(frechet_distance(a.mean, a.covariance, b.mean, b.covariance))
         compat, feature_dim, n_a, n_b = a.compat or b.compat or None, a.feature_dim, a.n, b.n
     else:
@@ -142,15 +200,17 @@ def score_command(args: argparse.Namespace) -> None:
         swapped = isinstance(b, FeatureStats)
         (real_arg, real), (fake_arg, fake) = ((args.b, b), (args.a, a)) if swapped else ((args.a, a), (args.b, b))
         reference = real if isinstance(real, FeatureStats) else None
-        metric = _build_metric(args, reference, real_arg)
-        n_real = real.n if reference is not None else _feed(metric, real, real_arg, True, args)
-        n_fake = _feed(metric, fake, fake_arg, False, args)
+        metric = _build_metric(args, _weights(args), reference, real_arg)
+        _print_counts(("A", args.a, a), ("B", args.b, b))
+        n_real = real.n if reference is not None else _feed(metric, real.files, real_arg, True, args)
+        n_fake = _feed(metric, fake.files, fake_arg, False, args)
         n_a, n_b = (n_fake, n_real) if swapped else (n_real, n_fake)
         fid, compat, feature_dim = float(metric.compute()), metric.compat, metric.num_features
     if args.json:
         seconds = round(time.perf_counter() - start, 3)
-        result = {"fid": fid, "n_a": n_a, "n_b": n_b, "compat": compat, "feature_dim": feature_dim}
-        print(json.dumps({**result, "seconds": seconds}))
+        found_a, found_b = (side.found if isinstance(side, _Folder) else None for side in (a, b))
+        result = {"fid": fid, "n_a": n_a, "n_b": n_b, "found_a": found_a, "found_b": found_b}
+        print(json.dumps({**result, "compat": compat, "feature_dim": feature_dim, "seconds": seconds}))
     else:
         print(fid)
 
@@ -158,47 +218,135 @@ def score_command(args: argparse.Namespace) -> None:
 def stats_command(args: argparse.Namespace) -> None:
     """Write the statistics of the images in ``args.folder`` to ``args.output`` (``.npz``)."""
     output = Path(args.output)
-    if output.suffix.lower() != ".npz":
-        raise InputError(f"the output file must end in .npz (as `{PROG} score` expects), got {output}")
-    if not output.parent.is_dir():
-        raise InputError(f"cannot write {output}: folder {output.parent} does not exist")
-    files = _open_input(args.folder)
-    if isinstance(files, FeatureStats):
+    _check_writable(output)
+    if not _is_folder(args.folder):
         raise InputError(f"expected an image folder, got the statistics file {args.folder}")
-    metric = _build_metric(args, None, None)
-    n = _feed(metric, files, args.folder, True, args)
-    metric.save_real_stats(output)
+    folder = _open_folder(args.folder, args)
+    metric = _build_metric(args, _weights(args), None, None)
+    _print_counts(("", args.folder, folder))
+    n = _feed(metric, folder.files, args.folder, True, args)
+    try:
+        metric.save_real_stats(output)
+    except ValueError as err:  # the folder changed while the images were processed
+        raise InputError(err) from err
+    except OSError as err:  # e.g. the disk filled up
+        raise InputError(f"cannot write {output}: {err.strerror or err}") from err
     print(f"{output}: {n} images, {metric.extractor_id}, compat={metric.compat}")
 
 
-def _open_input(text: str) -> list[Path] | FeatureStats:
-    """An image folder's sorted files (at least 2), or a loaded ``.npz`` statistics file."""
-    path = Path(text)
-    if path.is_dir():
-        files = list_images(path)
-        if len(files) < 2:
-            raise InputError(
-                f"{text} holds {len(files)} image file(s) ({', '.join(IMAGE_EXTENSIONS)}, searched recursively); "
-                "FID needs at least 2"
-            )
-        return files
-    if not path.exists():
-        raise InputError(f"{text} does not exist (expected an image folder or a .npz statistics file)")
-    if path.suffix.lower() != ".npz":
-        raise InputError(f"{text} is neither a folder of images nor a .npz statistics file")
+def _check_writable(output: Path) -> None:
+    """Raise ``InputError`` unless ``output`` ends in .npz and ``FeatureStats.save`` could write it."""
+    if output.suffix.lower() != ".npz":
+        raise InputError(f"the output file must end in .npz (as `{PROG} score` expects), got {output}")
     try:
-        return FeatureStats.load(path)
+        check_writable(output)
     except ValueError as err:
         raise InputError(err) from err
 
 
+def _is_folder(text: str) -> bool:
+    """True for a folder, False for a ``.npz`` file; ``InputError`` for anything else."""
+    path = Path(text)
+    if path.is_dir():
+        return True
+    if not path.exists():
+        raise InputError(f"{text} does not exist (expected an image folder or a .npz statistics file)")
+    if path.suffix.lower() != ".npz":
+        raise InputError(f"{text} is neither a folder of images nor a .npz statistics file")
+    return False
+
+
+def _open_input(text: str, args: argparse.Namespace) -> _Side:
+    """An image folder with every header read (see ``_open_folder``), or a loaded ``.npz`` statistics file."""
+    if _is_folder(text):
+        return _open_folder(text, args)
+    try:
+        return FeatureStats.load(text)
+    except ValueError as err:
+        raise InputError(err) from err
+
+
+def _open_folder(text: str, args: argparse.Namespace) -> _Folder:
+    """The folder's image files whose headers can be read, at least 2; with ``--skip-bad-images`` the others
+    are named in one warning each, else the first ends the run."""
+    try:
+        files = list_images(text)
+    except OSError as err:
+        raise InputError(f"cannot list folder {err.filename or text}: {err.strerror or err}") from err
+    if len(files) < 2:
+        raise InputError(
+            f"{text} holds {len(files)} image file(s) ({', '.join(IMAGE_EXTENSIONS)}, searched recursively); "
+            "FID needs at least 2"
+        )
+    bad = _bad_headers(files, text, args)
+    if bad and not args.skip_bad_images:
+        more = f" (and {len(bad) - 1:,} more in {text})" if len(bad) > 1 else ""
+        raise InputError(
+            f"cannot read image {bad[0].path}: {bad[0].error}{more}; pass --skip-bad-images to leave such files out"
+        )
+    for item in bad:
+        print(f"{PROG}: warning: skipping {item.path}: {item.error}", file=sys.stderr)
+    unreadable = {item.path for item in bad}
+    readable = [path for path in files if str(path) not in unreadable]
+    if len(readable) < 2:
+        raise InputError(f"{text} holds {len(readable)} readable image(s); FID needs at least 2")
+    return _Folder(readable, len(files))
+
+
+def _bad_headers(files: list[Path], label: str, args: argparse.Namespace) -> list[BadImage]:
+    """The files whose header cannot be read, in order; read by ``--workers`` threads (file reads release the
+    GIL, and a network file system answers many requests at once), with a transient bar on a terminal."""
+    progress = tqdm(
+        total=len(files),
+        desc=f"{label} (headers)",
+        unit="img",
+        file=sys.stderr,
+        leave=False,
+        disable=True if args.no_progress else None,
+    )
+    with ThreadPoolExecutor(max(1, args.workers)) as pool, progress:
+        bad = []
+        for item in pool.map(check_header, files):
+            progress.update()
+            if item is not None:
+                bad.append(item)
+    return bad
+
+
+def _print_counts(*sides: tuple[str, str, _Side]) -> None:
+    """One line per side on stderr, e.g. "A: 1,234 images in real/", once every check has passed."""
+    for label, text, side in sides:
+        if isinstance(side, FeatureStats) and side.n is None:
+            line = f"statistics (mean and covariance only) in {text}"
+        elif isinstance(side, FeatureStats):
+            line = f"statistics of {side.n:,} images in {text}"
+        else:
+            skipped = side.found - len(side.files)
+            line = f"{len(side.files):,} images in {text}"
+            line += f" ({skipped:,} unreadable file{'s' if skipped > 1 else ''} skipped)" if skipped else ""
+        print(f"{label}: {line}" if label else line, file=sys.stderr)
+
+
+def _weights(args: argparse.Namespace) -> Path:
+    """The Inception weights file: ``--weights``, else the library's chain (which may download it)."""
+    try:
+        return resolve(args.weights)
+    except WeightsUnavailableError as err:
+        # The library's message speaks of its keyword argument; this one speaks of the command's option.
+        reason = f"downloading failed: {err.__cause__}" if err.__cause__ is not None else str(err).rstrip(".")
+        raise WeightsUnavailableError(
+            f"could not get the Inception weights ({reason}); pass --weights PATH to a copy of "
+            f"{Path(DEFAULT_URL).name} ({DEFAULT_URL}), or set {ENV_WEIGHTS}=PATH"
+        ) from err
+
+
 def _build_metric(
-    args: argparse.Namespace, reference: FeatureStats | None, reference_arg: str | None
+    args: argparse.Namespace, weights_path: Path, reference: FeatureStats | None, reference_arg: str | None
 ) -> FrechetInceptionDistance:
     """The metric for ``args``, with ``reference`` as its fixed real side when given."""
     try:
         metric = FrechetInceptionDistance(
-            args.feature, feature_extractor_weights_path=args.weights, compat=args.compat, real_stats=reference
+            args.feature, feature_extractor_weights_path=weights_path, compat=args.compat, real_stats=reference
         )
     except StatsMismatchError as err:
         made_with = f"feature_dim={reference.feature_dim}, compat={reference.compat or 'unknown'}"
@@ -206,8 +354,6 @@ def _build_metric(
             f"{reference_arg} does not match the options ({err}); it was made with {made_with}: pass the same "
             "--feature, --compat and --weights"
         ) from err
-    except WeightsUnavailableError:
-        raise
     except RuntimeError as err:  # a weights file that is not the Inception state dict
         raise InputError(err) from err
     return metric.to(args.device)
@@ -232,25 +378,38 @@ def _feed(metric: FrechetInceptionDistance, files: list[Path], label: str, real:
                     skipped += 1
                 else:
                     raise InputError(
-                        f"cannot read image {item.path}: {item.error} (pass --skip-bad-images to leave such files out)"
+                        f"cannot read image {item.path}: {item.error}; pass --skip-bad-images to leave such files out"
                     )
             for group in same_size_batches(images):
                 metric.update(group, real=real)
             used += len(images)
             progress.update(len(batch))
     if skipped:
-        print(f"{PROG}: warning: skipped {skipped} unreadable file(s) in {label}", file=sys.stderr)
+        print(
+            f"{PROG}: warning: skipped {skipped} file(s) in {label} whose pixel data failed to decode", file=sys.stderr
+        )
     if used < 2:
         raise InputError(f"{label} holds {used} readable image(s); FID needs at least 2")
     return used
 
 
 def _device(text: str) -> torch.device:
+    """An argparse type: a device on which a tensor can be made, computed on and copied back."""
     try:
         device = torch.device(text)
-        torch.empty(0, device=device)
-    except RuntimeError as err:
-        raise argparse.ArgumentTypeError(f"cannot use device {text!r}: {str(err).split('. ')[0]}") from err
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device (expected e.g. cpu, cuda, cuda:1)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"cannot use {text!r}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise argparse.ArgumentTypeError(
+            f"cannot use {text!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
+    try:
+        torch.ones(1, device=device).add_(1).cpu()
+    except Exception as err:  # each backend fails its own way: RuntimeError, NotImplementedError (meta), ...
+        raise argparse.ArgumentTypeError(f"cannot use {text!r}: {_one_line(err).split('. ')[0]}") from err
     return device
 
 
@@ -260,12 +419,32 @@ def _existing_file(text: str) -> Path:
     return Path(text)
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a decimal integer >= ``minimum`` (>= 0)."""
+def _int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a decimal integer from ``minimum`` (>= 0) to ``maximum`` (None: no bound)."""
+    expected = f"an integer from {minimum} to {maximum}" if maximum is not None else f"an integer >= {minimum}"
 
     def parse(text: str) -> int:
-        if not text.isdigit() or int(text) < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return int(text)
+        value = int(text) if text.isascii() and text.isdigit() else -1
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
 
     return parse
+
+
+def _one_line(err: BaseException | str) -> str:
+    """A message with its whitespace, line breaks included, collapsed; an exception's type name if it has none."""
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` for the command: one "fid-metric: warning:" line, not a source location that
+    means nothing to someone who typed a command."""
+    tqdm.write(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)

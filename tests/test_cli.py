@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from conftest import smooth_images
-from PIL import Image
+from PIL import EpsImagePlugin, Image
 from pytorch_fid import inception as pfid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
@@ -90,7 +92,7 @@ def test_json_output_and_stats_files_give_the_same_fid(folders, inception_weight
     code, out, err = _run(capsys, "score", a, b, "--json", "--feature", "64", weights=inception_weights)
     assert code == 0, err
     direct = json.loads(out)
-    assert set(direct) == {"fid", "n_a", "n_b", "compat", "feature_dim", "seconds"}
+    assert set(direct) == {"fid", "n_a", "n_b", "found_a", "found_b", "compat", "feature_dim", "seconds"}
     assert (direct["n_a"], direct["n_b"], direct["compat"], direct["feature_dim"]) == (N_A, N_B, "tensorflow", 64)
     assert direct["fid"] > 1e-3 and direct["seconds"] >= 0
     assert f"{N_A}/{N_A}" in err and "img/s" in err, "the progress bar counts images"
@@ -146,7 +148,7 @@ def test_bad_image_fails_or_is_skipped(images, folders, inception_weights, tmp_p
     argv = ["score", a, b, "--json", "--feature", "64", "--no-progress", "--skip-bad-images"]
     code, out, err = _run(capsys, *argv, "--weights", inception_weights, "--device", "cpu", "--workers", "2")
     assert code == 0, err
-    assert f"skipping {bad}" in err and "skipped 1 unreadable file" in err
+    assert f"skipping {bad}" in err and f"A: {N_A} images in {a} (1 unreadable file skipped)" in err
     skipped = json.loads(out)
     metric = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
     metric.update(images[0], real=True)
@@ -185,6 +187,8 @@ def _bad_inputs(root: Path, weights: Path) -> dict[str, tuple[list[object], str]
     tm64 = FeatureStats.from_features(torch.randn(5, 64, dtype=torch.float64), compat="torchmetrics")
     tm64.save(root / "tm64.npz")
     (root / "weights.pth").write_bytes(b"not a state dict")
+    FeatureStats.from_features(torch.randn(5, 8, dtype=torch.float64)).save(root / "a.npz")
+    FeatureStats.from_features(torch.randn(5, 4, dtype=torch.float64)).save(root / "a4.npz")
     w = ["--weights", weights, "--device", "cpu", "--workers", "0"]
     return {
         "missing path": (["score", root / "nope", good], "nope does not exist"),
@@ -195,6 +199,10 @@ def _bad_inputs(root: Path, weights: Path) -> dict[str, tuple[list[object], str]
         "npz without mu": (["score", root / "no_mu.npz", good], "'mu' and 'sigma'"),
         "not a folder or npz": (["score", root / "image.png", good], "neither a folder"),
         "stats files disagree": (["score", root / "tf64.npz", root / "tm64.npz"], "compat"),
+        "stats files of two dims": (
+            ["score", root / "a.npz", root / "a4.npz"],
+            f"8 in {root}/a.npz but 4 in {root}/a4",
+        ),
         "stats file vs options": (["score", root / "tf64.npz", good, "--feature", "192", *w], "--feature"),
         "weights not a state dict": (["score", good, good, "--weights", root / "weights.pth"], "weights.pth"),
         "output not npz": (["stats", good, "-o", root / "out.txt"], ".npz"),
@@ -210,12 +218,23 @@ def test_bad_input_exits_2_with_one_line(inception_weights, tmp_path, capsys) ->
 
 
 @pytest.mark.parametrize(
-    "argv", [["score", "a"], ["score", "a", "b", "--batch-size", "0"], ["score", "a", "b", "--device", "nonsense"], []]
+    ("argv", "fragment"),
+    [
+        (["score", "a"], "required: B"),
+        ([], "required"),
+        (["score", "a", "b", "--batch-size", "0"], "--batch-size"),
+        (["score", "a", "b", "--batch-size", "65537"], "--batch-size"),
+        (["score", "a", "b", "--workers", "-1"], "--workers"),
+        (["score", "a", "b", "--device", "nonsense"], "--device"),
+        (["score", "a", "b", "--device", "meta"], "--device"),
+        (["score", "a", "b", "--device", f"cuda:{torch.cuda.device_count()}"], "--device"),
+    ],
 )
-def test_usage_errors_exit_2(argv, capsys) -> None:
-    code, _, err = _run(capsys, *argv)
-    assert code == 2
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("fid-metric")
+def test_usage_errors_exit_2_with_one_line(argv, fragment, capsys) -> None:
+    """argparse's errors too, an absurd --batch-size and a device that cannot run anything (meta, a missing GPU)."""
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    _assert_one_line_error(err, fragment)
 
 
 def test_python_m_help_and_console_script() -> None:
@@ -268,3 +287,171 @@ def test_decoding_is_pil_convert_rgb_and_marks_bad_files(tmp_path) -> None:
         assert torch.equal(item, read_image(path)) and np.array_equal(item.permute(1, 2, 0).numpy(), expected)
     bad = dataset[len(files)]
     assert isinstance(bad, BadImage) and bad.path == str(tmp_path / "bad.png") and "\n" not in bad.error
+
+
+def _no_forward_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any image that reaches the metric fail the test: the checks under test must come first."""
+
+    def update(self, imgs, real):
+        raise AssertionError("an image reached the network before the input was checked")
+
+    monkeypatch.setattr(FrechetInceptionDistance, "update", update)
+
+
+def test_every_header_on_both_sides_is_checked_before_the_first_forward_pass(
+    inception_weights, tmp_path, monkeypatch, capsys
+) -> None:
+    """A broken file in B ends the run before A's first batch, naming it and counting the other bad files."""
+    a = _write(tmp_path / "a", smooth_images(2, 16, seed=1))
+    b = _write(tmp_path / "b", smooth_images(2, 16, seed=2))
+    (b / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but no chunks")
+    (b / "empty.jpg").write_bytes(b"")
+    _no_forward_pass(monkeypatch)
+    code, out, err = _run(capsys, "score", a, b, weights=inception_weights)
+    assert code == 2 and out == ""
+    _assert_one_line_error(err, str(b / "broken.png"), "1 more", "--skip-bad-images")
+
+
+def test_eps_named_png_never_reaches_the_eps_plugin_or_ghostscript(
+    inception_weights, tmp_path, monkeypatch, capsys
+) -> None:
+    """A PostScript file named x.png is not a PNG: Pillow must not pick its EPS plugin (which runs Ghostscript)."""
+    calls = []
+
+    def eps_open(self):
+        calls.append("EpsImageFile._open")
+        raise SyntaxError("the EPS plugin was tried")
+
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", eps_open)
+    monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *a, **k: calls.append("Ghostscript"))
+    folder = _write(tmp_path / "a", smooth_images(2, 16, seed=1))
+    eps = folder / "x.png"
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n%%EOF\n")
+    item = ImageFiles([eps])[0]
+    assert isinstance(item, BadImage) and "not a" in item.error and "PNG" in item.error
+    _no_forward_pass(monkeypatch)
+    code, _, err = _run(capsys, "score", folder, folder, weights=inception_weights)
+    assert code == 2
+    _assert_one_line_error(err, str(eps), "not a")
+    assert calls == []
+
+
+def test_found_counts_are_printed_and_bad_files_listed_up_front(inception_weights, tmp_path, capsys) -> None:
+    """Per side "A: n images in ..." on stderr and found_a/found_b in --json; skipped files named before the
+    first batch; the metric's warnings as one "fid-metric: warning:" line."""
+    a = _write(tmp_path / "a", smooth_images(3, 16, seed=1))
+    (a / "bad.png").write_bytes(b"not a PNG")
+    b = _write(tmp_path / "b", smooth_images(2, 16, seed=2))
+    argv = ["score", a, b, "--json", "--feature", "64", "--no-progress", "--skip-bad-images"]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("default", message="FID from")  # the module's filter hides it
+        code, out, err = _run(capsys, *argv, weights=inception_weights)
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["n_a"], result["found_a"], result["n_b"], result["found_b"]) == (3, 4, 2, 2)
+    lines = err.strip().splitlines()
+    assert lines[:3] == [
+        f"fid-metric: warning: skipping {a / 'bad.png'}: not a readable BMP, JPEG, PNG or WEBP image",
+        f"A: 3 images in {a} (1 unreadable file skipped)",
+        f"B: 2 images in {b}",
+    ], err
+    assert lines[3].startswith("fid-metric: warning: FID from") and len(lines) == 4, err
+
+
+def test_stats_file_side_is_counted(tmp_path, capsys) -> None:
+    """A statistics file's side prints its count, or says it has none."""
+    FeatureStats.from_features(torch.randn(5, 4, dtype=torch.float64)).save(tmp_path / "x.npz")
+    np.savez(tmp_path / "y.npz", mu=np.zeros(4), sigma=np.eye(4))
+    code, out, err = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz", "--json")
+    assert code == 0, err
+    assert (json.loads(out)["found_a"], json.loads(out)["found_b"]) == (None, None)
+    assert err.splitlines() == [
+        f"A: statistics of 5 images in {tmp_path / 'x.npz'}",
+        f"B: statistics (mean and covariance only) in {tmp_path / 'y.npz'}",
+    ]
+
+
+def _unwritable_folder(tmp_path: Path) -> Path:
+    """A folder in which no file can be created, even by root (who ignores permission bits)."""
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir(mode=0o555)
+        return folder
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("running as root without /sys: no folder is unwritable")
+    return Path("/sys/kernel")
+
+
+def test_unwritable_output_is_reported_before_any_image_is_read(
+    inception_weights, tmp_path, monkeypatch, capsys
+) -> None:
+    """`stats -o` into a missing folder, onto a folder, or into an unwritable folder: one line, exit 2, up front."""
+    folder = _write(tmp_path / "a", smooth_images(2, 16, seed=1))
+    (tmp_path / "out.npz").mkdir()
+    _no_forward_pass(monkeypatch)
+    for output, fragment in [
+        (tmp_path / "missing" / "out.npz", "does not exist"),
+        (tmp_path / "out.npz", "is a directory"),
+        (_unwritable_folder(tmp_path) / "out.npz", "no permission"),
+    ]:
+        code, out, err = _run(capsys, "stats", folder, "-o", output, weights=inception_weights)
+        assert code == 2 and out == "", output
+        _assert_one_line_error(err, f"cannot write {output}", fragment)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "out.npz"] + (["read-only"] if os.geteuid() != 0 else [])
+
+
+def test_missing_weights_message_names_the_option(tmp_path, monkeypatch, capsys) -> None:
+    """No weights anywhere and no network: one line that says to pass --weights, exit 1, before any image is read."""
+    monkeypatch.delenv("FID_METRIC_WEIGHTS", raising=False)
+    monkeypatch.setenv("FID_METRIC_WEIGHTS_URL", "http://127.0.0.1:9/pt_inception-2015-12-05-6726825d.pth")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    folder = _write(tmp_path / "a", smooth_images(2, 16, seed=1))
+    _no_forward_pass(monkeypatch)
+    code, out, err = _run(capsys, "score", folder, folder)
+    assert code == 1 and out == ""
+    _assert_one_line_error(err, "--weights", "FID_METRIC_WEIGHTS")
+
+
+def test_ctrl_c_is_one_line_and_exit_130(folders, inception_weights, monkeypatch, capsys) -> None:
+    """Ctrl-C while DataLoader workers decode: "fid-metric: interrupted" on a line of its own, no traceback."""
+
+    def update(self, imgs, real):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FrechetInceptionDistance, "update", update)
+    argv = ["score", *folders, "--weights", inception_weights, "--device", "cpu", "--workers", "2"]
+    try:
+        code, out, err = _run(capsys, *argv)
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
+    assert code == 130 and out == ""
+    assert "Traceback" not in err and err.endswith("\nfid-metric: interrupted\n"), err
+
+
+def test_listing_follows_symlinked_folders_once_and_reports_unreadable_ones(tmp_path, monkeypatch, capsys) -> None:
+    """A linked folder is listed, a link back up is not followed, a folder reached twice is listed once, a broken
+    link is listed (to be reported); a folder that cannot be listed is an error, not a silent omission."""
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    for name in ("root/a/x.png", "root/a/y.png", "root/c/z.png", "outside/w.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (root / "a" / "loop").symlink_to(root)
+    (root / "b").symlink_to(root / "a")
+    (root / "ext").symlink_to(outside)
+    (root / "dangling.png").symlink_to(tmp_path / "nothing.png")
+    expected = ["a/x.png", "a/y.png", "c/z.png", "dangling.png", "ext/w.png"]
+    assert [p.relative_to(root).as_posix() for p in list_images(root)] == expected
+
+    scandir = os.scandir
+
+    def unreadable_c(path):
+        if Path(path).name == "c":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", unreadable_c)
+    with pytest.raises(PermissionError, match="Permission denied"):
+        list_images(root)
+    code, _, err = _run(capsys, "score", root, root)
+    assert code == 2
+    _assert_one_line_error(err, f"cannot list folder {root / 'c'}: Permission denied")
