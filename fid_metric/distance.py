@@ -48,6 +48,7 @@ def sqrt_factor(sigma: Tensor) -> CovarianceFactor:
     if int(info) == 0:
         return CovarianceFactor(factor, lower_triangular=True)
     eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
+    _check_psd(eigenvalues, "sigma1")
     keep = eigenvalues > eigenvalues.max().clamp_min(0) * sigma.shape[0] * torch.finfo(torch.float64).eps
     return CovarianceFactor(eigenvectors[:, keep] * eigenvalues[keep].sqrt(), lower_triangular=False)
 
@@ -62,37 +63,80 @@ def trace_sqrt_product(sigma1_factor: CovarianceFactor, sigma2: Tensor) -> Tenso
     else:
         # An eigh factor (d, r), or autograd, which cannot follow _lower_congruence's writes into out=.
         congruent = a.T @ sigma2 @ a
-    return torch.linalg.eigvalsh(congruent).clamp_min(0).sqrt().sum()
+    eigenvalues = torch.linalg.eigvalsh(congruent)
+    _check_psd(eigenvalues, "sigma2")  # A^T S2 A has a clearly negative eigenvalue only if S2 does
+    return eigenvalues.clamp_min(0).sqrt().sum()
+
+
+_PSD_TOLERANCE = 1e-6  # relative to the largest eigenvalue; round-off negatives are ~d * eps ~ 1e-13 at d = 2048
+_SYMMETRY_TOLERANCE = 1e-6  # relative to the largest entry; float64 round-off is ~1e-16, float32's ~1e-7
+
+
+def _check_psd(eigenvalues: Tensor, name: str) -> None:
+    """Raise if the eigenvalues of a covariance (or of ``A^T S A``) go clearly below zero, beyond round-off."""
+    lowest, highest = eigenvalues.min(), eigenvalues.max().clamp_min(0)
+    if bool(lowest < -_PSD_TOLERANCE * highest):
+        raise ValueError(
+            f"{name} is not a covariance: it has the eigenvalue {lowest.item():.3g} against a largest of "
+            f"{highest.item():.3g} (positive semi-definite matrices have none below zero beyond round-off)."
+        )
+
+
+def _as_float64(value: object, name: str, device: torch.device | None) -> Tensor:
+    """A tensor or array as a float64 tensor on ``device``; NaN and infinite values are refused."""
+    tensor = torch.as_tensor(value)
+    if not (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {tensor.dtype}.")
+    tensor = tensor.to(device=device or tensor.device, dtype=torch.float64)
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError(f"{name} holds NaN or infinite values.")
+    return tensor
+
+
+def _check_symmetric(sigma: Tensor, name: str) -> None:
+    asymmetry = (sigma - sigma.T).abs().max()
+    if bool(asymmetry > _SYMMETRY_TOLERANCE * sigma.abs().max()):
+        raise ValueError(
+            f"{name} is not symmetric: entries differ from their transposes by up to {asymmetry.item():.3g}, "
+            f"beyond round-off of its largest entry {sigma.abs().max().item():.3g}."
+        )
 
 
 def frechet_distance(
     mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor, *, sigma1_factor: CovarianceFactor | None = None
 ) -> Tensor:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) as a 0-d float64 tensor.
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) as a 0-d float64 tensor, never below 0.
+
+    Round-off can take the exact value of two (nearly) equal Gaussians a little below zero; the result is
+    clamped at 0, as a distance is.
 
     Args:
-        mu1, mu2: ``(d,)`` means. Any floating dtype; the computation is float64.
-        sigma1, sigma2: ``(d, d)`` symmetric positive semi-definite covariances.
+        mu1, mu2: ``(d,)`` means: tensors or numpy arrays (converted), any real dtype; the computation is
+            float64, on ``mu1``'s device.
+        sigma1, sigma2: ``(d, d)`` symmetric positive semi-definite covariances, likewise.
         sigma1_factor: optional ``sqrt_factor(sigma1)``, to reuse the factor of a fixed reference.
 
     Raises:
-        ValueError: if the shapes are not ``(d,)``, ``(d, d)`` with one ``d``.
+        ValueError: the shapes are not ``(d,)``, ``(d, d)`` with one ``d``; a value is NaN or infinite; a
+            covariance is not symmetric (beyond 1e-6 of its largest entry) or has an eigenvalue below
+            -1e-6 times its largest (not positive semi-definite beyond round-off).
     """
+    mu1 = _as_float64(mu1, "mu1", None)
+    device = mu1.device
+    mu2, sigma1, sigma2 = (_as_float64(v, n, device) for v, n in ((mu2, "mu2"), (sigma1, "sigma1"), (sigma2, "sigma2")))
     d = mu1.shape[-1] if mu1.ndim == 1 else -1
     if d < 1 or mu2.shape != (d,) or sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(
             "Expected mu1, mu2 of shape (d,) and sigma1, sigma2 of shape (d, d) with one d; got "
             f"{tuple(mu1.shape)}, {tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)}."
         )
-    device = mu1.device
-    mu1, mu2 = mu1.to(torch.float64), mu2.to(device=device, dtype=torch.float64)
-    sigma1 = sigma1.to(device=device, dtype=torch.float64)
-    sigma2 = sigma2.to(device=device, dtype=torch.float64)
+    _check_symmetric(sigma1, "sigma1")
+    _check_symmetric(sigma2, "sigma2")
     if sigma1_factor is None:
         sigma1_factor = sqrt_factor(sigma1)
     mean_term = (mu1 - mu2).square().sum()
     trace_term = sigma1.trace() + sigma2.trace() - 2 * trace_sqrt_product(sigma1_factor.to(device), sigma2)
-    return mean_term + trace_term
+    return (mean_term + trace_term).clamp_min(0)
 
 
 _BLOCK = 256

@@ -212,7 +212,7 @@ def fold_batch_norm(network: FIDInceptionV3) -> FIDInceptionV3:
             scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
             folded = nn.Conv2d(
                 conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
-            ).to(conv.weight.device)
+            ).to(conv.weight.device, conv.weight.dtype)
             with torch.no_grad():
                 folded.weight.copy_(conv.weight.double() * scale[:, None, None, None])
                 folded.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)

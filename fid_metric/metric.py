@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
-from torchmetrics.utilities import rank_zero_warn
 
 from fid_metric import weights
+from fid_metric.checkpoint import EXTRA_STATE_KEY, check_same_identity, checked_state, identity_differences
 from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
 from fid_metric.inception import FIDInceptionV3, fold_batch_norm
 from fid_metric.precision import PRECISIONS, network_math, network_memory_format
 from fid_metric.preprocess import check_images, inception_input, resolve_compat, to_uint8_rgb
-from fid_metric.stats import FeatureStats, mean_and_covariance
-from fid_metric.sync import all_reduce_sum
+from fid_metric.stats import FeatureStats, StatsMismatchError, mean_and_covariance
+from fid_metric.sync import all_reduce_sum, check_same_configuration
+from fid_metric.warn import warn_caller
 
 _INCEPTION_FEATURES = (64, 192, 768, 2048)
 
@@ -157,7 +160,8 @@ class FrechetInceptionDistance(Metric):
             reference = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
             ours = {"feature_dim": num_features, **self._metadata(with_hash=bool(reference.weights_sha256))}
             reference.check_compatible(ours, "real_stats", "this metric")
-            self._reference = reference
+            self._reference = _private_copy(reference)  # the caller may go on mutating theirs
+            self._reference_fingerprint = _fingerprint(self._reference)
 
         d = num_features
         keep_real = not reset_real_features and real_stats is None
@@ -196,6 +200,7 @@ class FrechetInceptionDistance(Metric):
         keep = self._exactly_once_count(side, imgs.shape[0])
         if keep:
             outputs = self._outputs(imgs[:keep])
+            self._check_finite(outputs)
             with torch.inference_mode():
                 self._accumulate(side, outputs, first=self._images_seen[side])
         self._images_seen[side] += imgs.shape[0]
@@ -210,6 +215,23 @@ class FrechetInceptionDistance(Metric):
         getattr(self, f"{side}_features_sum").add_(features.sum(0))
         getattr(self, f"{side}_features_cov_sum").addmm_(features.T, features)
         getattr(self, f"{side}_features_num_samples").add_(features.shape[0])
+
+    def _check_finite(self, outputs: dict[str, Tensor]) -> None:
+        """Raise before any state changes if the network gave NaN or infinite values.
+
+        A custom extractor can; the Inception network, whose weights are checked finite when loaded, cannot on
+        finite uint8 input, so on CUDA that case is not checked: the check reads a flag back from the GPU, a
+        host synchronisation ``update()`` otherwise never makes. Float input already makes one (its range).
+        """
+        if self.device.type == "cuda" and not self.used_custom_model and not self.normalize:
+            return
+        for name, output in outputs.items():
+            if not bool(torch.isfinite(output).all()):
+                source = "The custom feature extractor" if self.used_custom_model else f"Inception output {name!r}"
+                raise ValueError(
+                    f"{source} returned NaN or infinite values for this batch; it was not added to the statistics. "
+                    "Check the extractor's weights and its input."
+                )
 
     def _as_state(self, output: Tensor) -> Tensor:
         """A network output as float64 on the state device."""
@@ -286,11 +308,10 @@ class FrechetInceptionDistance(Metric):
                 "Call update(imgs, real=...) first."
             )
         if min(counts.values()) < self.num_features:
-            rank_zero_warn(
+            warn_caller(
                 f"FID from {got} images with {self.num_features}-dimensional features: fewer samples than "
                 "dimensions makes the covariance singular, and FID is strongly biased. Use more images (FID is "
-                "usually reported on 10k-50k) or a smaller `feature`.",
-                UserWarning,
+                "usually reported on 10k-50k) or a smaller `feature`."
             )
         self._warn_if_not_dataset_size(**counts)
 
@@ -299,11 +320,10 @@ class FrechetInceptionDistance(Metric):
             return
         for side, n in counted.items():
             if n != self.dataset_size:
-                rank_zero_warn(
+                warn_caller(
                     f"dataset_size={self.dataset_size}, but {n} {side} images were counted over all processes: "
                     "the validation loop did not cover the set exactly once (limit_val_batches? a sampler with "
-                    "drop_last=True?), so this FID is not over the whole set.",
-                    UserWarning,
+                    "drop_last=True?), so this FID is not over the whole set."
                 )
 
     def _reference_on(self, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
@@ -338,6 +358,11 @@ class FrechetInceptionDistance(Metric):
     def _real_stats_to_save(self) -> FeatureStats:
         return self.statistics(real=True)
 
+    def identity(self) -> dict[str, object]:
+        """What makes two metrics' sums addable: feature dimension, extractor, compat, weights SHA-256 and
+        precision. ``state_dict()`` records it; loading, ``merge_state`` and the DDP sync refuse another."""
+        return {"feature_dim": self.num_features, **self._metadata(with_hash=True), "precision": self.precision}
+
     def _metadata(self, with_hash: bool) -> dict[str, str]:
         """What statistics files record about how their features were made (``FeatureStats`` fields)."""
         sha256 = weights.sha256_of(self._weights_path) if with_hash and self._weights_path else ""
@@ -363,6 +388,7 @@ class FrechetInceptionDistance(Metric):
         # One all_reduce of every state (fid_metric.sync) instead of torchmetrics' all_gather per state.
         group = process_group or self.process_group
         states = {name: getattr(self, name) for name in self._defaults}
+        check_same_configuration(self._sync_fields(), next(iter(states.values())).device, group)
         for name, value in all_reduce_sum(states, self._symmetric_states, group).items():
             setattr(self, name, value)
         if not self.reset_real_features and self._cache is not None:
@@ -373,14 +399,98 @@ class FrechetInceptionDistance(Metric):
             for name in self._real_states:
                 self._cache[name] = getattr(self, name).clone() if is_rank0 else torch.zeros_like(getattr(self, name))
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        holds_real = prefix + self._real_states[0] in state_dict
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """torchmetrics' state dict (the persistent states, copied) plus, when it holds any, this metric's
+        ``identity()`` under torch's extra-state key, so that loading can refuse another configuration."""
+        destination = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if any(self._persistent[name] for name in self._defaults):
+            destination[prefix + EXTRA_STATE_KEY] = self.identity()
+        return destination
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        """Validate every state of the checkpoint before changing any, then load copies of them.
+
+        The persistent states are one unit. A checkpoint with none of them reports them as missing keys, as torch
+        does for parameters (an error under ``strict=True``); one with some but not all is refused with
+        ``ValueError`` whatever ``strict`` says, since a part of the sums gives a wrong FID. A checkpoint
+        recording another ``identity()`` is refused with ``StatsMismatchError`` (one without a record, as written
+        by fid_metric 0.1, is checked by its shapes).
+        """
+        what = f"the checkpoint's {prefix.rstrip('.') or 'metric'}"
+        record = state_dict.pop(prefix + EXTRA_STATE_KEY, None)
+        if record is not None:
+            check_same_identity(self.identity(), record, what)
+        # Popped, so that torchmetrics' own loader, which would keep the caller's tensors, never sees them.
+        incoming = {name: state_dict.pop(prefix + name) for name in self._defaults if prefix + name in state_dict}
+        missing = [name for name in self._defaults if self._persistent[name] and name not in incoming]
+        if missing and not incoming:  # torch passes strict=True here and drops these itself under strict=False
+            missing_keys.extend(prefix + name for name in missing)
+        elif missing:
+            raise ValueError(
+                f"{what} holds {sorted(incoming)} but not {missing}: loading part of the statistics would give "
+                "a wrong FID, so nothing was loaded."
+            )
+        loaded = {
+            name: checked_state(name, value, self._defaults[name], name in self._symmetric_states, what)
+            for name, value in incoming.items()
+        }
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        for name, value in loaded.items():
+            setattr(self, name, value.to(self._state_device))
         # A checkpoint holds the global real sums (see the class docstring); each process loads it, so
         # only rank 0 may keep them or the next all_reduce would count them world_size times.
-        if holds_real and self._world_and_rank()[1] != 0:
+        if self._real_states[0] in loaded and self._world_and_rank()[1] != 0:
             for name in self._real_states:
                 setattr(self, name, torch.zeros_like(getattr(self, name)))
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another metric's states (or a dict of them) to this one's, as torchmetrics does.
+
+        Raises:
+            StatsMismatchError: the other metric is of another class or ``identity()``, or a state's shape differs.
+            ValueError: a state of the dict is missing, not a tensor, non-finite, or a count that is not one.
+        """
+        if isinstance(incoming_state, Metric):
+            if type(incoming_state) is not type(self):
+                raise StatsMismatchError(
+                    f"Cannot merge a {type(incoming_state).__name__} into a {type(self).__name__}: their states differ."
+                )
+            differences = identity_differences(self.identity(), incoming_state.identity())
+            if differences:
+                raise StatsMismatchError(
+                    f"Cannot merge metrics of different configurations ({'; '.join(differences)}; this metric's "
+                    "value first): their statistics cannot be added."
+                )
+            incoming_state = incoming_state.metric_state
+        if isinstance(incoming_state, dict):
+            missing = [name for name in self._defaults if name not in incoming_state]
+            if missing:
+                raise ValueError(f"merge_state's dict lacks the states {missing}.")
+            incoming_state = {
+                name: checked_state(name, incoming_state[name], getattr(self, name), symmetric, "merge_state's input")
+                for name in self._defaults
+                for symmetric in [name in self._symmetric_states]
+            }
+        super().merge_state(incoming_state)
+
+    def _sync_fields(self) -> dict[str, str]:
+        """What every process must share for its sums to be added: the identity, the states' shapes, the fixed
+        reference, and ``dataset_size``."""
+        shapes = ";".join(f"{name}{tuple(value.shape)}" for name, value in self._defaults.items())
+        reference = "" if self._reference is None else self._reference_fingerprint
+        fields = {"metric": type(self).__name__, **self.identity(), "states": shapes, "real_stats": reference}
+        return {name: str(value) for name, value in {**fields, "dataset_size": self.dataset_size}.items()}
 
     def _apply(self, fn: Callable, exclude_state: Any = "") -> FrechetInceptionDistance:
         # Move the states with the module but never change their dtype: Lightning's precision="bf16-true"
@@ -461,8 +571,27 @@ class _Unregistered:
         return self
 
 
+def _private_copy(stats: FeatureStats) -> FeatureStats:
+    """``stats`` with its tensors copied, so that later changes to the caller's object cannot reach the metric."""
+    tensors = {
+        f.name: getattr(stats, f.name).clone()
+        for f in dataclasses.fields(stats)
+        if isinstance(getattr(stats, f.name), Tensor)
+    }
+    return dataclasses.replace(stats, **tensors, extra={k: v.clone() for k, v in stats.extra.items()})
+
+
+def _fingerprint(stats: FeatureStats) -> str:
+    """SHA-256 of the mean's and covariance's bytes: tells apart two references of one configuration."""
+    digest = hashlib.sha256()
+    for tensor in (stats.mean, stats.covariance):
+        digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _load_inception(source: os.PathLike) -> FIDInceptionV3:
-    network = FIDInceptionV3()
+    # float32 whatever torch.set_default_dtype says: the weights file and the network's input are float32.
+    network = FIDInceptionV3().to(torch.float32)
     try:
         network.load_state_dict(weights.load_state_dict(source), strict=True)
     except RuntimeError as err:
@@ -470,6 +599,8 @@ def _load_inception(source: os.PathLike) -> FIDInceptionV3:
             f"{source} is not a pt_inception-2015-12-05 state dict (as in pytorch-fid's "
             f"pt_inception-2015-12-05-6726825d.pth): {err}"
         ) from err
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in network.state_dict().values()):
+        raise ValueError(f"{source} holds NaN or infinite weights.")
     return fold_batch_norm(network).to(memory_format=torch.channels_last)
 
 

@@ -196,7 +196,8 @@ class InceptionMetrics(FrechetInceptionDistance):
         # The union of all G groups is every generated image: its FID is the one already computed.
         by_size = torch.stack([*(fid_of(sizes[m], sums[m], outers[m]) for m in range(self.fid_groups - 1)), fid])
         design = torch.stack([torch.ones_like(sizes), 1 / sizes], dim=1)
-        intercept = torch.linalg.lstsq(design, by_size[:, None]).solution[0, 0]
+        # An extrapolation can land below 0 when FID is near 0; a distance cannot.
+        intercept = torch.linalg.lstsq(design, by_size[:, None]).solution[0, 0].clamp_min(0)
         self.fid_by_size = (sizes, by_size)
 
         leave_one_out = torch.stack(

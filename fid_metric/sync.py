@@ -2,15 +2,46 @@
 
 Sums add exactly, so the buffer's size never grows with the data or the number of processes. Symmetric
 ``(..., d, d)`` states (outer-product sums) travel as their upper triangles, which halves the bytes; counts
-travel as float64, exact below 2**53.
+travel as float64, exact below 2**53. Before it, ``check_same_configuration`` makes sure that every process
+adds the same kind of sums: buffers of different sizes cannot be reduced at all (gloo aborts the process),
+and equal sizes from different pipelines would silently average two definitions of FID.
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from fid_metric.stats import StatsMismatchError
+
+
+def check_same_configuration(fields: dict[str, str], device: torch.device, group: Any | None = None) -> None:
+    """Raise ``StatsMismatchError`` on every process of ``group`` unless all hold the same ``fields``.
+
+    One ``all_reduce`` (MAX) of ``2 * len(fields)`` int64: each field's 63-bit hash and its negation, which
+    give the largest and the smallest hash over the processes; a field differs where those do. Every process
+    sees the same result, so all raise together and none is left waiting in the next collective.
+
+    Args:
+        fields: name -> the value, as text, that every process must share (e.g. ``"compat": "tensorflow"``).
+        device: where the collective's tensor lives (a CUDA device for NCCL).
+        group: the process group; None for the default one.
+    """
+    hashes = [int.from_bytes(hashlib.sha256(value.encode()).digest()[:8], "big") >> 1 for value in fields.values()]
+    extremes = torch.tensor(hashes + [-h for h in hashes], dtype=torch.int64, device=device)
+    torch.distributed.all_reduce(extremes, op=torch.distributed.ReduceOp.MAX, group=group)
+    largest, smallest = extremes[: len(hashes)].tolist(), [-v for v in extremes[len(hashes) :].tolist()]
+    differing = [name for name, hi, lo in zip(fields, largest, smallest) if hi != lo]
+    if differing:
+        rank = torch.distributed.get_rank(group)
+        mine = "; ".join(f"{name}={fields[name]!r}" for name in differing)
+        raise StatsMismatchError(
+            f"The processes' metrics differ in {', '.join(differing)} (rank {rank} has {mine}), so their statistics "
+            "cannot be added: build the metric with the same arguments, weights and data size on every process."
+        )
 
 
 def all_reduce_sum(states: dict[str, Tensor], symmetric: set[str], group: Any | None = None) -> dict[str, Tensor]:

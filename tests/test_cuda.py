@@ -114,10 +114,11 @@ def test_exact_mode_ignores_host_tf32_and_autocast_on_cuda(inception_weights) ->
 
 @pytest.mark.skipif(not torch.distributed.is_nccl_available(), reason="this torch has no NCCL")
 def test_sync_runs_on_nccl_with_one_process() -> None:
-    """init_process_group("nccl", world_size=1): compute() syncs with one all_reduce on the GPU, which
-    leaves every state and the FID as an unsynced metric has them."""
+    """init_process_group("nccl", world_size=1): compute() syncs on the GPU with the configuration check (one
+    int64 all_reduce) and one float64 all_reduce of the states, which leaves every state and the FID as an
+    unsynced metric has them."""
     out = run_python(REPO / "tests" / "scripts" / "nccl_sync.py", timeout=120).stdout
     calls = re.search(r"all_reduce calls in compute\(\): (\d+) (.*)", out)
-    assert calls and calls.group(1) == "1", out
-    assert "'cuda', torch.float64" in calls.group(2), out
+    assert calls and calls.group(1) == "2", out
+    assert "[('cuda', torch.int64, 18), ('cuda', torch.float64," in calls.group(2), out
     assert float(re.search(r"max relative difference: (\S+)", out).group(1)) <= 1e-12, out

@@ -14,14 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from conftest import run_python
+
+from fid_metric import FrechetInceptionDistance, StatsMismatchError
 
 SCRIPTS = Path(__file__).resolve().parent / "ddp_scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import lightning_ddp  # noqa: E402
 import raw_ddp  # noqa: E402
-from tiny import NUM_FEATURES, fid_of  # noqa: E402
+from tiny import NUM_FEATURES, TinyFeatures, fid_of, images  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available"),
@@ -74,13 +77,15 @@ def test_raw_torch_distributed_two_processes(tmp_path: Path) -> None:
             # Every rank gets the same all_reduced sums, hence the same FID, and the cached value on re-compute.
             assert got["fid"] == ranks[0][epoch]["fid"]
             assert got["fid_again"] == got["fid"]
-            # Exactly one collective per compute() (the second call is served from the cache): one all_reduce
-            # of the packed float64 buffer, no gathers, no broadcasts.
+            # Per compute() (the second call is served from the cache): the configuration check, one all_reduce
+            # of 2 x 9 int64 hashes (144 bytes), then one all_reduce of the packed float64 buffer; no gathers,
+            # no broadcasts.
             names = [call["name"] for call in got["calls"]]
-            assert names == ["all_reduce"], (epoch, rank, got["calls"])
-            assert got["calls"][0]["dtype"] == "torch.float64"
-            assert got["calls"][0]["numel"] == packed_numel == 1122
-            assert got["calls"][0]["shape"] == [packed_numel]
+            assert names == ["all_reduce", "all_reduce"], (epoch, rank, got["calls"])
+            assert (got["calls"][0]["dtype"], got["calls"][0]["numel"]) == ("torch.int64", 18)
+            assert got["calls"][1]["dtype"] == "torch.float64"
+            assert got["calls"][1]["numel"] == packed_numel == 1122
+            assert got["calls"][1]["shape"] == [packed_numel]
             # After compute the local (unsynced) states are back, so accumulation can go on.
             assert got["restored_real"] is True and got["restored_fake"] is True
             assert got["is_synced_after"] is False
@@ -95,8 +100,8 @@ def test_raw_torch_distributed_two_processes(tmp_path: Path) -> None:
             got = result[epoch]
             assert rel(got["fid"], want) <= 1e-6, (epoch, rank, got["fid"], want)
             assert got["fid"] == ranks[0][epoch]["fid"]
-            assert [call["name"] for call in got["calls"]] == ["all_reduce"]
-            assert got["calls"][0]["numel"] == packed_numel
+            assert [call["name"] for call in got["calls"]] == ["all_reduce", "all_reduce"]
+            assert got["calls"][1]["numel"] == packed_numel
             assert got["restored_fake"] is True and got["is_synced_after"] is False
             assert got["local_fake"] == fake_counts[epoch][rank][1]
         assert sum(result[epoch]["local_real"] for result in ranks) == len(d["real"])
@@ -126,3 +131,49 @@ def test_lightning_ddp_two_processes(tmp_path: Path) -> None:
     # sanity check (which fed them), then exactly the validation set once.
     totals = [sum(counts) for counts in zip(*(result["local_real_counts"] for result in ranks))]
     assert totals == [0] + [lightning_ddp.NUM_VAL] * lightning_ddp.MAX_EPOCHS
+
+
+def _mismatch_worker(rank: int, init_file: str, weights: str, out_dir: str) -> None:
+    """Each case builds a metric that differs between the two ranks in one field, then computes."""
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+
+    class Narrow(torch.nn.Module):
+        num_features = 6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.float().flatten(1)[:, :6]
+
+    cases = {
+        "feature_dim": lambda: FrechetInceptionDistance(TinyFeatures() if rank == 0 else Narrow()),
+        "compat": lambda: FrechetInceptionDistance(
+            64, feature_extractor_weights_path=weights, compat=("tensorflow", "pytorch-fid")[rank]
+        ),
+        "dataset_size": lambda: FrechetInceptionDistance(TinyFeatures(), dataset_size=10 + rank),
+    }
+    outcome = {}
+    for case, make in cases.items():
+        metric = make()
+        if metric.used_custom_model:
+            metric.update(images(4, seed=rank), real=True)
+            metric.update(images(4, seed=rank + 2), real=False)
+        try:
+            metric.compute()
+            outcome[case] = "computed"
+        except StatsMismatchError as err:
+            outcome[case] = str(err)
+    Path(out_dir, f"mismatch{rank}.json").write_text(json.dumps(outcome))
+    dist.destroy_process_group()
+
+
+def test_processes_with_different_configurations_all_raise_naming_the_field(tmp_path: Path, inception_weights) -> None:
+    """0.1: different feature dimensions aborted the processes inside gloo (buffers of different sizes), and
+    different compat modes were silently averaged. Now every rank raises StatsMismatchError naming the field."""
+    args = (str(tmp_path / "init"), str(inception_weights), str(tmp_path))
+    torch.multiprocessing.spawn(_mismatch_worker, args=args, nprocs=2, join=True)
+    for rank in range(2):
+        outcome = json.loads((tmp_path / f"mismatch{rank}.json").read_text())
+        for field, message in outcome.items():
+            assert message.startswith("The processes' metrics differ in"), (rank, field, message)
+            assert field in message.split(" (rank")[0], (rank, field, message)
+            assert f"rank {rank} has" in message

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from fid_metric import frechet_distance
-from fid_metric.distance import _lower_congruence, sqrt_factor
+from fid_metric.distance import _lower_congruence, sqrt_factor, trace_sqrt_product
 
 
 def _orthogonal(d: int, seed: int) -> torch.Tensor:
@@ -140,3 +140,46 @@ def test_triangular_product_pair_equals_the_full_product(d: int, block: int) -> 
     expected = (lower.T @ s2 @ lower).tril()
     got = _lower_congruence(lower, s2, block=block).tril()
     assert torch.allclose(got, expected, rtol=1e-12, atol=1e-12 * expected.abs().max())
+
+
+def test_never_negative_from_round_off() -> None:
+    """Two equal Gaussians: the exact distance is 0, and round-off takes the unclamped sum below 0 for some of
+    these matrices (checked, so the clamp is exercised); the result is clamped at 0."""
+    below_zero = 0
+    for seed in range(20):
+        mu, sigma = _random_gaussian(64, seed)
+        sigma = sigma * 1e3
+        trace_term = 2 * sigma.trace() - 2 * trace_sqrt_product(sqrt_factor(sigma), sigma)
+        below_zero += bool(trace_term < 0)
+        assert frechet_distance(mu, sigma, mu, sigma).item() >= 0
+    assert below_zero > 0, "no case went below zero: the clamp was not exercised"
+
+
+def test_numpy_arrays_are_converted() -> None:
+    mu1, s1 = _random_gaussian(16, 1)
+    mu2, s2 = _random_gaussian(16, 2)
+    from_numpy = frechet_distance(mu1.numpy(), s1.numpy(), mu2.numpy(), s2.numpy())
+    assert from_numpy.dtype == torch.float64 and from_numpy.item() == frechet_distance(mu1, s1, mu2, s2).item()
+
+
+@pytest.mark.parametrize("position", [0, 1, 2, 3])
+def test_bad_inputs_are_refused_with_a_clear_error(position: int) -> None:
+    mu1, s1 = _random_gaussian(8, 1)
+    mu2, s2 = _random_gaussian(8, 2)
+    args = [mu1, s1, mu2, s2]
+    names = ["mu1", "sigma1", "mu2", "sigma2"]
+    poisoned = list(args)
+    poisoned[position] = args[position].clone()
+    poisoned[position].view(-1)[3] = float("nan")
+    with pytest.raises(ValueError, match=f"{names[position]} holds NaN or infinite values"):
+        frechet_distance(*poisoned)
+    if position in (1, 3):
+        asymmetric = list(args)
+        asymmetric[position] = args[position] + torch.triu(torch.ones(8, 8, dtype=torch.float64), 1)
+        with pytest.raises(ValueError, match=f"{names[position]} is not symmetric"):
+            frechet_distance(*asymmetric)
+        indefinite = list(args)
+        indefinite[position] = args[position] - 2 * torch.linalg.eigvalsh(args[position]).max() * torch.eye(8).double()
+        indefinite[position][0, 0] += 10 * indefinite[position].abs().max()  # one large positive eigenvalue
+        with pytest.raises(ValueError, match=f"{names[position]} is not a covariance"):
+            frechet_distance(*indefinite)

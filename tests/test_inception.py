@@ -99,3 +99,19 @@ def _loaded(path) -> FIDInceptionV3:
     net = FIDInceptionV3()
     net.load_state_dict(weights.load_state_dict(path), strict=True)
     return net
+
+
+def test_the_network_is_float32_whatever_the_default_dtype(inception_weights) -> None:
+    """torch.set_default_dtype(torch.float64) around construction: the network is still float32 (0.1 built it in
+    float64, which then rejected the float32 input)."""
+    from fid_metric import FrechetInceptionDistance
+
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        metric = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    finally:
+        torch.set_default_dtype(saved)
+    assert {p.dtype for p in metric._extractor.module.parameters()} == {torch.float32}
+    metric.update(smooth_images(2, 32, seed=0), real=True)
+    assert int(metric.real_features_num_samples) == 2

@@ -238,7 +238,8 @@ def test_state_dict_has_no_inception_weights(inception_weights: Path, tmp_path: 
     model.fid.persistent(True)  # the states can be checkpointed on request: still no network weights
     keys = list(model.state_dict())
     assert not [k for k in keys if "Conv2d" in k or "Mixed" in k]
-    assert sorted(keys) == sorted(["layer.weight", "layer.bias"] + [f"fid.{name}" for name in STATES])
+    expected = ["layer.weight", "layer.bias", "fid._extra_state"] + [f"fid.{name}" for name in STATES]
+    assert sorted(keys) == sorted(expected)  # _extra_state: the metric's configuration record (a small dict)
 
     # Not in the module tree, so a whole-module cast (Lightning's bf16-true) leaves the network in float32.
     model.to(torch.bfloat16)

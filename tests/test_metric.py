@@ -10,7 +10,7 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from test_preprocess import BAD_INPUTS
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 
-from fid_metric import FrechetInceptionDistance
+from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError
 
 N_REAL, N_FAKE = 12, 10
 
@@ -169,7 +169,8 @@ def test_network_is_not_in_state_dict(inception_weights) -> None:
     metric = FrechetInceptionDistance(2048, feature_extractor_weights_path=inception_weights)
     metric.persistent(True)
     keys = set(metric.state_dict())
-    assert keys == {f"{side}_features_{s}" for side in ("real", "fake") for s in ("sum", "cov_sum", "num_samples")}
+    states = {f"{side}_features_{s}" for side in ("real", "fake") for s in ("sum", "cov_sum", "num_samples")}
+    assert keys == states | {"_extra_state"}  # the sums and the configuration record, never the network
     assert list(metric.parameters()) == []
 
 
@@ -298,3 +299,78 @@ def test_fast_modes(inception_weights) -> None:
     assert _fid(tf32, real, fake) == exact
     with pytest.raises(ValueError, match="`precision` must be one of"):
         FrechetInceptionDistance(TinyFeatures(), precision="fp16")
+
+
+def test_merge_state_refuses_another_configuration(inception_weights) -> None:
+    """Sums of other compat modes, feature dimensions or extractors must never be added together."""
+
+    def inception(**kwargs) -> FrechetInceptionDistance:
+        return FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, **kwargs)
+
+    with pytest.raises(StatsMismatchError, match="compat: 'tensorflow' vs 'pytorch-fid'"):
+        inception().merge_state(inception(compat="pytorch-fid"))
+    with pytest.raises(StatsMismatchError, match="feature_dim: 64 vs 12"):
+        inception().merge_state(FrechetInceptionDistance(TinyFeatures()))
+    mine = FrechetInceptionDistance(TinyFeatures())
+    with pytest.raises(StatsMismatchError, match=r"shape \(64,\).*\(12,\)"):
+        mine.merge_state(inception().metric_state)
+    with pytest.raises(ValueError, match="non-integral"):
+        mine.merge_state({**mine.metric_state, "fake_features_num_samples": torch.tensor(2.5)})
+    assert int(mine.fake_features_num_samples) == 0
+
+
+def test_merge_state_of_one_configuration_equals_one_metric_over_both() -> None:
+    real, fake = smooth_images(20, 16, seed=1), smooth_images(20, 16, seed=2)
+    whole = FrechetInceptionDistance(TinyFeatures())
+    halves = [FrechetInceptionDistance(TinyFeatures()) for _ in range(2)]
+    for metric, rows in ((whole, slice(0, 20)), (halves[0], slice(0, 8)), (halves[1], slice(8, 20))):
+        metric.update(real[rows], real=True)
+        metric.update(fake[rows], real=False)
+    halves[0].merge_state(halves[1])
+    assert abs(float(halves[0].compute()) - float(whole.compute())) <= 1e-12 * float(whole.compute())
+
+
+def test_nan_features_are_rejected_with_no_state_change() -> None:
+    """A custom extractor that returns NaN for a batch: update() raises and the states stay as they were (0.1
+    added the NaN, and compute() failed later with an obscure linear-algebra error)."""
+
+    class Poisoned(TinyFeatures):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            features = super().forward(x)
+            return features.masked_fill(x.flatten(1)[:, :1] > 250, float("nan"))
+
+    metric = FrechetInceptionDistance(Poisoned())
+    metric.update(torch.zeros(4, 3, 16, 16, dtype=torch.uint8), real=True)
+    before = {name: getattr(metric, name).clone() for name in metric._defaults}
+    with pytest.raises(ValueError, match="custom feature extractor returned NaN or infinite values"):
+        metric.update(torch.full((4, 3, 16, 16), 255, dtype=torch.uint8), real=True)
+    assert all(torch.equal(getattr(metric, name), value) for name, value in before.items())
+
+
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")  # the sums are set directly, not by update
+def test_real_stats_are_copied(inception_weights) -> None:
+    """Changing the caller's FeatureStats after building the metric does not change its FID."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(200, 64, generator=g, dtype=torch.float64)
+    reference = FeatureStats.from_features(features)
+    metric = FrechetInceptionDistance(
+        64, feature_extractor_weights_path=inception_weights, real_stats=reference, compute_with_cache=False
+    )
+    metric.fake_features_num_samples += 200
+    metric.fake_features_sum += (features + 0.5).sum(0)
+    metric.fake_features_cov_sum += (features + 0.5).T @ (features + 0.5)
+    before = float(metric.compute())
+    reference.mean.add_(3.0)
+    reference.covariance.mul_(4.0)
+    assert float(metric.compute()) == before
+    assert abs(before - 64 * 0.25) <= 1e-9 * before  # the means differ by 0.5 in each of 64 dimensions
+
+
+def test_warnings_point_at_the_callers_line() -> None:
+    """The n < d warning is attributed to the line that called compute(), not to a library file."""
+    metric = FrechetInceptionDistance(TinyFeatures())
+    metric.update(smooth_images(6, 16, seed=0), real=True)
+    metric.update(smooth_images(5, 16, seed=1), real=False)
+    with pytest.warns(UserWarning, match="fewer samples than dimensions") as record:
+        metric.compute()
+    assert record[0].filename == __file__

@@ -1,0 +1,93 @@
+"""What crosses a checkpoint, a merge or a process boundary: checked, converted, copied, and of one configuration.
+
+A metric's *identity* is what makes two sets of its sums addable: the feature dimension, the extractor, the
+compat pipeline, the weights' SHA-256 and the arithmetic (``precision``). ``state_dict()`` records it under
+torch's extra-state key, and loading refuses a checkpoint of another identity (``StatsMismatchError``), as
+statistics files are refused. Every state that enters a metric from outside goes through ``checked_state``:
+the shape of this metric's state, float64 sums or int64 counts (other float dtypes converted, non-integral
+counts refused), finite values, and a copy, so that two metrics loaded from one dict never share a tensor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from fid_metric.stats import StatsMismatchError
+
+EXTRA_STATE_KEY = "_extra_state"  # torch's own name for a module's extra state in a state dict
+
+
+def identity_differences(mine: Mapping[str, object], theirs: Mapping[str, object]) -> list[str]:
+    """``"field: mine vs theirs"`` for each field both sides know (neither missing nor empty) that differs."""
+    unknown = ("", None)
+    return [
+        f"{key}: {value!r} vs {theirs[key]!r}"
+        for key, value in mine.items()
+        if key in theirs and value not in unknown and theirs[key] not in unknown and value != theirs[key]
+    ]
+
+
+def check_same_identity(mine: Mapping[str, object], theirs: object, what: str) -> None:
+    """Raise ``StatsMismatchError`` unless ``theirs`` (a record from ``what``) matches this metric's identity."""
+    if not isinstance(theirs, Mapping):
+        raise StatsMismatchError(f"{what} records its configuration as {type(theirs).__name__}, not a dict.")
+    differences = identity_differences(mine, theirs)
+    if differences:
+        raise StatsMismatchError(
+            f"{what} was made by a metric of another configuration ({'; '.join(differences)}; this metric's value "
+            "first): its statistics cannot be combined with this metric's."
+        )
+
+
+def checked_state(name: str, value: object, template: Tensor, symmetric: bool, what: str) -> Tensor:
+    """``value`` as a new tensor shaped, typed and placed like ``template``, or an error naming ``what`` and ``name``.
+
+    Args:
+        name: the state's name, for messages.
+        value: the incoming state (a checkpoint's or another metric's tensor).
+        template: this metric's state: ``float64`` sums or ``int64`` counts, on the state device.
+        symmetric: the state is a stack of outer-product sums: symmetric with a non-negative diagonal.
+        what: where the value comes from, for messages (e.g. ``"the checkpoint"``).
+
+    Raises:
+        StatsMismatchError: the shape is not the template's (another feature dimension or metric layout).
+        ValueError: not a tensor, a non-numeric dtype, non-finite values, a negative or non-integral count,
+            or a matrix that is not an outer-product sum.
+    """
+    where = f"{what}: state {name!r}"
+    if not isinstance(value, Tensor):
+        raise ValueError(f"{where} is a {type(value).__name__}, expected a tensor.")
+    if value.shape != template.shape:
+        raise StatsMismatchError(
+            f"{where} has shape {tuple(value.shape)}, this metric's has {tuple(template.shape)}: it was made with "
+            "another feature dimension or by another kind of metric."
+        )
+    if value.is_complex() or not (value.is_floating_point() or value.dtype in _INTEGER_DTYPES):
+        raise ValueError(f"{where} has dtype {value.dtype}, expected a real number type ({template.dtype}).")
+    value = value.detach()
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{where} holds NaN or infinite values.")
+    if template.is_floating_point():
+        checked = value.to(device=template.device, dtype=template.dtype, copy=True)
+    else:
+        if value.is_floating_point() and not bool((value == value.round()).all()):
+            raise ValueError(f"{where} is a count, but holds non-integral values.")
+        checked = value.to(device=template.device, dtype=template.dtype, copy=True)
+        if bool((checked < 0).any()):
+            raise ValueError(f"{where} is a count, but holds negative values.")
+    if symmetric and not _is_outer_product_sum(checked):
+        raise ValueError(f"{where} should be a sum of outer products x x^T: symmetric with a non-negative diagonal.")
+    return checked
+
+
+def _is_outer_product_sum(matrices: Tensor) -> bool:
+    """Symmetric to round-off (1e-10 of the largest entry) with a non-negative diagonal, over the last two dims."""
+    scale = matrices.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(matrices.dtype).tiny)
+    asymmetry = ((matrices - matrices.transpose(-2, -1)).abs() / scale).amax()
+    return bool(asymmetry <= 1e-10) and bool((matrices.diagonal(dim1=-2, dim2=-1) >= 0).all())
+
+
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
