@@ -56,7 +56,6 @@ from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 import fid_metric
 from fid_metric import FeatureStats, FrechetInceptionDistance
 from fid_metric.inception import FIDInceptionV3
-from fid_metric.metric import _Unregistered
 from fid_metric.precision import cuda_fp32, network_math, network_memory_format
 from fid_metric.preprocess import inception_input
 
@@ -167,7 +166,7 @@ def bench_update(metrics: dict[str, torchmetrics.Metric], device: torch.device, 
     # The same update() with the network swapped for its cached output: input checks, preprocessing, the
     # float64 accumulation, timed on their own rather than as a small difference of two large timings.
     with network_math(device, "exact"):
-        metrics["hollow"]._extractor = _Unregistered(_CachedOutputs(network(x, ("2048",))))
+        metrics["hollow"]._extractor.module = _CachedOutputs(network(x, ("2048",)))
 
     def network_only() -> None:
         with network_math(device, "exact"):

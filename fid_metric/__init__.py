@@ -2,9 +2,9 @@
 
 from fid_metric._version import __version__
 from fid_metric.distance import frechet_distance
+from fid_metric.inception_metrics import InceptionMetrics
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.stats import FeatureStats, StatsMismatchError
-from fid_metric.suite import InceptionMetrics
 from fid_metric.weights import WeightsUnavailableError
 
 __all__ = [

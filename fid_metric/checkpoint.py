@@ -11,11 +11,23 @@ counts refused), finite values, and a copy, so that two metrics loaded from one 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from fid_metric.stats import StatsMismatchError
+
+
+class FeatureSumsMetricLike(Protocol):
+    """What loading and merging read of a metric (``fid_metric.core.FeatureSumsMetric``)."""
+
+    _defaults: dict[str, Any]
+    _persistent: dict[str, bool]
+    _symmetric_states: set[str]
+
+    def identity(self) -> dict[str, object]: ...
+
 
 EXTRA_STATE_KEY = "_extra_state"  # torch's own name for a module's extra state in a state dict
 
@@ -91,3 +103,68 @@ def _is_outer_product_sum(matrices: Tensor) -> bool:
 
 
 _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+def load_states(
+    metric: FeatureSumsMetricLike, state_dict: dict, prefix: str, missing_keys: list[str]
+) -> dict[str, Tensor]:
+    """Pop ``metric``'s states (and its configuration record) from a state dict being loaded, check them all, and
+    return checked copies to assign; nothing of the metric changes here.
+
+    The persistent states are one unit. A state dict with none of them reports them in ``missing_keys``, as torch
+    does for parameters (an error under ``strict=True``); one with some but not all is refused with
+    ``ValueError`` whatever ``strict`` says, since a part of the sums gives a wrong FID. A record of another
+    ``identity()`` is refused with ``StatsMismatchError`` (a state dict without one, as written by fid_metric
+    0.1, is checked by its shapes). The states are popped so that torchmetrics' own loader, which would keep the
+    caller's tensors, never sees them.
+    """
+    what = f"the checkpoint's {prefix.rstrip('.') or 'metric'}"
+    record = state_dict.pop(prefix + EXTRA_STATE_KEY, None)
+    if record is not None:
+        check_same_identity(metric.identity(), record, what)
+    incoming = {name: state_dict.pop(prefix + name) for name in metric._defaults if prefix + name in state_dict}
+    missing = [name for name in metric._defaults if metric._persistent[name] and name not in incoming]
+    if missing and not incoming:  # torch passes strict=True to modules and drops these itself under strict=False
+        missing_keys.extend(prefix + name for name in missing)
+    elif missing:
+        raise ValueError(
+            f"{what} holds {sorted(incoming)} but not {missing}: loading part of the statistics would give a "
+            "wrong FID, so nothing was loaded."
+        )
+    return {
+        name: checked_state(name, value, metric._defaults[name], name in metric._symmetric_states, what)
+        for name, value in incoming.items()
+    }
+
+
+def merged_states(metric: FeatureSumsMetricLike, incoming: object) -> dict[str, Tensor]:
+    """Checked copies of the states of ``incoming`` (a metric of ``metric``'s class and identity, or a dict of
+    states), for ``merge_state``.
+
+    Raises:
+        StatsMismatchError: another class or ``identity()``, or a state's shape differs.
+        ValueError: a state of the dict is missing, not a tensor, non-finite, or a count that is not one.
+    """
+    if isinstance(incoming, dict):
+        states = incoming
+    else:
+        if type(incoming) is not type(metric):
+            raise StatsMismatchError(
+                f"Cannot merge a {type(incoming).__name__} into a {type(metric).__name__}: their states differ."
+            )
+        differences = identity_differences(metric.identity(), incoming.identity())
+        if differences:
+            raise StatsMismatchError(
+                f"Cannot merge metrics of different configurations ({'; '.join(differences)}; this metric's value "
+                "first): their statistics cannot be added."
+            )
+        states = incoming.metric_state  # type: ignore[attr-defined]
+    missing = [name for name in metric._defaults if name not in states]
+    if missing:
+        raise ValueError(f"merge_state's dict lacks the states {missing}.")
+    return {
+        name: checked_state(
+            name, states[name], metric._defaults[name], name in metric._symmetric_states, "merge_state's input"
+        )
+        for name in metric._defaults
+    }

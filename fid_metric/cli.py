@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, NamedTuple, NoReturn, TextIO, Union
+from typing import Callable, NamedTuple, NoReturn, TextIO, Union, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -40,6 +40,7 @@ from fid_metric.image_folder import (
     list_images,
     same_size_batches,
 )
+from fid_metric.inception import POOL_FEATURES
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.preprocess import COMPAT_MODES
 from fid_metric.stats import FeatureStats, StatsMismatchError
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     common = _Parser(add_help=False)
     common.add_argument(
-        "--feature", type=int, choices=(64, 192, 768, 2048), default=2048, help="Inception feature layer; default: 2048"
+        "--feature", type=int, choices=POOL_FEATURES, default=2048, help="Inception feature layer; default: 2048"
     )
     common.add_argument(
         "--compat", choices=COMPAT_MODES, default="tensorflow", help="preprocessing to reproduce; default: tensorflow"
@@ -202,8 +203,8 @@ def score_command(args: argparse.Namespace) -> None:
         reference = real if isinstance(real, FeatureStats) else None
         metric = _build_metric(args, _weights(args), reference, real_arg)
         _print_counts(("A", args.a, a), ("B", args.b, b))
-        n_real = real.n if reference is not None else _feed(metric, real.files, real_arg, True, args)
-        n_fake = _feed(metric, fake.files, fake_arg, False, args)
+        n_real = real.n if isinstance(real, FeatureStats) else _feed(metric, real.files, real_arg, True, args)
+        n_fake = _feed(metric, cast(_Folder, fake).files, fake_arg, False, args)  # a file is never the fake side
         n_a, n_b = (n_fake, n_real) if swapped else (n_real, n_fake)
         fid, compat, feature_dim = float(metric.compute()), metric.compat, metric.num_features
     if args.json:
@@ -349,6 +350,7 @@ def _build_metric(
             args.feature, feature_extractor_weights_path=weights_path, compat=args.compat, real_stats=reference
         )
     except StatsMismatchError as err:
+        assert reference is not None  # only a reference can mismatch
         made_with = f"feature_dim={reference.feature_dim}, compat={reference.compat or 'unknown'}"
         raise InputError(
             f"{reference_arg} does not match the options ({err}); it was made with {made_with}: pass the same "

@@ -41,20 +41,20 @@ random weights in the official layout); the hub's xformers or older explicit-sof
 it at float32 rounding. End to end, on the same images, it was 2e-4 relative from dgm-eval's feature, all of
 it from the resized values that Pillow rounds differently.
 
-Weights, first match wins: the ``weights_path=`` argument; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub
-cache (``torch.hub.get_dir()/checkpoints/dinov2_vitl14_pretrain.pth``, where ``torch.hub.load`` of the
-official model, and so dgm-eval, leaves it); a verified download from ``$FID_METRIC_DINOV2_WEIGHTS_URL``,
-whose file name must carry a SHA-256 prefix (``fid_metric.weights.download``). Meta's URL has none, so
-there is no default download. Loading uses ``torch.load(weights_only=True)``.
+Weights: ``DINOV2`` describes the file to ``fid_metric.weights.resolve``, first match wins: the
+``weights_path=`` argument; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub cache
+(``torch.hub.get_dir()/checkpoints/dinov2_vitl14_pretrain.pth``, where ``torch.hub.load`` of the official
+model, and so dgm-eval, leaves it); a download from ``$FID_METRIC_DINOV2_WEIGHTS_URL``, verified by the SHA-256
+prefix its file name must carry. Meta publishes no hash of the file, so there is no default download.
+Loading uses ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import http.client
 import math
 import os
-import urllib.parse
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -63,9 +63,19 @@ from torch import Tensor, nn
 from fid_metric import weights
 from fid_metric.preprocess import check_images, to_uint8_rgb
 
-OFFICIAL_URL = "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth"
-ENV_WEIGHTS = "FID_METRIC_DINOV2_WEIGHTS"
-ENV_URL = "FID_METRIC_DINOV2_WEIGHTS_URL"
+# Meta's checkpoint of the torch hub model ``dinov2_vitl14``; no hash of it is published.
+DINOV2 = weights.WeightsSpec(
+    what="DINOv2 ViT-L/14 weights",
+    url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitl14/dinov2_vitl14_pretrain.pth",
+    sha256=None,
+    size=None,
+    owner="DINOv2Features",
+    argument="weights_path",
+    env_path="FID_METRIC_DINOV2_WEIGHTS",
+    env_url="FID_METRIC_DINOV2_WEIGHTS_URL",
+)
+# DINOV2's fields under the names 0.1 exported.
+OFFICIAL_URL, ENV_WEIGHTS, ENV_URL = DINOV2.url, DINOV2.env_path, DINOV2.env_url
 TIMM_MODEL = "vit_large_patch14_dinov2"
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
@@ -82,8 +92,8 @@ class DINOv2Features(nn.Module):
     no-op) and without gradients.
 
     Args:
-        weights_path: a local ``dinov2_vitl14_pretrain.pth`` (Meta's torch hub state dict). Default: see
-            ``resolve_weights``.
+        weights_path: a local ``dinov2_vitl14_pretrain.pth`` (Meta's torch hub state dict). Default:
+            ``$FID_METRIC_DINOV2_WEIGHTS``, the torch hub cache or a mirror (see the module docstring).
 
     Raises:
         ImportError: timm is not installed (``pip install fid_metric[dinov2]``).
@@ -95,7 +105,7 @@ class DINOv2Features(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        self.weights_path = resolve_weights(weights_path)
+        self.weights_path = weights.resolve(weights_path, DINOV2)
         self.model = load_vit(self.weights_path)
         self.requires_grad_(False)
         super().train(False)
@@ -178,14 +188,17 @@ def load_vit(path: str | os.PathLike) -> nn.Module:
     """
     try:
         import timm
-        from timm.models.vision_transformer import checkpoint_filter_fn
+        from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
     except ImportError as err:
         raise ImportError("DINOv2Features needs timm: pip install 'fid_metric[dinov2]' (or timm>=0.9).") from err
 
     with torch.device("meta"):
-        model = timm.create_model(TIMM_MODEL, pretrained=False, img_size=IMAGE_SIZE, num_classes=0)
+        # create_model is typed as returning any nn.Module; TIMM_MODEL's is a VisionTransformer
+        model = cast(
+            VisionTransformer, timm.create_model(TIMM_MODEL, pretrained=False, img_size=IMAGE_SIZE, num_classes=0)
+        )
     try:
-        state = weights.load_state_dict(path, what="DINOv2 weights")
+        state = weights.load_state_dict(path, what=DINOV2.what)
         if "pos_embed" not in state or "mask_token" not in state:
             missing = sorted({"pos_embed", "mask_token"} - set(state))
             raise RuntimeError(f"no {missing} entries (it has {len(state)} entries, e.g. {sorted(state)[:3]})")
@@ -195,63 +208,11 @@ def load_vit(path: str | os.PathLike) -> nn.Module:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as err:
         raise RuntimeError(
-            f"{path} is not a DINOv2 ViT-L/14 state dict in torch hub's layout (as in Meta's "
-            f"{Path(OFFICIAL_URL).name}): {err}"
+            f"{path} is not a DINOv2 ViT-L/14 state dict in torch hub's layout (as in Meta's {DINOV2.name}): {err}"
         ) from err
     return model.eval()
 
 
 def resolve_weights(path: str | os.PathLike | None = None) -> Path:
-    """A local DINOv2 ViT-L/14 weights file, downloading it only from a verifiable mirror.
-
-    Order: ``path``; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub cache (the mirror's file name, then the
-    official one); a verified download from ``$FID_METRIC_DINOV2_WEIGHTS_URL`` into that cache.
-
-    Raises:
-        fid_metric.weights.WeightsUnavailableError: the given file does not exist, or none was found and
-            none could be downloaded; the message lists what was tried and how to supply the file.
-    """
-    if path is not None:
-        return _existing(Path(path), "weights_path")
-    if os.environ.get(ENV_WEIGHTS):
-        return _existing(Path(os.environ[ENV_WEIGHTS]), f"${ENV_WEIGHTS}")
-    mirror = os.environ.get(ENV_URL)
-    names = [Path(urllib.parse.urlparse(mirror).path).name] if mirror else []
-    names.append(Path(OFFICIAL_URL).name)
-    cached = [weights.cache_dir() / name for name in dict.fromkeys(names)]
-    for candidate in cached:
-        if candidate.is_file():
-            return candidate
-    tried = (
-        "Could not get the DINOv2 ViT-L/14 weights. Tried:\n"
-        "  - weights_path: not given\n"
-        f"  - ${ENV_WEIGHTS}: not set\n"
-        f"  - the torch hub cache: {', '.join(str(c) for c in cached)} not found\n"
-    )
-    advice = (
-        f"Fetch {OFFICIAL_URL} on a machine with internet access and pass "
-        f"DINOv2Features(weights_path='/path/to/{Path(OFFICIAL_URL).name}'), or set "
-        f"{ENV_WEIGHTS}=/path/to/{Path(OFFICIAL_URL).name}, or copy it to {cached[-1]}; or set {ENV_URL} to a "
-        "mirror whose file name carries the file's SHA-256 prefix (e.g. dinov2_vitl14_pretrain-<sha256[:8]>.pth)."
-    )
-    if not mirror:
-        raise weights.WeightsUnavailableError(
-            tried
-            + f"  - downloading: ${ENV_URL} not set, and Meta's URL carries no hash to verify a download by\n"
-            + advice
-        )
-    try:
-        return weights.download(mirror, weights.cache_dir())
-    except (OSError, http.client.HTTPException, RuntimeError, ValueError) as err:  # URLError is an OSError
-        raise weights.WeightsUnavailableError(
-            tried + f"  - downloading {mirror} (from ${ENV_URL}): {err}\n" + advice
-        ) from err
-
-
-def _existing(path: Path, source: str) -> Path:
-    if not path.is_file():
-        raise weights.WeightsUnavailableError(
-            f"DINOv2 weights file {path} (from {source}) does not exist. Fetch {OFFICIAL_URL} and point "
-            f"weights_path= or ${ENV_WEIGHTS} at it."
-        )
-    return path
+    """A local DINOv2 ViT-L/14 weights file: ``fid_metric.weights.resolve(path, DINOV2)``."""
+    return weights.resolve(path, DINOV2)

@@ -120,6 +120,18 @@ def frechet_distance(
         ValueError: the shapes are not ``(d,)``, ``(d, d)`` with one ``d``; a value is NaN or infinite; a
             covariance is not symmetric (beyond 1e-6 of its largest entry) or has an eigenvalue below
             -1e-6 times its largest (not positive semi-definite beyond round-off).
+
+    Example:
+        Closed forms: equal covariances leave ``|mu1 - mu2|^2``; equal means and ``S1 = 4 I``, ``S2 = I`` in
+        3 dimensions give ``tr(4 I) + tr(I) - 2 tr(2 I) = 12 + 3 - 12``.
+
+        >>> import torch
+        >>> from fid_metric import frechet_distance
+        >>> eye = torch.eye(3, dtype=torch.float64)
+        >>> frechet_distance(torch.zeros(3), eye, torch.tensor([1.0, 2.0, 2.0]), eye)
+        tensor(9., dtype=torch.float64)
+        >>> frechet_distance(torch.zeros(3), 4 * eye, torch.zeros(3), eye)
+        tensor(3., dtype=torch.float64)
     """
     mu1 = _as_float64(mu1, "mu1", None)
     device = mu1.device

@@ -55,6 +55,7 @@ from torchvision.models.inception import (
 )
 
 OUTPUTS = ("64", "192", "spatial", "768", "2048", "logits_unbiased", "logits")
+POOL_FEATURES = (64, 192, 768, 2048)  # the FID feature layers: average-pooled outputs of these widths
 FEATURE_DIMS = {
     "64": 64,
     "192": 192,
@@ -209,12 +210,13 @@ def fold_batch_norm(network: FIDInceptionV3) -> FIDInceptionV3:
     for module in network.modules():
         if isinstance(module, BasicConv2d) and isinstance(module.bn, nn.BatchNorm2d):
             conv, bn = module.conv, module.bn
+            assert bn.running_var is not None and bn.running_mean is not None  # track_running_stats: always here
             scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
             folded = nn.Conv2d(
                 conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
             ).to(conv.weight.device, conv.weight.dtype)
             with torch.no_grad():
                 folded.weight.copy_(conv.weight.double() * scale[:, None, None, None])
-                folded.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)
+                folded.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)  # type: ignore[union-attr]
             module.conv, module.bn = folded.requires_grad_(False).eval(), nn.Identity()
     return network

@@ -7,11 +7,12 @@ from typing import Any
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fid_metric.metric import FrechetInceptionDistance
+from fid_metric.core import FeatureSumsMetric
 
 
 class ExactlyOnce(pl.Callback):
-    """Gives every ``FrechetInceptionDistance`` in the LightningModule the size of the validation set.
+    """Gives every metric of this package (``FrechetInceptionDistance``, ``InceptionMetrics``) in the
+    LightningModule the size of the validation set.
 
     Under DDP, Lightning's validation ``DistributedSampler`` pads the last round by repeating samples when
     the set's size N is not divisible by the number of processes; with ``dataset_size=N`` the metric drops
@@ -27,7 +28,7 @@ class ExactlyOnce(pl.Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         size = None if trainer.sanity_checking else _validation_set_size(trainer.val_dataloaders)
         for module in pl_module.modules():
-            if isinstance(module, FrechetInceptionDistance):
+            if isinstance(module, FeatureSumsMetric):
                 module.dataset_size = size
 
 
@@ -38,7 +39,7 @@ def _validation_set_size(loaders: Any) -> int:
         loaders = loaders[0]
     if not isinstance(loaders, DataLoader):
         raise TypeError(f"ExactlyOnce needs the validation DataLoader, got {type(loaders).__name__}.")
-    sampler = loaders.batch_sampler.sampler if loaders.batch_sampler is not None else loaders.sampler
+    sampler = getattr(loaders.batch_sampler, "sampler", loaders.sampler)
     if isinstance(sampler, DistributedSampler) and sampler.drop_last:
         raise ValueError(
             "The validation DistributedSampler has drop_last=True: samples are dropped, not repeated, so no FID "
@@ -47,6 +48,6 @@ def _validation_set_size(loaders: Any) -> int:
     if loaders.drop_last:
         raise ValueError("The validation DataLoader has drop_last=True, so it skips samples; use drop_last=False.")
     try:
-        return len(loaders.dataset)
+        return len(loaders.dataset)  # type: ignore[arg-type]  # an IterableDataset raises, caught below
     except TypeError as err:
         raise TypeError("ExactlyOnce needs a validation dataset with a length (not an IterableDataset).") from err

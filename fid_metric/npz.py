@@ -113,13 +113,13 @@ class NpzArchive:
                 f"{info.file_size - header.data_offset}."
             )
         data = np.empty(header.nbytes, np.uint8)
-        view = memoryview(data)
+        view = memoryview(data.data)
         try:
             with self._zip.open(info) as member:
                 member.read(header.data_offset)
                 filled = 0
                 while filled < header.nbytes:
-                    count = member.readinto(view[filled : filled + _CHUNK])
+                    count = member.readinto(view[filled : filled + _CHUNK])  # type: ignore[attr-defined]
                     if not count:
                         raise EOFError(f"the data ends after {filled} of {header.nbytes} bytes")
                     filled += count

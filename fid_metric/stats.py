@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,8 @@ def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: 
     a large mean with a small spread.
     """
     lost = _digits_lost(n, outer_sum, covariance)
-    worst_lost, worst = (value.item() for value in lost.max(0))
+    largest = lost.max(0)
+    worst_lost, worst = float(largest.values), int(largest.indices)
     if not worst_lost > _WARN_DIGITS_LOST:  # also false for NaN
         return
     affected = int((lost > _WARN_DIGITS_LOST).sum())
@@ -166,24 +167,47 @@ class FeatureStats:
     extra: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
-    def from_sums(cls, n: int, feature_sum: Tensor, outer_sum: Tensor, **metadata: str) -> FeatureStats:
-        """From the sums of ``n >= 2`` samples (the metric's states)."""
+    def from_sums(
+        cls,
+        n: int,
+        feature_sum: Tensor,
+        outer_sum: Tensor,
+        extractor: str = "",
+        weights_sha256: str = "",
+        compat: str = "",
+    ) -> FeatureStats:
+        """From the sums of ``n >= 2`` samples (the metric's states), with what made their features."""
         if n < 2:
             raise ValueError(f"Statistics need at least 2 samples to estimate a covariance, got {n}.")
         feature_sum = feature_sum.detach().to("cpu", torch.float64)
         outer_sum = outer_sum.detach().to("cpu", torch.float64)
         mean, covariance = mean_and_covariance(n, feature_sum, outer_sum)
-        return cls(mean, covariance, int(n), feature_sum, outer_sum, **metadata)
+        return cls(mean, covariance, int(n), feature_sum, outer_sum, extractor, weights_sha256, compat)
 
     @classmethod
-    def from_features(cls, features: Tensor, **metadata: str) -> FeatureStats:
+    def from_features(
+        cls, features: Tensor, extractor: str = "", weights_sha256: str = "", compat: str = ""
+    ) -> FeatureStats:
         """From ``(n, d)`` features."""
         f = features.detach().to("cpu", torch.float64)
-        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, **metadata)
+        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, extractor, weights_sha256, compat)
 
     @property
     def feature_dim(self) -> int:
         return self.mean.shape[0]
+
+    def sums(self) -> tuple[int, Tensor, Tensor]:
+        """``(n, feature sum (d,), outer-product sum (d, d))``.
+
+        Raises:
+            ValueError: these statistics hold only a mean and covariance.
+        """
+        if self.n is None or self.feature_sum is None or self.outer_sum is None:
+            raise ValueError(
+                "These statistics hold only a mean and covariance (e.g. a pytorch-fid, clean-fid or ADM "
+                "file), so they cannot be merged; they can still serve as a fixed reference."
+            )
+        return self.n, self.feature_sum, self.outer_sum
 
     @property
     def mergeable(self) -> bool:
@@ -208,18 +232,28 @@ class FeatureStats:
                 )
 
     def merge(self, other: FeatureStats) -> FeatureStats:
-        """Statistics of the union of both sample sets (exact: the sums add)."""
-        for stats in (self, other):
-            if not stats.mergeable:
-                raise ValueError(
-                    "These statistics hold only a mean and covariance (e.g. a pytorch-fid, clean-fid or ADM "
-                    "file), so they cannot be merged; they can still serve as a fixed reference."
-                )
+        """Statistics of the union of both sample sets (exact: the sums add); also ``a + b``.
+
+        Example:
+            >>> import torch
+            >>> from fid_metric import FeatureStats
+            >>> a = FeatureStats.from_features(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+            >>> b = FeatureStats.from_features(torch.tensor([[4.0, 5.0], [6.0, 7.0]]))
+            >>> (a + b).n, (a + b).mean
+            (4, tensor([3., 4.], dtype=torch.float64))
+            >>> torch.equal((a + b).covariance, FeatureStats.from_features(torch.arange(8.0).view(4, 2)).covariance)
+            True
+        """
+        (n1, sum1, outer1), (n2, sum2, outer2) = self.sums(), other.sums()
         self.check_compatible(other)
-        merged = FeatureStats.from_sums(
-            self.n + other.n, self.feature_sum + other.feature_sum, self.outer_sum + other.outer_sum
+        return FeatureStats.from_sums(
+            n1 + n2,
+            sum1 + sum2,
+            outer1 + outer2,
+            extractor=self.extractor or other.extractor,
+            weights_sha256=self.weights_sha256 or other.weights_sha256,
+            compat=self.compat or other.compat,
         )
-        return replace(merged, **{k: v or getattr(other, k) for k, v in _metadata_of(self).items()})
 
     __add__ = merge
 
@@ -239,8 +273,9 @@ class FeatureStats:
             **{key: value.numpy() for key, value in self.extra.items()},
         }
         if self.mergeable:
-            arrays.update(n=np.array(self.n), feature_sum=self.feature_sum.numpy(), outer_sum=self.outer_sum.numpy())
-        atomic_write(path, lambda file: np.savez(file, **arrays))
+            n, feature_sum, outer_sum = self.sums()
+            arrays.update(n=np.array(n), feature_sum=feature_sum.numpy(), outer_sum=outer_sum.numpy())
+        atomic_write(path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]  # numpy's stub
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
@@ -306,7 +341,8 @@ def _check_headers(path: Path, headers: dict[str, ArrayHeader], keys: frozenset[
 def _check_mean_and_covariance(path: Path, headers: dict[str, ArrayHeader], mean: str, cov: str, d: str) -> int:
     """The dimension of a ``(d,)`` mean and ``(d, d)`` covariance pair, or ``ValueError`` naming both."""
     shapes = {key: headers[key].shape if key in headers else None for key in (mean, cov)}
-    size = shapes[mean][0] if shapes[mean] is not None and len(shapes[mean]) == 1 else 0
+    mean_shape = shapes[mean]
+    size = mean_shape[0] if mean_shape is not None and len(mean_shape) == 1 else 0
     if size > MAX_FEATURE_DIM:
         raise ValueError(
             f"{path}: '{mean}' has {size} features; statistics of at most {MAX_FEATURE_DIM} are read (a {size} x "

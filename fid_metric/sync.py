@@ -18,6 +18,14 @@ from torch import Tensor
 from fid_metric.stats import StatsMismatchError
 
 
+def sync_states(
+    states: dict[str, Tensor], symmetric: set[str], fields: dict[str, str], group: Any | None = None
+) -> dict[str, Tensor]:
+    """``check_same_configuration(fields)``, then ``all_reduce_sum(states)``: a metric's whole sync."""
+    check_same_configuration(fields, next(iter(states.values())).device, group)
+    return all_reduce_sum(states, symmetric, group)
+
+
 def check_same_configuration(fields: dict[str, str], device: torch.device, group: Any | None = None) -> None:
     """Raise ``StatsMismatchError`` on every process of ``group`` unless all hold the same ``fields``.
 

@@ -18,12 +18,9 @@ def warn_caller(message: str, category: type[Warning] = UserWarning) -> None:
     only under ``torch.distributed``."""
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         return
-    library_dirs = tuple(
-        os.path.dirname(module.__file__) + os.sep
-        for name in _LIBRARIES
-        if (module := sys.modules.get(name)) is not None and getattr(module, "__file__", None)
-    )
+    files = [getattr(sys.modules.get(name), "__file__", None) for name in _LIBRARIES]
+    library_dirs = tuple(os.path.dirname(file) + os.sep for file in files if file)
     frame, level = sys._getframe(1), 2  # stacklevel 2: the frame that called warn_caller
     while frame is not None and frame.f_code.co_filename.startswith(library_dirs):
-        frame, level = frame.f_back, level + 1
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
     warnings.warn(message, category, stacklevel=level)

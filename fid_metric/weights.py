@@ -1,18 +1,24 @@
-"""Find, download, verify and load the FID Inception weights.
+"""Find, download, verify and load weights files: one resolver for every file a ``WeightsSpec`` describes.
 
-Where the weights come from, first match wins:
+A ``WeightsSpec`` holds what is known of one file: where it is published, its full SHA-256 and size if known,
+and the argument and environment variables that point to it (``INCEPTION`` here, ``fid_metric.dinov2.DINOV2``).
+``resolve(path, spec)`` takes the first of:
 
-1. the ``feature_extractor_weights_path=`` argument (a local file);
-2. the environment variable ``FID_METRIC_WEIGHTS`` (a local file, for offline clusters);
-3. ``pt_inception-2015-12-05-6726825d.pth`` in torch hub's checkpoint folder (``torch.hub.get_dir()/checkpoints``),
-   if it is the official file;
-4. a download from ``FID_METRIC_WEIGHTS_URL`` if set (a mirror), else pytorch-fid's release file, into that
-   folder under that name.
+1. ``path``, the caller's argument (``feature_extractor_weights_path=``, ``weights_path=``): a local file;
+2. the environment variable ``spec.env_path`` (``FID_METRIC_WEIGHTS``): a local file, for offline clusters;
+3. the published file's name in torch hub's checkpoint folder (``torch.hub.get_dir()/checkpoints``), where
+   ``torch.hub`` itself keeps downloads; for a file whose hash is not known, a mirror's file name there first;
+4. a download from ``spec.env_url`` (``FID_METRIC_WEIGHTS_URL``, a mirror) if set, else from ``spec.url`` if
+   the file's hash is known, into that folder.
 
-The official file is known by its full SHA-256 (``OFFICIAL_SHA256``) and size. The file in the cache and every
-download, from pytorch-fid or from a mirror, must match them, whatever hash a mirror's file name claims. Files
-given by path or ``$FID_METRIC_WEIGHTS`` are the user's choice and are not compared with them. A file is read
-for its hash once per version (``sha256_of``), so neither a run nor each ``statistics()`` re-reads 92 MB.
+What is known decides what is checked. A file with a known SHA-256 and size (the Inception file): the cached
+file and every download, from ``spec.url`` or from a mirror, whatever hash the mirror's file name claims, must
+match them, and a download is saved under the published name. A file without (DINOv2: Meta publishes no
+hash): no default download; a mirror's file name must carry a SHA-256 prefix (torch hub's
+``<stem>-<hex digits>.<ext>``) that the download must match, and it is saved under that name; cached files are
+used as found, like a ``torch.hub.load`` would use them. Files given by path or environment variable are the
+user's choice and are not compared with anything. A file is read for its hash once per version
+(``sha256_of``), so neither a run nor each ``statistics()`` re-reads 92 MB.
 
 A download is written to a ``.partial`` file beside the target, named with the host and process id, and renamed
 into place only once verified: a failed or corrupt download leaves nothing behind. A process killed mid-download
@@ -35,21 +41,61 @@ import tempfile
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 from torch import Tensor
 
-CACHE_NAME = "pt_inception-2015-12-05-6726825d.pth"
-DEFAULT_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{CACHE_NAME}"
-# DEFAULT_URL's file. The name carries only 8 hex digits; the full digest is the one recorded next to this URL
-# in genforce's Inception loader (e.g. snap-research/discoscene, models/inception_model.py,
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """What is known of one weights file, and the names a user points to it with.
+
+    Attributes:
+        what: the file in messages, e.g. ``"FID Inception weights"``.
+        url: where the official file is published; its file name (``name``) is the one torch hub caches it as.
+        sha256: the official file's full hex SHA-256, or None where none is published (see the module
+            docstring for what each case verifies).
+        size: the official file's size in bytes, or None; known with ``sha256``.
+        owner: the class whose ``argument`` takes a local file, e.g. ``"FrechetInceptionDistance"``.
+        argument: that keyword argument, e.g. ``"feature_extractor_weights_path"``.
+        env_path: the environment variable naming a local file.
+        env_url: the environment variable naming a mirror's URL.
+    """
+
+    what: str
+    url: str
+    sha256: str | None
+    size: int | None
+    owner: str
+    argument: str
+    env_path: str
+    env_url: str
+
+    @property
+    def name(self) -> str:
+        """The file name in ``url``, e.g. ``pt_inception-2015-12-05-6726825d.pth``."""
+        return _url_name(self.url)
+
+
+# pytorch-fid's release file. Its name carries only 8 hex digits; the full digest is the one recorded next to this
+# URL in genforce's Inception loader (e.g. snap-research/discoscene, models/inception_model.py,
 # _MODEL_URL_SHA256["tf_inception_v3"]), and the size is the one public projects that pin this digest record.
-OFFICIAL_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
-OFFICIAL_SIZE = 95_628_359
-ENV_WEIGHTS = "FID_METRIC_WEIGHTS"
-ENV_URL = "FID_METRIC_WEIGHTS_URL"
+INCEPTION = WeightsSpec(
+    what="FID Inception weights",
+    url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+    sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
+    size=95_628_359,
+    owner="FrechetInceptionDistance",
+    argument="feature_extractor_weights_path",
+    env_path="FID_METRIC_WEIGHTS",
+    env_url="FID_METRIC_WEIGHTS_URL",
+)
+# INCEPTION's fields under the names 0.1 exported (the command line quotes some in its messages).
+DEFAULT_URL, ENV_WEIGHTS, ENV_URL = INCEPTION.url, INCEPTION.env_path, INCEPTION.env_url
+CACHE_NAME, OFFICIAL_SHA256, OFFICIAL_SIZE = Path(DEFAULT_URL).name, INCEPTION.sha256, INCEPTION.size
 ENV_TIMEOUT = "FID_METRIC_DOWNLOAD_TIMEOUT"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
 _READ_TIMEOUT_S = 60
@@ -101,55 +147,60 @@ def cache_dir() -> Path:
 
 def expected_hash_prefix(url: str) -> str:
     """The SHA-256 prefix in the URL's file name, e.g. ``6726825d``; ValueError if the name has none."""
-    match = _HASH_IN_NAME.search(_url_name(url))
+    name = _url_name(url)
+    match = _HASH_IN_NAME.search(name)
     if match is None:
         raise ValueError(
-            f"The weights URL {url!r} has no SHA-256 prefix in its file name (expected e.g. "
-            "'pt_inception-2015-12-05-6726825d.pth'), so the download could not be verified. A mirror must keep "
-            "the original file name."
+            f"The weights URL {url!r} has no SHA-256 prefix in its file name, so the download could not be "
+            f"verified. A mirror must name the file as torch hub does, e.g. {_hashed_example(name or 'weights')}."
         )
     return match.group(1)
 
 
 def download(url: str, directory: str | os.PathLike) -> Path:
-    """Download ``url`` into ``directory`` under its own file name, verified by the SHA-256 prefix in that name.
+    """Download ``url`` into ``directory`` under its own file name, verified by the SHA-256 prefix in that name
+    (``expected_hash_prefix``); bounded in time and atomic as ``resolve()``'s downloads.
 
-    For files whose full hash is not known here (DINOv2 mirrors); bounded in time and atomic as ``resolve()``'s
-    downloads. Raises ``ValueError`` if the name carries no hash, ``RuntimeError`` if the bytes do not hash to it
-    (nothing is kept), ``OSError`` (``TimeoutError``, ``urllib.error.URLError``) if the server cannot be reached
-    or is too slow, and ``http.client.HTTPException`` if the response breaks off or is malformed.
+    Raises:
+        ValueError: the name carries no hash.
+        RuntimeError: the bytes do not hash to it (nothing is kept).
+        OSError, http.client.HTTPException: the server cannot be reached, is too slow, or breaks off.
     """
     return _download(url, Path(directory) / _url_name(url), expected_hash_prefix(url), size=None)
 
 
-def resolve(path: str | os.PathLike | None = None) -> Path:
-    """Return a local weights file, downloading it if needed (see the module docstring for the order)."""
+def resolve(path: str | os.PathLike | None = None, spec: WeightsSpec | None = None) -> Path:
+    """A local copy of the file ``spec`` describes (None: ``INCEPTION``), downloading it if needed.
+
+    The order and what is verified: see the module docstring.
+
+    Raises:
+        WeightsUnavailableError: the given file does not exist, or none was found and none could be
+            downloaded; the message lists what was tried and how to supply the file.
+    """
+    spec = INCEPTION if spec is None else spec  # looked up per call, so that a replaced INCEPTION applies
     if path is not None:
-        return _existing(Path(path), "feature_extractor_weights_path")
-    if os.environ.get(ENV_WEIGHTS):
-        return _existing(Path(os.environ[ENV_WEIGHTS]), f"${ENV_WEIGHTS}")
-    url = os.environ.get(ENV_URL) or DEFAULT_URL
-    cached = cache_dir() / CACHE_NAME
-    if not cached.is_file():
-        cache_state = "does not exist"
-    elif (mismatch := _official_mismatch(cached)) is None:
-        return cached
-    else:
-        cache_state = f"is not the official file ({mismatch})"
+        return _existing(spec, Path(path), spec.argument)
+    if os.environ.get(spec.env_path):
+        return _existing(spec, Path(os.environ[spec.env_path]), f"${spec.env_path}")
+    mirror = os.environ.get(spec.env_url) or None
+    tried = [f"{spec.argument}: not given", f"${spec.env_path}: not set"]
+    for cached in _cache_candidates(spec, mirror):
+        problem = _cache_problem(spec, cached)
+        if problem is None:
+            return cached
+        tried.append(f"the torch hub cache: {cached} {problem}")
+    url = mirror or (spec.url if spec.sha256 is not None else None)
+    if url is None:
+        tried.append(f"downloading: ${spec.env_url} not set, and {spec.url} has no published SHA-256 to verify by")
+        raise WeightsUnavailableError(_unavailable(spec, tried))
     try:
-        return _download(url, cached, OFFICIAL_SHA256, OFFICIAL_SIZE)
+        if spec.sha256 is not None:
+            return _download(url, cache_dir() / spec.name, spec.sha256, spec.size)
+        return _download(url, cache_dir() / _url_name(url), expected_hash_prefix(url), size=None)
     except (OSError, http.client.HTTPException, RuntimeError, ValueError) as err:  # URLError is an OSError
-        raise WeightsUnavailableError(
-            "Could not get the FID Inception weights. Tried:\n"
-            f"  - feature_extractor_weights_path: not given\n"
-            f"  - ${ENV_WEIGHTS}: not set\n"
-            f"  - the cache: {cached} {cache_state}\n"
-            f"  - downloading {url}{' (from $' + ENV_URL + ')' if os.environ.get(ENV_URL) else ''}: {err}\n"
-            f"Fetch {DEFAULT_URL} (SHA-256 {OFFICIAL_SHA256}) on a machine with internet access and pass "
-            f"FrechetInceptionDistance(feature_extractor_weights_path='/path/to/{CACHE_NAME}'), or set "
-            f"{ENV_WEIGHTS}=/path/to/{CACHE_NAME}, or copy it to {cached}; or set {ENV_URL} to a mirror of the "
-            "same file."
-        ) from err
+        tried.append(f"downloading {url}{f' (from ${spec.env_url})' if mirror else ''}: {err}")
+        raise WeightsUnavailableError(_unavailable(spec, tried)) from err
 
 
 def load_state_dict(path: str | os.PathLike, what: str = "Inception weights") -> dict[str, Tensor]:
@@ -163,25 +214,60 @@ def load_state_dict(path: str | os.PathLike, what: str = "Inception weights") ->
     return state
 
 
-def _existing(path: Path, source: str) -> Path:
+def _existing(spec: WeightsSpec, path: Path, source: str) -> Path:
     if not path.is_file():
-        raise WeightsUnavailableError(f"Inception weights file {path} (from {source}) does not exist.")
+        raise WeightsUnavailableError(
+            f"{spec.what} file {path} (from {source}) does not exist: point {source} at a copy of {spec.url}."
+        )
     return path
+
+
+def _cache_candidates(spec: WeightsSpec, mirror: str | None) -> list[Path]:
+    """Where the cache may hold the file: a mirror's name (only where no hash is known), then the published one."""
+    names = [_url_name(mirror)] if mirror and spec.sha256 is None else []
+    return [cache_dir() / name for name in dict.fromkeys([*filter(None, names), spec.name])]
+
+
+def _cache_problem(spec: WeightsSpec, path: Path) -> str | None:
+    """Why the cached ``path`` is not used (it is missing, or not the official file), or None to use it."""
+    if not path.is_file():
+        return "does not exist"
+    if spec.sha256 is None:
+        return None
+    size = path.stat().st_size
+    if size != spec.size:  # cheap, and spares reading a truncated copy
+        return f"is not the official file ({size} bytes, not {spec.size})"
+    digest = sha256_of(path)
+    if digest != spec.sha256:
+        return f"is not the official file (SHA-256 {digest}, not {spec.sha256})"
+    return None
+
+
+def _unavailable(spec: WeightsSpec, tried: list[str]) -> str:
+    """The message of a failed ``resolve()``: what was ``tried``, then every way to supply the file."""
+    local = f"/path/to/{spec.name}"
+    published = spec.url if spec.sha256 is None else f"{spec.url} (SHA-256 {spec.sha256})"
+    mirror = (
+        f"a mirror whose file name carries the file's SHA-256 prefix (e.g. {_hashed_example(spec.name)})"
+        if spec.sha256 is None
+        else "a mirror of the same file"
+    )
+    return (
+        f"Could not get the {spec.what}. Tried:\n"
+        + "".join(f"  - {line}\n" for line in tried)
+        + f"Fetch {published} on a machine with internet access and pass {spec.owner}({spec.argument}='{local}'), "
+        f"or set {spec.env_path}={local}, or copy it to {cache_dir() / spec.name}; or set {spec.env_url} to {mirror}."
+    )
+
+
+def _hashed_example(name: str) -> str:
+    """``name`` as torch hub names a download: ``dinov2_vitl14_pretrain-<sha256[:8]>.pth``."""
+    path = Path(name)
+    return f"{path.stem}-<sha256[:8]>{path.suffix}"
 
 
 def _url_name(url: str) -> str:
     return Path(urllib.parse.urlparse(url).path).name
-
-
-def _official_mismatch(path: Path) -> str | None:
-    """How ``path`` differs from the official file, or None if it is the official file."""
-    size = path.stat().st_size
-    if size != OFFICIAL_SIZE:  # cheap, and spares reading a truncated copy
-        return f"{size} bytes, not {OFFICIAL_SIZE}"
-    digest = sha256_of(path)
-    if digest != OFFICIAL_SHA256:
-        return f"SHA-256 {digest}, not {OFFICIAL_SHA256}"
-    return None
 
 
 def _download(url: str, target: Path, sha256: str, size: int | None) -> Path:

@@ -1,50 +1,28 @@
-"""Shared fixtures: random-init Inception weights in the pt_inception-2015-12-05 layout, and test images.
+"""Fixtures: random-init Inception weights in the pt_inception-2015-12-05 layout and pytorch-fid's model on them.
 
 No pretrained weights can be downloaded in CI, so the suite makes its own: pytorch-fid's own construction
 (torchvision's Inception3 with pytorch-fid's FIDInceptionA/C/E_1/E_2 blocks, 1008 classes), random init,
 and batch-norm running statistics calibrated on smooth random images so that features depend on the input
 (with the default mean 0 / variance 1 the activations blow up or die and every image gets the same
 features). Built independently of fid_metric's own network, once per session.
+
+What the test modules share besides fixtures (images, extractors, launchers) is in helpers.py.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
+from helpers import DDPLauncher, smooth_images
 from pytorch_fid import inception as pfid_inception
 
+from fid_metric import FrechetInceptionDistance
+
 torch.set_num_threads(2)
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_python(script: Path, *args: str, timeout: float = 300, **env_vars: str) -> subprocess.CompletedProcess:
-    """Run ``python script args`` from the repository root, as a fresh process; fail with its output.
-
-    The child finds ``fid_metric`` and the test helpers on its path, runs one thread per process (its
-    models are tiny, and threads thrash when other jobs share the cores), and inherits no launcher
-    variables (MASTER_ADDR, RANK, ...) that would confuse a DDP script.
-    """
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
-    }
-    paths = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "ddp_scripts"), env.get("PYTHONPATH", "")]
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, paths)), OMP_NUM_THREADS="1", **env_vars)
-    proc = subprocess.run(
-        [sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    output = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
-    assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{output}"
-    return proc
 
 
 def build_reference_inception(seed: int = 0) -> torch.nn.Module:
@@ -61,17 +39,6 @@ def build_reference_inception(seed: int = 0) -> torch.nn.Module:
     net.Mixed_7b = pfid_inception.FIDInceptionE_1(1280)
     net.Mixed_7c = pfid_inception.FIDInceptionE_2(2048)
     return net
-
-
-def smooth_images(n: int, size: int | tuple[int, int], seed: int, channels: int = 3) -> torch.Tensor:
-    """``(n, channels, H, W)`` uint8 images: random 6x6 colour fields upsampled, plus mild pixel noise."""
-    h, w = (size, size) if isinstance(size, int) else size
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, channels, 6, 6, generator=g) * 255
-    brightness = torch.rand(n, 1, 1, 1, generator=g) * 0.8 + 0.4
-    x = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False) * brightness
-    x = x + torch.randn(n, channels, h, w, generator=g) * 6
-    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def calibrate_batch_norm(net: torch.nn.Module, images: torch.Tensor) -> None:
@@ -108,12 +75,50 @@ def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def pytorch_fid_model(inception_weights: Path, monkeypatch_session: pytest.MonkeyPatch) -> torch.nn.Module:
-    """pytorch-fid's own ``InceptionV3`` (all four blocks) with the random weights instead of its download."""
+def inception_fid(inception_weights: Path) -> Callable[..., FrechetInceptionDistance]:
+    """``inception_fid(feature, **kwargs)``: a new ``FrechetInceptionDistance`` on the random weights.
+
+    Loading the network takes about a second, so each configuration is built once per session and each call
+    returns a clone: fresh states, and the same frozen network, which a metric's copies share by design.
+    Tests of what the constructor itself does build their metrics directly.
+    """
+    built: dict[tuple, FrechetInceptionDistance] = {}
+
+    def make(feature: int, **kwargs) -> FrechetInceptionDistance:
+        key = (feature, *sorted(kwargs.items()))
+        if key not in built:
+            built[key] = FrechetInceptionDistance(feature, feature_extractor_weights_path=inception_weights, **kwargs)
+        return built[key].clone()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def pytorch_fid_random_weights(inception_weights: Path, monkeypatch_session: pytest.MonkeyPatch) -> None:
+    """pytorch-fid's ``InceptionV3`` gets the random weights instead of its download."""
     state = torch.load(inception_weights, weights_only=True)
     monkeypatch_session.setattr(pfid_inception, "load_state_dict_from_url", lambda *a, **k: state)
-    model = pfid_inception.InceptionV3(output_blocks=[0, 1, 2, 3])
-    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def pytorch_fid_model(pytorch_fid_random_weights: None) -> torch.nn.Module:
+    """pytorch-fid's own ``InceptionV3`` (all four blocks) with the random weights."""
+    return pfid_inception.InceptionV3(output_blocks=[0, 1, 2, 3]).eval()
+
+
+@pytest.fixture(scope="session")
+def pytorch_fid_model_64(pytorch_fid_random_weights: None) -> torch.nn.Module:
+    """pytorch-fid's own ``InceptionV3`` for the 64-d features: its first block only, where it stops (~1/7 of the
+    full network's cost per image)."""
+    return pfid_inception.InceptionV3(output_blocks=[0]).eval()
+
+
+@pytest.fixture(scope="session")
+def ddp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DDPLauncher]:
+    """Two-process gloo runs (``helpers.DDPLauncher``); its processes serve the whole session."""
+    launcher = DDPLauncher(tmp_path_factory.mktemp("ddp"))
+    yield launcher
+    launcher.close()
 
 
 @pytest.fixture(scope="session")

@@ -5,24 +5,41 @@ asserted is what the benchmark's tables rest on: identical features to torchmetr
 from all three implementations (and from our fixed-reference path), and the exact FID that the fast modes'
 deviations are measured from. bf16 is left out: on a CPU without AVX512-BF16 or AMX it is emulated and
 slow (the fast modes have their own tests in test_metric.py).
+
+The benchmark runs in this process (its ``run`` and ``report``, as its ``main`` calls them), on the suite's
+random weights: a fresh interpreter would spend longer importing torch and the peers than benchmarking.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-from pathlib import Path
 
-from conftest import REPO, run_python
+import pytest
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
 
 
-def test_benchmark_smoke_run_agrees_with_the_peers(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
-    run_python(
-        REPO / "benchmarks" / "bench.py",
-        *("--repeats", "1", "--batch", "2", "--dim", "64", "--skip-compile", "--deviation-images", "4"),
-        *("--devices", "cpu", "--precisions", "exact", "--json", str(out)),
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_smoke_run_agrees_with_the_peers(inception_weights) -> None:
+    bench = _bench()
+    args = bench.parser().parse_args(
+        [
+            *("--repeats", "1", "--batch", "2", "--dim", "64", "--skip-compile", "--deviation-images", "4"),
+            *("--devices", "cpu", "--precisions", "exact"),
+        ]
     )
-    results = json.loads(out.read_text())
+    results = {"environment": bench.environment()}
+    bench.run(args, inception_weights, results)
+    assert "update()" in bench.report(results)
+    results = json.loads(json.dumps(results))  # what --json writes
     assert [(r["device"], r["input_px"]) for r in results["update"]] == [("cpu", 299), ("cpu", 32)]
     for row in results["update"]:
         assert row["max_rel_feature_diff"] < 1e-4, row

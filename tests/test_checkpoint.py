@@ -4,18 +4,14 @@ incomplete, of another configuration, of another dtype or corrupt is refused bef
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import run_python, smooth_images
-from test_metric import TinyFeatures
+from helpers import SCRIPTS, TinyFeatures, feed, run_python, smooth_images
 
 from fid_metric import FrechetInceptionDistance, StatsMismatchError
 
-SCRIPTS = Path(__file__).parent / "scripts"
 REAL_KEYS = {"real_features_sum", "real_features_cov_sum", "real_features_num_samples"}
 
 
@@ -85,11 +81,9 @@ def test_a_checkpoint_of_another_feature_dimension_is_refused() -> None:
     assert _unchanged(target, before)
 
 
-def test_a_checkpoint_of_another_compat_or_precision_is_refused(inception_weights) -> None:
+def test_a_checkpoint_of_another_compat_or_precision_is_refused(inception_fid) -> None:
     def make(**kwargs) -> FrechetInceptionDistance:
-        return FrechetInceptionDistance(
-            64, feature_extractor_weights_path=inception_weights, reset_real_features=False, **kwargs
-        )
+        return inception_fid(64, reset_real_features=False, **kwargs)
 
     state = make(compat="tensorflow").state_dict()
     assert len(state["_extra_state"]["weights_sha256"]) == 64
@@ -143,6 +137,7 @@ def test_loaded_states_are_copies() -> None:
     assert all(torch.equal(state[k], v) for k, v in saved.items())
 
 
+@pytest.mark.slow
 def test_lightning_resume_in_a_new_process_gives_the_same_fid(tmp_path) -> None:
     """Train 2 epochs (real images fed in epoch 0 only), checkpoint, then validate in a fresh process."""
     ckpt = tmp_path / "model.ckpt"
@@ -156,9 +151,12 @@ def test_lightning_resume_in_a_new_process_gives_the_same_fid(tmp_path) -> None:
     assert ckpt.stat().st_size < 1_000_000
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    real, fake = smooth_images(21, 16, seed=1), smooth_images(19, 16, seed=2)
+def _ddp_images() -> tuple[torch.Tensor, torch.Tensor]:
+    return smooth_images(21, 16, seed=1), smooth_images(19, 16, seed=2)
+
+
+def _ddp_worker(rank: int, world: int, out_dir: str) -> dict:
+    real, fake = _ddp_images()
     metric = FrechetInceptionDistance(TinyFeatures(), reset_real_features=False)
     metric.update(real[rank::world], real=True)
     metric.update(fake[rank::world], real=False)
@@ -172,26 +170,19 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     local_real_n = int(resumed.real_features_num_samples)
     resumed.update(fake[rank::world], real=False)
     again = resumed.compute()
-    json.dump(
-        {
-            "value": float(value),
-            "again": float(again),
-            "saved_real_n": int(state["real_features_num_samples"]),
-            "local_real_n_after_load": local_real_n,
-        },
-        open(f"{out_dir}/rank{rank}.json", "w"),
-    )
-    dist.destroy_process_group()
+    return {
+        "value": float(value),
+        "again": float(again),
+        "saved_real_n": int(state["real_features_num_samples"]),
+        "local_real_n_after_load": local_real_n,
+    }
 
 
-def test_ddp_checkpoint_holds_all_ranks_real_statistics(tmp_path) -> None:
+@pytest.mark.slow
+def test_ddp_checkpoint_holds_all_ranks_real_statistics(ddp, tmp_path) -> None:
     """After compute(), rank 0 holds the global real sums; a resume on 2 ranks counts them once."""
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    single = FrechetInceptionDistance(TinyFeatures())
-    single.update(smooth_images(21, 16, seed=1), real=True)
-    single.update(smooth_images(19, 16, seed=2), real=False)
-    expected = float(single.compute())
+    rank0, rank1 = ddp.run(_ddp_worker, str(tmp_path))
+    expected = float(feed(FrechetInceptionDistance(TinyFeatures()), *_ddp_images(), batch=21).compute())
     assert (rank0["saved_real_n"], rank1["saved_real_n"]) == (21, 0)
     assert (rank0["local_real_n_after_load"], rank1["local_real_n_after_load"]) == (21, 0)
     for r in (rank0, rank1):

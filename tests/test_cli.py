@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_images
+from helpers import relative, smooth_images
 from PIL import EpsImagePlugin, Image
 from pytorch_fid import inception as pfid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
@@ -63,10 +63,6 @@ def _score(capsys, a, b, weights, *options: str) -> dict:
     return json.loads(out)
 
 
-def _relative(a: float, b: float) -> float:
-    return abs(a - b) / abs(b)
-
-
 def _assert_one_line_error(err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     lines = err.strip().splitlines()
@@ -83,7 +79,7 @@ def test_pytorch_fid_compat_matches_pytorch_fid_on_folders(folders, inception_we
     ours = _score(capsys, a, b, inception_weights, "--compat", "pytorch-fid", "--feature", "64")
     reference = float(calculate_fid_given_paths([str(a), str(b)], 50, "cpu", 64, num_workers=0))
     assert reference > 1e-3, "degenerate features: the test would prove nothing"
-    assert _relative(ours["fid"], reference) <= 1e-4
+    assert relative(ours["fid"], reference) <= 1e-4
 
 
 def test_json_output_and_stats_files_give_the_same_fid(folders, inception_weights, tmp_path, capsys) -> None:
@@ -116,7 +112,7 @@ def test_json_output_and_stats_files_give_the_same_fid(folders, inception_weight
     assert (from_stats["n_a"], from_stats["n_b"], swapped["n_a"], swapped["n_b"]) == (N_A, N_B, N_B, N_A)
     assert (both["n_a"], both["n_b"], both["compat"], both["feature_dim"]) == (N_A, N_B, "tensorflow", 64)
     for result in (from_stats, swapped, both):
-        assert _relative(result["fid"], direct["fid"]) <= 1e-9
+        assert relative(result["fid"], direct["fid"]) <= 1e-9
 
 
 def test_mean_and_covariance_only_file_has_no_count(tmp_path, capsys) -> None:
@@ -130,9 +126,9 @@ def test_mean_and_covariance_only_file_has_no_count(tmp_path, capsys) -> None:
     code, out, _ = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz", "--json")
     result = json.loads(out)
     assert code == 0 and (result["n_a"], result["n_b"], result["compat"]) == (None, 40, None)
-    assert _relative(result["fid"], expected) <= 1e-12
+    assert relative(result["fid"], expected) <= 1e-12
     code, out, _ = _run(capsys, "score", tmp_path / "y.npz", tmp_path / "x.npz")
-    assert code == 0 and _relative(float(out), expected) <= 1e-12
+    assert code == 0 and relative(float(out), expected) <= 1e-12
 
 
 def test_bad_image_fails_or_is_skipped(images, folders, inception_weights, tmp_path, capsys) -> None:
@@ -154,7 +150,7 @@ def test_bad_image_fails_or_is_skipped(images, folders, inception_weights, tmp_p
     metric.update(images[0], real=True)
     metric.update(images[1], real=False)
     assert skipped["n_a"] == N_A
-    assert _relative(skipped["fid"], float(metric.compute())) <= 1e-6
+    assert relative(skipped["fid"], float(metric.compute())) <= 1e-6
 
 
 def test_mixed_sizes_equal_one_image_at_a_time(folders, images, inception_weights, tmp_path, capsys) -> None:
@@ -168,7 +164,7 @@ def test_mixed_sizes_equal_one_image_at_a_time(folders, images, inception_weight
         metric.update(img[None], real=True)
     metric.update(images[1], real=False)
     assert result["n_a"] == len(sizes)
-    assert _relative(result["fid"], float(metric.compute())) <= 1e-6
+    assert relative(result["fid"], float(metric.compute())) <= 1e-6
 
 
 def _bad_inputs(root: Path, weights: Path) -> dict[str, tuple[list[object], str]]:
@@ -237,6 +233,7 @@ def test_usage_errors_exit_2_with_one_line(argv, fragment, capsys) -> None:
     _assert_one_line_error(err, fragment)
 
 
+@pytest.mark.slow
 def test_python_m_help_and_console_script() -> None:
     """`python -m fid_metric --help` documents the exit codes; the console script returns main()'s code."""
     help_run = subprocess.run([sys.executable, "-m", "fid_metric", "--help"], capture_output=True, text=True)

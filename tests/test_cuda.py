@@ -12,16 +12,11 @@ import re
 
 import pytest
 import torch
-from conftest import REPO, run_python, smooth_images
+from helpers import SCRIPTS, relative, run_python, smooth_images
 
 from fid_metric import FrechetInceptionDistance, InceptionMetrics
 
 pytestmark = pytest.mark.cuda
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Largest absolute difference relative to the largest magnitude of ``b``."""
-    return ((a.double().cpu() - b.double().cpu()).abs().max() / b.double().abs().max().cpu()).item()
 
 
 @pytest.mark.parametrize("make", [FrechetInceptionDistance, InceptionMetrics], ids=["fid", "suite"])
@@ -79,8 +74,8 @@ def test_exact_features_on_cuda_equal_cpu(inception_weights, compat, all_cpu_thr
     metric = FrechetInceptionDistance(2048, feature_extractor_weights_path=inception_weights, compat=compat)
     features_cpu = metric._outputs(imgs)["2048"]
     features_cuda = metric.cuda()._outputs(imgs.cuda())["2048"]
-    print(f"{compat}: features cuda vs cpu {_rel(features_cuda, features_cpu):.2e}")
-    assert _rel(features_cuda, features_cpu) < 1e-4
+    print(f"{compat}: features cuda vs cpu {relative(features_cuda, features_cpu):.2e}")
+    assert relative(features_cuda, features_cpu) < 1e-4
 
 
 def test_exact_mode_ignores_host_tf32_and_autocast_on_cuda(inception_weights) -> None:
@@ -108,8 +103,8 @@ def test_exact_mode_ignores_host_tf32_and_autocast_on_cuda(inception_weights) ->
     exact = sums("exact", host_tf32=False, autocast=False)
     hosted = sums("exact", host_tf32=True, autocast=True)
     tf32 = sums("tf32", host_tf32=False, autocast=False)
-    assert _rel(hosted, exact) <= 1e-6
-    assert _rel(tf32, exact) > 1e-5, "TF32 did not change the features: the check above proves nothing"
+    assert relative(hosted, exact) <= 1e-6
+    assert relative(tf32, exact) > 1e-5, "TF32 did not change the features: the check above proves nothing"
 
 
 @pytest.mark.skipif(not torch.distributed.is_nccl_available(), reason="this torch has no NCCL")
@@ -117,7 +112,7 @@ def test_sync_runs_on_nccl_with_one_process() -> None:
     """init_process_group("nccl", world_size=1): compute() syncs on the GPU with the configuration check (one
     int64 all_reduce) and one float64 all_reduce of the states, which leaves every state and the FID as an
     unsynced metric has them."""
-    out = run_python(REPO / "tests" / "scripts" / "nccl_sync.py", timeout=120).stdout
+    out = run_python(SCRIPTS / "nccl_sync.py", timeout=120).stdout
     calls = re.search(r"all_reduce calls in compute\(\): (\d+) (.*)", out)
     assert calls and calls.group(1) == "2", out
     assert "[('cuda', torch.int64, 18), ('cuda', torch.float64," in calls.group(2), out

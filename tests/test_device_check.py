@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 
 def _device_check():
@@ -37,6 +37,7 @@ def test_arguments_and_their_defaults(tmp_path: Path) -> None:
     assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_without_a_gpu_it_says_so_and_exits_0(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "WHEELS": str(tmp_path / "none"), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run(

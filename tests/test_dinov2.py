@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import smooth_images
+from helpers import smooth_images
 from PIL import Image
 
-from fid_metric import FrechetInceptionDistance, dinov2
-from fid_metric.dinov2 import DINOv2Features, dinov2_input, hub_pos_embed_224, pil_bicubic_224, resolve_weights
+from fid_metric import FrechetInceptionDistance, dinov2, weights
+from fid_metric.dinov2 import DINOV2, DINOv2Features, dinov2_input, hub_pos_embed_224, pil_bicubic_224
 from fid_metric.weights import WeightsUnavailableError
 
 timm = pytest.importorskip("timm")
@@ -94,8 +94,8 @@ def random_hub_state(seed: int = 0) -> dict[str, torch.Tensor]:
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    monkeypatch.delenv(dinov2.ENV_WEIGHTS, raising=False)
-    monkeypatch.delenv(dinov2.ENV_URL, raising=False)
+    monkeypatch.delenv(DINOV2.env_path, raising=False)
+    monkeypatch.delenv(DINOV2.env_url, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -178,8 +178,8 @@ def test_hub_pos_embed_224_keeps_a_16x16_grid_and_rejects_other_shapes() -> None
 
 
 def test_loads_from_env_var(monkeypatch: pytest.MonkeyPatch, features: DINOv2Features, hub_checkpoint) -> None:
-    monkeypatch.setenv(dinov2.ENV_WEIGHTS, str(hub_checkpoint[0]))
-    assert resolve_weights() == hub_checkpoint[0]
+    monkeypatch.setenv(DINOV2.env_path, str(hub_checkpoint[0]))
+    assert weights.resolve(spec=DINOV2) == hub_checkpoint[0]
     other = DINOv2Features()
     for (name, a), b in zip(other.model.named_parameters(), features.model.parameters()):
         assert torch.equal(a, b), name
@@ -214,21 +214,21 @@ def test_missing_explicit_file_or_env_file(monkeypatch: pytest.MonkeyPatch, tmp_
     missing = tmp_path / "nowhere.pth"
     with pytest.raises(WeightsUnavailableError, match=r"nowhere\.pth \(from weights_path\) does not exist"):
         DINOv2Features(missing)
-    monkeypatch.setenv(dinov2.ENV_WEIGHTS, str(missing))
+    monkeypatch.setenv(DINOV2.env_path, str(missing))
     with pytest.raises(WeightsUnavailableError, match=r"from \$FID_METRIC_DINOV2_WEIGHTS\) does not exist"):
-        resolve_weights()
+        weights.resolve(spec=DINOV2)
 
 
 def test_nothing_found_lists_what_was_tried_and_how_to_supply_the_file() -> None:
     with pytest.raises(WeightsUnavailableError) as info:
-        resolve_weights()
+        weights.resolve(spec=DINOV2)
     message = str(info.value)
     for expected in (
         "weights_path: not given",
         "$FID_METRIC_DINOV2_WEIGHTS: not set",
-        "checkpoints/dinov2_vitl14_pretrain.pth not found",
+        "checkpoints/dinov2_vitl14_pretrain.pth does not exist",
         "$FID_METRIC_DINOV2_WEIGHTS_URL not set",
-        dinov2.OFFICIAL_URL,
+        DINOV2.url,
         "DINOv2Features(weights_path=",
         "FID_METRIC_DINOV2_WEIGHTS=/path/to/dinov2_vitl14_pretrain.pth",
     ):
@@ -239,15 +239,15 @@ def test_torch_hub_cache_is_used(tmp_path: Path) -> None:
     cached = tmp_path / "torch_home" / "hub" / "checkpoints" / "dinov2_vitl14_pretrain.pth"
     cached.parent.mkdir(parents=True)
     cached.write_bytes(b"placeholder")
-    assert resolve_weights() == cached
+    assert weights.resolve(spec=DINOV2) == cached
 
 
 def test_mirror_without_hash_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     source = tmp_path / "dinov2_vitl14_pretrain.pth"
     source.write_bytes(b"unverifiable")
-    monkeypatch.setenv(dinov2.ENV_URL, source.as_uri())  # reachable, but nothing to verify it by
+    monkeypatch.setenv(DINOV2.env_url, source.as_uri())  # reachable, but nothing to verify it by
     with pytest.raises(WeightsUnavailableError, match="no SHA-256 prefix"):
-        resolve_weights()
+        weights.resolve(spec=DINOV2)
     assert not (tmp_path / "torch_home" / "hub" / "checkpoints").exists()
 
 
@@ -257,17 +257,17 @@ def test_mirror_with_hash_is_downloaded_verified(monkeypatch: pytest.MonkeyPatch
     good = tmp_path / "mirror" / f"dinov2_vitl14_pretrain-{digest[:8]}.pth"
     good.parent.mkdir()
     good.write_bytes(payload)
-    monkeypatch.setenv(dinov2.ENV_URL, good.as_uri())
-    path = resolve_weights()
+    monkeypatch.setenv(DINOV2.env_url, good.as_uri())
+    path = weights.resolve(spec=DINOV2)
     assert path == tmp_path / "torch_home" / "hub" / "checkpoints" / good.name
     assert path.read_bytes() == payload
-    assert resolve_weights() == path  # now from the cache
+    assert weights.resolve(spec=DINOV2) == path  # now from the cache
 
     bad = good.with_name("dinov2_vitl14_pretrain-00000000.pth")
     bad.write_bytes(payload)
-    monkeypatch.setenv(dinov2.ENV_URL, bad.as_uri())
+    monkeypatch.setenv(DINOV2.env_url, bad.as_uri())
     with pytest.raises(WeightsUnavailableError, match="does not start with 00000000"):
-        resolve_weights()
+        weights.resolve(spec=DINOV2)
     assert not (path.parent / bad.name).exists()
 
 

@@ -12,11 +12,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_python
+from helpers import REPO, run_python
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from fid_metric import FeatureStats
+
+pytestmark = pytest.mark.slow
 
 TINY = "--val-samples 16 --batch-size 8 --max-train-batches 4 --feature 64 --reference-images 32 --accelerator cpu"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_reference_inception, smooth_images
+from helpers import smooth_images
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
 from fid_metric import weights
@@ -17,10 +17,11 @@ def network(inception_weights) -> FIDInceptionV3:
     return _loaded(inception_weights)
 
 
-def test_state_dict_layout_is_pytorch_fid() -> None:
-    """Same keys and shapes as pytorch-fid's fid_inception_v3(), the layout of pt_inception-2015-12-05."""
+def test_state_dict_layout_is_pytorch_fid(inception_weights) -> None:
+    """Same keys and shapes as pytorch-fid's fid_inception_v3(), the layout of pt_inception-2015-12-05 (the
+    ``inception_weights`` file is the state dict of pytorch-fid's own construction, conftest.py)."""
     ours = {k: v.shape for k, v in FIDInceptionV3().state_dict().items()}
-    pytorch_fid = {k: v.shape for k, v in build_reference_inception().state_dict().items()}
+    pytorch_fid = {k: v.shape for k, v in torch.load(inception_weights, weights_only=True).items()}
     assert ours == pytorch_fid
 
 

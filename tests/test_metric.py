@@ -5,153 +5,162 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import smooth_images
+from helpers import BAD_INPUTS, TinyFeatures, feed, relative, smooth_images
 from pytorch_fid.fid_score import calculate_frechet_distance
-from test_preprocess import BAD_INPUTS
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 
 from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError
 
-N_REAL, N_FAKE = 12, 10
+# Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
+
+# The peer comparisons run at the 64-d layer (the network stops after it: ~1/7 of a full forward pass) with more
+# images than dimensions on each side, so that both covariances are positive definite and the distance takes the
+# Cholesky path real evaluations take (checked by _full_rank_fid). One comparison runs at 2048-d.
+N_REAL, N_FAKE = 70, 66
+SIZE = (48, 64)  # upsampled to 299, not square
+COMPAT = ("tensorflow", "pytorch-fid", "torchmetrics")
 
 
-class TinyFeatures(torch.nn.Module):
-    """A cheap custom extractor: uint8 (N, 3, H, W) -> (N, 12) float64.
-
-    float64 so that its features do not depend on the batch size (float32 convolutions pick different
-    algorithms per batch shape, ~1e-7 apart), which lets bookkeeping tests demand 1e-9 agreement.
-    """
-
-    num_features = 12
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.conv = torch.nn.Conv2d(3, 3, 3, dtype=torch.float64)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.conv(x.double() / 255))
-        return torch.nn.functional.adaptive_avg_pool2d(y, (2, 2)).flatten(1)
-
-
-def _images(size) -> tuple[torch.Tensor, torch.Tensor]:
-    return smooth_images(N_REAL, size, seed=100), smooth_images(N_FAKE, size, seed=200)
+def _images(size, n_real: int = 12, n_fake: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    return smooth_images(n_real, size, seed=100), smooth_images(n_fake, size, seed=200)
 
 
 def _fid(metric, real: torch.Tensor, fake: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    for start in range(0, len(real), batch):
-        metric.update(real[start : start + batch], real=True)
-    for start in range(0, len(fake), batch):
-        metric.update(fake[start : start + batch], real=False)
+    return feed(metric, real, fake, batch).compute()
+
+
+def _full_rank_fid(metric) -> torch.Tensor:
+    """``metric.compute()``, after checking that both covariances are positive definite (the Cholesky path)."""
+    for real in (True, False):
+        covariance = metric.statistics(real=real).covariance
+        assert int(torch.linalg.cholesky_ex(covariance).info) == 0, "a singular covariance: not the Cholesky path"
     return metric.compute()
 
 
-def _pytorch_fid(model, real: torch.Tensor, fake: torch.Tensor, feature: int) -> float:
-    """pytorch-fid's pipeline: ToTensor floats, its InceptionV3, np.cov, calculate_frechet_distance."""
-    block = {64: 0, 192: 1, 768: 2, 2048: 3}[feature]
+@pytest.fixture(scope="module")
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    """N_REAL real and N_FAKE generated images of SIZE."""
+    return _images(SIZE, N_REAL, N_FAKE)
+
+
+@pytest.fixture(scope="module")
+def ours(images, inception_fid) -> dict[str, FrechetInceptionDistance]:
+    """The 64-d metric in each compat mode, fed ``images`` (each image goes through the network once per mode);
+    the torchmetrics mode is asked for as torchmetrics users do, with ``antialias=True``."""
+    settings = {"tensorflow": {"compat": "tensorflow"}, "pytorch-fid": {"compat": "pytorch-fid"}}
+    settings["torchmetrics"] = {"antialias": True}
+    return {compat: feed(inception_fid(64, **kwargs), *images) for compat, kwargs in settings.items()}
+
+
+def _torchmetrics_fid(feature: int, weights, real: torch.Tensor, fake: torch.Tensor, **kwargs) -> torch.Tensor:
+    """torchmetrics' FID, float32 as its users run it (set_dtype(torch.float64) would run its network in float64,
+    4x slower here, and move its FID by ~1e-7 of itself: nothing next to the 1e-4 these tests demand)."""
+    return _fid(TorchmetricsFID(feature, feature_extractor_weights_path=str(weights), **kwargs), real, fake)
+
+
+def _pytorch_fid(model, real: torch.Tensor, fake: torch.Tensor) -> float:
+    """pytorch-fid's pipeline: ToTensor floats, its InceptionV3 (64-d block), np.cov, calculate_frechet_distance."""
     stats = []
     for imgs in (real, fake):
         with torch.no_grad():
-            act = model(imgs.float() / 255)[block]
+            act = torch.cat([model(batch.float() / 255)[0] for batch in imgs.split(20)])
         act = torch.nn.functional.adaptive_avg_pool2d(act, (1, 1)).flatten(1).numpy()
         stats.append((np.mean(act, axis=0), np.cov(act, rowvar=False)))
     return float(calculate_frechet_distance(*stats[0], *stats[1]))
 
 
-def _relative(a, b) -> float:
-    return abs(float(a) - float(b)) / abs(float(b))
-
-
-@pytest.mark.parametrize("size", [299, (96, 128)])
-@pytest.mark.parametrize("feature", [2048, 64])
-def test_tensorflow_mode_matches_torchmetrics_tf1_resize(size, feature, inception_weights) -> None:
+def test_tensorflow_mode_matches_torchmetrics_tf1_resize(ours, images, inception_weights) -> None:
     """compat='tensorflow' equals torchmetrics' FID with antialias=False (its TF1 resize) to 1e-4."""
-    real, fake = _images(size)
-    ours = _fid(FrechetInceptionDistance(feature, feature_extractor_weights_path=inception_weights), real, fake)
-    theirs = TorchmetricsFID(feature, feature_extractor_weights_path=str(inception_weights), antialias=False)
-    theirs.set_dtype(torch.float64)
-    reference = _fid(theirs, real, fake)
-    assert ours.dtype == torch.float64
+    reference = _torchmetrics_fid(64, inception_weights, *images, antialias=False)
+    value = _full_rank_fid(ours["tensorflow"])
+    assert value.dtype == torch.float64
     assert reference > 1e-3, "degenerate features: the test would prove nothing"
-    assert _relative(ours, reference) <= 1e-4
+    assert relative(value, reference) <= 1e-4
 
 
-@pytest.mark.parametrize("size", [299, (96, 128)])
-@pytest.mark.parametrize("feature", [2048, 64])
-def test_pytorch_fid_mode_matches_pytorch_fid(size, feature, inception_weights, pytorch_fid_model) -> None:
-    """compat='pytorch-fid' equals pytorch-fid's own model, np.cov and scipy sqrtm to 1e-4."""
-    real, fake = _images(size)
-    metric = FrechetInceptionDistance(feature, feature_extractor_weights_path=inception_weights, compat="pytorch-fid")
-    ours = _fid(metric, real, fake)
-    reference = _pytorch_fid(pytorch_fid_model, real, fake, feature)
+def test_tensorflow_mode_matches_torchmetrics_at_2048_and_299_px(inception_weights, inception_fid) -> None:
+    """The same at the full network's 2048-d pool features, on 299 x 299 images (TF1 resize of the input size).
+    A few images: torchmetrics' network runs at ~2 images/s here."""
+    real, fake = _images(299, n_real=8, n_fake=6)
+    value = _fid(inception_fid(2048), real, fake)
+    reference = _torchmetrics_fid(2048, inception_weights, real, fake, antialias=False)
+    assert value.dtype == torch.float64
+    assert reference > 1e-3, "degenerate features: the test would prove nothing"
+    assert relative(value, reference) <= 1e-4
+
+
+def test_pytorch_fid_mode_matches_pytorch_fid(ours, images, inception_fid, pytorch_fid_model_64) -> None:
+    """compat='pytorch-fid' equals pytorch-fid's own model, np.cov and scipy sqrtm to 1e-4, on images that it
+    resizes (the full-rank set) and on 299 x 299 ones."""
+    reference = _pytorch_fid(pytorch_fid_model_64, *images)
+    assert reference > 1e-3, "degenerate features: the test would prove nothing"
+    assert relative(_full_rank_fid(ours["pytorch-fid"]), reference) <= 1e-4
+    real, fake = _images(299)
+    metric = inception_fid(64, compat="pytorch-fid")
+    reference = _pytorch_fid(pytorch_fid_model_64, real, fake)
     assert reference > 1e-3
-    assert _relative(ours, reference) <= 1e-4
+    assert relative(_fid(metric, real, fake), reference) <= 1e-4
 
 
-def test_torchmetrics_mode_matches_torchmetrics_default(inception_weights) -> None:
-    """compat='torchmetrics' (and antialias=True) equals torchmetrics' default antialiased resize."""
-    real, fake = _images((80, 72))
-    metric = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights, antialias=True)
-    ours = _fid(metric, real, fake)
-    theirs = TorchmetricsFID(192, feature_extractor_weights_path=str(inception_weights))
-    theirs.set_dtype(torch.float64)
-    assert _relative(ours, _fid(theirs, real, fake)) <= 1e-4
+def test_torchmetrics_mode_matches_torchmetrics_default(ours, images, inception_weights) -> None:
+    """compat='torchmetrics' (asked for as antialias=True) equals torchmetrics' default antialiased resize."""
+    assert ours["torchmetrics"].compat == "torchmetrics"
+    reference = _torchmetrics_fid(64, inception_weights, *images)
+    assert reference > 1e-3, "degenerate features: the test would prove nothing"
+    assert relative(_full_rank_fid(ours["torchmetrics"]), reference) <= 1e-4
 
 
-def test_compat_modes_differ(inception_weights) -> None:
+def test_compat_modes_differ(ours) -> None:
     """The three pipelines really are different definitions (else the compat tests above prove little)."""
-    real, fake = _images((64, 64))
-    values = [
-        _fid(FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, compat=c), real, fake)
-        for c in ("tensorflow", "pytorch-fid", "torchmetrics")
-    ]
+    values = [ours[compat].compute() for compat in COMPAT]
     pairs = [(values[0], values[1]), (values[0], values[2]), (values[1], values[2])]
-    assert min(_relative(a, b) for a, b in pairs) > 1e-4
+    assert min(relative(a, b) for a, b in pairs) > 1e-4
 
 
-def test_normalized_floats_equal_their_uint8_images(inception_weights) -> None:
+def test_normalized_floats_equal_their_uint8_images(inception_fid) -> None:
     """normalize=True rounds: k/255 (+-0.49/255) floats give exactly the uint8 result."""
     real, fake = _images(40)
-    as_uint8 = _fid(FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights), real, fake)
+    as_uint8 = _fid(inception_fid(64), real, fake)
     jitter = (torch.rand(fake.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.98
-    metric = FrechetInceptionDistance(64, normalize=True, feature_extractor_weights_path=inception_weights)
+    metric = inception_fid(64, normalize=True)
     as_float = _fid(metric, real.float() / 255, ((fake.float() + jitter) / 255).clamp(0, 1))
     assert as_float == as_uint8
 
 
-def test_grey_images_equal_rgb_repeated(inception_weights) -> None:
+def test_grey_images_equal_rgb_repeated(inception_fid) -> None:
     grey = smooth_images(4, 48, seed=1, channels=1)
-    a = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
-    b = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    a = inception_fid(64)
+    b = inception_fid(64)
     a.update(grey, real=True)
     b.update(grey.repeat(1, 3, 1, 1), real=True)
     assert torch.equal(a.real_features_cov_sum, b.real_features_cov_sum)
 
 
-def test_batch_size_does_not_change_fid(inception_weights) -> None:
+def test_batch_size_does_not_change_fid(inception_fid) -> None:
     real, fake = _images(48)
-    metric = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights)
+    metric = inception_fid(192)
     whole = _fid(metric, real, fake, batch=len(real))
     metric.reset()
-    assert _relative(_fid(metric, real, fake, batch=3), whole) <= 1e-6
+    assert relative(_fid(metric, real, fake, batch=3), whole) <= 1e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_autocast_does_not_touch_exact_mode(dtype, inception_weights) -> None:
+def test_autocast_does_not_touch_exact_mode(dtype, inception_fid) -> None:
     """Under torch.autocast (Lightning's 16-mixed / bf16-mixed) the states are bit-identical to fp32."""
     imgs = smooth_images(4, 64, seed=2)
-    plain = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights)
+    plain = inception_fid(192)
     plain.update(imgs, real=True)
-    mixed = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights)
+    mixed = inception_fid(192)
     with torch.autocast("cpu", dtype=dtype):
         mixed.update(imgs, real=True)
     assert torch.equal(plain.real_features_cov_sum, mixed.real_features_cov_sum)
     assert mixed.real_features_sum.dtype == torch.float64
 
 
-def test_half_precision_casts_keep_float64_states(inception_weights) -> None:
+def test_half_precision_casts_keep_float64_states(inception_fid) -> None:
     """module.to(torch.bfloat16) (Lightning's bf16-true) and .half() leave the float64 sums and network alone."""
-    metric = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights)
+    metric = inception_fid(64)
     metric.update(smooth_images(3, 32, seed=3), real=True)
     before = metric.real_features_cov_sum.clone()
     holder = torch.nn.Module()
@@ -165,8 +174,8 @@ def test_half_precision_casts_keep_float64_states(inception_weights) -> None:
     assert next(metric._extractor.module.parameters()).dtype == torch.float32
 
 
-def test_network_is_not_in_state_dict(inception_weights) -> None:
-    metric = FrechetInceptionDistance(2048, feature_extractor_weights_path=inception_weights)
+def test_network_is_not_in_state_dict(inception_fid) -> None:
+    metric = inception_fid(2048)
     metric.persistent(True)
     keys = set(metric.state_dict())
     states = {f"{side}_features_{s}" for side in ("real", "fake") for s in ("sum", "cov_sum", "num_samples")}
@@ -175,11 +184,11 @@ def test_network_is_not_in_state_dict(inception_weights) -> None:
 
 
 @pytest.fixture(scope="module")
-def fed_metrics(inception_weights) -> dict[bool, FrechetInceptionDistance]:
+def fed_metrics(inception_fid) -> dict[bool, FrechetInceptionDistance]:
     """A uint8 and a normalize=True metric that have already seen one batch on each side."""
     metrics = {}
     for normalize in (False, True):
-        metric = FrechetInceptionDistance(64, normalize=normalize, feature_extractor_weights_path=inception_weights)
+        metric = inception_fid(64, normalize=normalize)
         for real in (True, False):
             imgs = smooth_images(2, 32, seed=int(real))
             metric.update(imgs.float() / 255 if normalize else imgs, real=real)
@@ -194,16 +203,16 @@ def test_every_bad_input_is_rejected_by_update_without_changing_state(
 ) -> None:
     metric = fed_metrics[normalize]
     before = {name: getattr(metric, name).clone() for name in metric._defaults}
-    seen = dict(metric._images_seen)
+    seen = dict(metric._quota.seen)
     with pytest.raises(error, match=message):
         metric.update(imgs, real=real)
     for name, value in before.items():
         assert torch.equal(getattr(metric, name), value), name
-    assert metric._images_seen == seen
+    assert metric._quota.seen == seen
 
 
-def test_rejected_batch_changes_no_state(inception_weights) -> None:
-    metric = FrechetInceptionDistance(64, normalize=True, feature_extractor_weights_path=inception_weights)
+def test_rejected_batch_changes_no_state(inception_fid) -> None:
+    metric = inception_fid(64, normalize=True)
     metric.update(smooth_images(2, 32, seed=4).float() / 255, real=True)
     before = {name: getattr(metric, name).clone() for name in metric._defaults}
     bad = torch.rand(2, 3, 32, 32)
@@ -225,10 +234,10 @@ def test_forward_counts_each_image_once() -> None:
     assert metric(real[:10], real=True) is None
     metric(real[10:], real=True)
     metric(fake, real=False)
-    _fid(reference, real, fake)
-    assert int(metric.real_features_num_samples) == N_REAL
+    feed(reference, real, fake)
+    assert int(metric.real_features_num_samples) == len(real) == 12
     assert torch.allclose(metric.real_features_cov_sum, reference.real_features_cov_sum, rtol=1e-12, atol=0)
-    assert _relative(metric.compute(), reference.compute()) <= 1e-9
+    assert relative(metric.compute(), reference.compute()) <= 1e-9
 
 
 def test_reset_keeps_real_statistics_when_asked() -> None:
@@ -236,9 +245,9 @@ def test_reset_keeps_real_statistics_when_asked() -> None:
     keep = FrechetInceptionDistance(TinyFeatures(), reset_real_features=False)
     drop = FrechetInceptionDistance(TinyFeatures())
     for metric in (keep, drop):
-        _fid(metric, real, fake)
+        feed(metric, real, fake).compute()
         metric.reset()
-    assert int(keep.real_features_num_samples) == N_REAL and int(keep.fake_features_num_samples) == 0
+    assert int(keep.real_features_num_samples) == len(real) and int(keep.fake_features_num_samples) == 0
     assert int(drop.real_features_num_samples) == 0
     keep.update(fake, real=False)
     assert torch.isfinite(keep.compute())
@@ -269,8 +278,9 @@ def test_custom_extractor_dimension_inferred_and_checked() -> None:
 
     metric = FrechetInceptionDistance(NoAttribute(), input_img_size=(3, 8, 8))
     assert metric.num_features == 3
-    wrong = FrechetInceptionDistance(TinyFeatures())
-    wrong.num_features = 5
+    lying = TinyFeatures()  # returns 12 features
+    lying.num_features = 5
+    wrong = FrechetInceptionDistance(lying)
     with pytest.raises(ValueError, match=r"must return \(N, 5\) features for a batch of N = 2, got \(2, 12\)"):
         wrong.update(smooth_images(2, 16, seed=0), real=True)
     assert int(wrong.real_features_num_samples) == 0
@@ -287,25 +297,25 @@ def test_constructor_validation(inception_weights) -> None:
         FrechetInceptionDistance(TinyFeatures(), normalize=1)
 
 
-def test_fast_modes(inception_weights) -> None:
+def test_fast_modes(inception_fid) -> None:
     """bf16 changes the features a little and nothing else; tf32 is exact off CUDA; unknown modes fail."""
     real, fake = _images(64)
-    exact = _fid(FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights), real, fake)
-    fast = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights, precision="bf16")
+    exact = _fid(inception_fid(64), real, fake)
+    fast = inception_fid(64, precision="bf16")
     approx = _fid(fast, real, fake)
     assert fast.real_features_cov_sum.dtype == torch.float64 and approx.dtype == torch.float64
-    assert 0 < _relative(approx, exact) < 0.05
-    tf32 = FrechetInceptionDistance(192, feature_extractor_weights_path=inception_weights, precision="tf32")
+    assert 0 < relative(approx, exact) < 0.05
+    tf32 = inception_fid(64, precision="tf32")
     assert _fid(tf32, real, fake) == exact
     with pytest.raises(ValueError, match="`precision` must be one of"):
         FrechetInceptionDistance(TinyFeatures(), precision="fp16")
 
 
-def test_merge_state_refuses_another_configuration(inception_weights) -> None:
+def test_merge_state_refuses_another_configuration(inception_fid) -> None:
     """Sums of other compat modes, feature dimensions or extractors must never be added together."""
 
     def inception(**kwargs) -> FrechetInceptionDistance:
-        return FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, **kwargs)
+        return inception_fid(64, **kwargs)
 
     with pytest.raises(StatsMismatchError, match="compat: 'tensorflow' vs 'pytorch-fid'"):
         inception().merge_state(inception(compat="pytorch-fid"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_metric import TinyFeatures
+from helpers import TinyFeatures
 
 from fid_metric import FrechetInceptionDistance
 from fid_metric.precision import cuda_fp32, network_math, network_memory_format

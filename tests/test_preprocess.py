@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import smooth_images
+from helpers import BAD_INPUTS, smooth_images
 from PIL import Image
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
@@ -65,23 +65,6 @@ def test_resolve_compat_maps_torchmetrics_antialias() -> None:
         resolve_compat("pytorch-fid", True)
     with pytest.raises(ValueError, match="must be one of"):
         resolve_compat("clean-fid", None)
-
-
-BAD_INPUTS = [
-    ([[0]], False, TypeError, "torch.Tensor"),
-    (torch.zeros(3, 8, 8, dtype=torch.uint8), False, ValueError, "3-d tensor"),
-    (torch.zeros(2, 2, 8, 8, dtype=torch.uint8), False, ValueError, "1 \\(grey\\) or 3 \\(RGB\\) channels"),
-    (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), False, ValueError, "got shape \\(2, 4, 8, 8\\)"),
-    (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), False, ValueError, "permute"),
-    (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), False, ValueError, "non-empty"),
-    (torch.zeros(2, 3, 8, 8), False, TypeError, "need normalize=True"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.int32), False, TypeError, "uint8 in \\[0, 255\\], got dtype torch.int32"),
-    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), True, TypeError, "floating point in \\[0, 1\\]"),
-    (torch.full((2, 3, 8, 8), 1.5), True, ValueError, "in \\[0, 1\\], got values in \\[1.5, 1.5\\]"),
-    (torch.full((2, 3, 8, 8), -0.1), True, ValueError, "in \\[0, 1\\]"),
-    (torch.full((2, 3, 8, 8), float("nan")), True, ValueError, "finite"),
-    (torch.full((2, 3, 8, 8), float("inf")), True, ValueError, "finite"),
-]
 
 
 @pytest.mark.parametrize(("imgs", "normalize", "error", "message"), BAD_INPUTS)

@@ -15,10 +15,9 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, smooth_images
+from helpers import REPO, TinyFeatures, smooth_images
 from PIL import Image
 from pytorch_fid import fid_score
-from test_metric import TinyFeatures
 
 from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError, frechet_distance
 from fid_metric.stats import mean_and_covariance
@@ -160,12 +159,12 @@ def test_fixed_reference_equals_two_sided_metric(tmp_path) -> None:
     metric = FrechetInceptionDistance(TinyFeatures(), real_stats=tmp_path / "ref.npz")
     metric.update(fake, real=False)
     first = metric.compute()
-    factor = metric._reference_factor
+    factor = metric._reference._factor
     assert abs(first - two_sided.compute()) <= 1e-12 * first
     metric.reset()
     metric.update(fake[:9], real=False)
     metric.compute()
-    assert metric._reference_factor is factor, "the reference factor must be computed once"
+    assert metric._reference._factor is factor, "the reference factor must be computed once"
     with pytest.raises(ValueError, match="fixed reference statistics"):
         metric.update(real, real=True)
     assert int(metric.real_features_num_samples) == 0
@@ -184,7 +183,9 @@ def test_reference_with_other_settings_is_rejected(tmp_path, inception_weights) 
         FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, real_stats=wrong_weights)
 
 
-def test_pytorch_fid_save_stats_file_is_a_reference(tmp_path, inception_weights, pytorch_fid_model) -> None:
+def test_pytorch_fid_save_stats_file_is_a_reference(
+    tmp_path, inception_weights, inception_fid, pytorch_fid_random_weights
+) -> None:
     """A pytorch-fid --save-stats file gives the FID of the same images fed as real, to 1e-4."""
     real, fake = smooth_images(12, 48, seed=3), smooth_images(10, 48, seed=4)
     folder = tmp_path / "real"
@@ -192,7 +193,7 @@ def test_pytorch_fid_save_stats_file_is_a_reference(tmp_path, inception_weights,
     for i, img in enumerate(real):
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:02d}.png")
     fid_score.save_fid_stats([str(folder), str(tmp_path / "pfid.npz")], 4, "cpu", 64, num_workers=0)
-    in_memory = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, compat="pytorch-fid")
+    in_memory = inception_fid(64, compat="pytorch-fid")
     in_memory.update(real, real=True)
     in_memory.update(fake, real=False)
     from_file = FrechetInceptionDistance(
@@ -203,8 +204,8 @@ def test_pytorch_fid_save_stats_file_is_a_reference(tmp_path, inception_weights,
     assert abs(from_file.compute() - expected) / expected <= 1e-4
 
 
-def test_statistics_carry_the_metric_metadata(inception_weights) -> None:
-    metric = FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, compat="pytorch-fid")
+def test_statistics_carry_the_metric_metadata(inception_fid) -> None:
+    metric = inception_fid(64, compat="pytorch-fid")
     metric.update(smooth_images(3, 32, seed=5), real=True)
     stats = metric.statistics(real=True)
     assert (stats.extractor, stats.compat, stats.n) == ("inception-2015-12-05/64", "pytorch-fid", 3)
@@ -220,6 +221,9 @@ import io, sys, time
 import numpy as np
 import torch
 from fid_metric import FeatureStats
+
+# Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
 
 real_savez = np.savez
 
@@ -245,6 +249,7 @@ def _same_stats(loaded: FeatureStats, saved: FeatureStats) -> bool:
     return loaded.n == saved.n and torch.equal(loaded.mean, saved.mean) and torch.equal(loaded.outer_sum, symmetric)
 
 
+@pytest.mark.slow
 def test_a_writer_killed_mid_save_leaves_the_old_file(tmp_path) -> None:
     """SIGKILL while half of the new file is written: the old file is intact, no partial .npz appears."""
     path = tmp_path / "ref.npz"

@@ -1,16 +1,18 @@
 """Weights resolution, verified download and safe loading, against a real HTTP server on 127.0.0.1.
 
 Every test runs with ``TORCH_HOME`` in its own temporary folder (so ``torch.hub.get_dir()`` and the weights
-cache live there), without ``FID_METRIC_WEIGHTS``/``FID_METRIC_WEIGHTS_URL``/``FID_METRIC_DOWNLOAD_TIMEOUT``/
-proxy variables, and with the module's default URL pointed at a closed local port: nothing here can reach any
-address but 127.0.0.1. The real weights are never at hand, so tests that need "the official file" make a tiny
-state dict official by patching ``OFFICIAL_SHA256``/``OFFICIAL_SIZE`` (the ``official`` fixture).
+cache live there), without the variables of either file (``FID_METRIC_WEIGHTS``, ``FID_METRIC_DINOV2_WEIGHTS``
+and their ``_URL``), ``FID_METRIC_DOWNLOAD_TIMEOUT`` or proxy variables, and with ``INCEPTION``'s URL pointed
+at a closed local port: nothing here can reach any address but 127.0.0.1. The real weights are never at hand,
+so tests that need "the official file" make a tiny state dict official by giving ``INCEPTION`` its hash and
+size (the ``official`` fixture).
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
+import dataclasses
 import hashlib
 import http.client
 import http.server
@@ -30,11 +32,11 @@ import pytest
 import torch
 
 import fid_metric
-from fid_metric import weights
+from fid_metric import dinov2, weights
 from fid_metric.inception import FIDInceptionV3
 from fid_metric.weights import WeightsUnavailableError
 
-_REAL_DEFAULT_URL = weights.DEFAULT_URL  # read before any fixture patches it
+_REAL_DEFAULT_URL = weights.INCEPTION.url  # read before any fixture patches it
 _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -163,13 +165,13 @@ def _cache_listing() -> list[str]:
 
 def _only_weights_in_cache() -> list[str]:
     """What the cache must hold after a good download: the file and its recorded hash, no ``.partial``."""
-    return sorted([weights.CACHE_NAME, f".{weights.CACHE_NAME}.sha256"])
+    return sorted([weights.INCEPTION.name, f".{weights.INCEPTION.name}.sha256"])
 
 
 def _make_official(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
     """Make ``data`` the official file: resolve() and the cache then accept exactly these bytes."""
-    monkeypatch.setattr(weights, "OFFICIAL_SHA256", hashlib.sha256(data).hexdigest())
-    monkeypatch.setattr(weights, "OFFICIAL_SIZE", len(data))
+    official = dataclasses.replace(weights.INCEPTION, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    monkeypatch.setattr(weights, "INCEPTION", official)
 
 
 def _count_hashing(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
@@ -197,14 +199,15 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """TORCH_HOME in tmp, no weights/proxy/timeout variables, and a default URL that can only fail locally."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # in case anything called torch.hub.set_dir()
-    monkeypatch.delenv(weights.ENV_WEIGHTS, raising=False)
-    monkeypatch.delenv(weights.ENV_URL, raising=False)
+    for spec in (weights.INCEPTION, dinov2.DINOV2):
+        monkeypatch.delenv(spec.env_path, raising=False)
+        monkeypatch.delenv(spec.env_url, raising=False)
     monkeypatch.delenv("FID_METRIC_DOWNLOAD_TIMEOUT", raising=False)
     for var in _PROXY_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("no_proxy", "*")
-    dead = f"http://127.0.0.1:{_free_port()}/{Path(weights.DEFAULT_URL).name}"
-    monkeypatch.setattr(weights, "DEFAULT_URL", dead)
+    dead = f"http://127.0.0.1:{_free_port()}/{weights.INCEPTION.name}"
+    monkeypatch.setattr(weights, "INCEPTION", dataclasses.replace(weights.INCEPTION, url=dead))
     return tmp_path / "torch_home"
 
 
@@ -246,10 +249,11 @@ def test_torch_home_sets_cache_dir(isolated_env: Path) -> None:
 
 def test_default_url_name_carries_hash() -> None:
     """The real default URL (never fetched) is pytorch-fid's file; its name's hash prefix is the official one's."""
-    assert Path(_REAL_DEFAULT_URL).name == weights.CACHE_NAME == "pt_inception-2015-12-05-6726825d.pth"
+    assert weights.DEFAULT_URL == _REAL_DEFAULT_URL  # the command line quotes it
+    assert Path(_REAL_DEFAULT_URL).name == weights.INCEPTION.name == "pt_inception-2015-12-05-6726825d.pth"
     assert weights.expected_hash_prefix(_REAL_DEFAULT_URL) == "6726825d"
-    assert len(weights.OFFICIAL_SHA256) == 64
-    assert weights.OFFICIAL_SHA256.startswith(weights.expected_hash_prefix(_REAL_DEFAULT_URL))
+    assert len(weights.INCEPTION.sha256) == 64
+    assert weights.INCEPTION.sha256.startswith(weights.expected_hash_prefix(_REAL_DEFAULT_URL))
 
 
 def test_download_success(
@@ -258,11 +262,11 @@ def test_download_success(
     """resolve() downloads from $FID_METRIC_WEIGHTS_URL into the cache, byte-identical; it loads as a dict."""
     _, name = small_weights
     server.routes[f"/mirror/{name}"] = official
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/mirror/{name}"))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(f"/mirror/{name}"))
 
     path = weights.resolve()
 
-    assert path == weights.cache_dir() / weights.CACHE_NAME
+    assert path == weights.cache_dir() / weights.INCEPTION.name
     assert path.read_bytes() == official
     assert _cache_listing() == _only_weights_in_cache()  # no temporary file left beside it
     assert server.requests[f"/mirror/{name}"] == 1
@@ -274,7 +278,7 @@ def test_download_success(
 def test_cache_reused(server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second resolve() returns the cached file without a new request, even with the server gone."""
     server.routes[_mirror(official)] = official
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
     first = weights.resolve()
     assert server.requests[_mirror(official)] == 1
 
@@ -293,14 +297,14 @@ def test_corrupt_download_leaves_nothing(
     """Bytes not matching the official hash raise, keep no file or .partial; a good retry then works."""
     _, name = small_weights
     server.routes[f"/{name}"] = official[:-1] + bytes([official[-1] ^ 0xFF])  # same size, one byte differs
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(f"/{name}"))
 
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()
     message = str(info.value)
     assert "corrupt" in message
     assert "SHA-256" in message
-    assert weights.OFFICIAL_SHA256 in message
+    assert weights.INCEPTION.sha256 in message
     assert isinstance(info.value.__cause__, RuntimeError)
     assert weights.cache_dir().is_dir()  # the folder was created, so the listing below is meaningful
     assert _cache_listing() == []
@@ -317,7 +321,7 @@ def test_truncated_download_leaves_nothing(
 ) -> None:
     """A connection dropped mid-download gives WeightsUnavailableError and leaves no file or .partial."""
     server.routes[_mirror(official)] = Truncated(official)
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
 
     with pytest.raises(WeightsUnavailableError, match="Could not get the FID Inception weights") as info:
         weights.resolve()
@@ -329,7 +333,7 @@ def test_truncated_download_leaves_nothing(
 def test_wrong_announced_size_refused(server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """A response announcing another size than the official file's is refused before its body is saved."""
     server.routes[_mirror(official)] = official + b"\0"
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
 
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()
@@ -346,11 +350,11 @@ def test_mirror_verified_against_official_hash(
     assert len(other) == len(official)  # the same size, so only the hash can tell them apart
     name = _hashed_name(other, stem="pt_inception-2015-12-05")
     server.routes[f"/{name}"] = other
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(f"/{name}"))
 
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()
-    assert weights.OFFICIAL_SHA256 in str(info.value)
+    assert weights.INCEPTION.sha256 in str(info.value)
     assert server.requests[f"/{name}"] == 1
     assert _cache_listing() == []
 
@@ -361,38 +365,45 @@ def test_mirror_name_needs_no_hash(
 ) -> None:
     """The official bytes from a mirror under any name are accepted and cached under the canonical name."""
     server.routes[f"/{name}"] = official
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(f"/{name}"))
 
-    assert weights.resolve() == weights.cache_dir() / weights.CACHE_NAME
+    assert weights.resolve() == weights.cache_dir() / weights.INCEPTION.name
     assert _cache_listing() == _only_weights_in_cache()
 
 
 @pytest.mark.parametrize("name", ["weights.pth", "pt_inception-2015-12-05.pth", "weights-ABCDEF12.pth", ""])
-def test_download_by_name_refuses_url_without_hash(server: LocalServer, name: str, tmp_path: Path) -> None:
-    """download() (DINOv2's mirrors) verifies by the name's lowercase-hex SHA-256 prefix: none, no request."""
+def test_mirror_without_hash_in_name_refused_where_no_hash_is_known(
+    server: LocalServer, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file without a known hash (DINOv2) is verified by the mirror name's lowercase-hex SHA-256 prefix: none,
+    no request."""
     server.routes[f"/{name}"] = _saved({"w": torch.arange(5.0)})
     url = server.url(f"/{name}")
+    monkeypatch.setenv(dinov2.DINOV2.env_url, url)
 
     with pytest.raises(ValueError, match="no SHA-256 prefix"):
         weights.expected_hash_prefix(url)
-    with pytest.raises(ValueError, match="original file name"):
-        weights.download(url, tmp_path / "cache")
+    with pytest.raises(WeightsUnavailableError, match="no SHA-256 prefix") as info:
+        weights.resolve(spec=dinov2.DINOV2)
+    assert isinstance(info.value.__cause__, ValueError)
+    assert info.match("must name the file as torch hub does")
     assert sum(server.requests.values()) == 0
+    assert _cache_listing() == []
 
 
 def test_cached_file_is_verified(server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file under the canonical cache name that is not the official one is not used, and a download replaces it."""
-    cached = weights.cache_dir() / weights.CACHE_NAME
+    cached = weights.cache_dir() / weights.INCEPTION.name
     cached.parent.mkdir(parents=True)
     cached.write_bytes(official[:-1] + bytes([official[-1] ^ 0xFF]))  # same size: only the hash can tell
 
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()  # the default URL is a closed port: nothing can replace it
     assert f"{cached} is not the official file" in str(info.value)
-    assert weights.OFFICIAL_SHA256 in str(info.value)
+    assert weights.INCEPTION.sha256 in str(info.value)
 
     server.routes[_mirror(official)] = official
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
     assert weights.resolve() == cached
     assert cached.read_bytes() == official
     assert server.requests[_mirror(official)] == 1
@@ -400,19 +411,19 @@ def test_cached_file_is_verified(server: LocalServer, official: bytes, monkeypat
 
 def test_cached_file_hashed_once(tmp_path: Path, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """The cache file is hashed once, not on every resolve()/sha256_of() nor in the next process; a change re-hashes."""
-    cached = weights.cache_dir() / weights.CACHE_NAME
+    cached = weights.cache_dir() / weights.INCEPTION.name
     cached.parent.mkdir(parents=True)
     cached.write_bytes(official)
     made = _count_hashing(monkeypatch)
 
     for _ in range(3):
         assert weights.resolve() == cached
-        assert weights.sha256_of(cached) == weights.OFFICIAL_SHA256
+        assert weights.sha256_of(cached) == weights.INCEPTION.sha256
     assert made["sha256"] == 1
 
     monkeypatch.setattr(weights, "_known_hashes", {})  # what a new process starts with
     assert weights.resolve() == cached
-    assert weights.sha256_of(cached) == weights.OFFICIAL_SHA256
+    assert weights.sha256_of(cached) == weights.INCEPTION.sha256
     assert made["sha256"] == 1  # read from the record beside the file
 
     stat = cached.stat()
@@ -466,7 +477,7 @@ def test_download_deadline(server: LocalServer, official: bytes, slow: str, monk
     bound_s = 5  # deadline + one interval, with room for a loaded 2-core machine
     assert len(official) * interval_s > 4 * bound_s
     server.routes[_mirror(official)] = Trickle(official, interval_s) if slow == "trickle" else Stall(official, sent=10)
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
     monkeypatch.setenv("FID_METRIC_DOWNLOAD_TIMEOUT", str(deadline_s))
 
     started = time.monotonic()
@@ -490,7 +501,7 @@ def test_download_timeout_must_be_positive_seconds(
 ) -> None:
     """A malformed $FID_METRIC_DOWNLOAD_TIMEOUT is refused, naming it and what it expects, before any request."""
     server.routes[_mirror(official)] = official
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
     monkeypatch.setenv("FID_METRIC_DOWNLOAD_TIMEOUT", value)
 
     with pytest.raises(WeightsUnavailableError, match=r"FID_METRIC_DOWNLOAD_TIMEOUT must be a number of seconds > 0"):
@@ -517,11 +528,10 @@ def test_partial_of_a_terminated_download_removed_by_next_download(
     """A process killed by SIGTERM mid-download leaves a .partial; the next download removes it."""
     server.routes["/slow" + _mirror(official)] = Stall(official, sent=10)
     server.routes[_mirror(official)] = official
-    env = {**os.environ, weights.ENV_URL: server.url("/slow" + _mirror(official))}
+    env = {**os.environ, weights.INCEPTION.env_url: server.url("/slow" + _mirror(official))}
     code = (  # the child makes the same bytes official, so that only the signal stops its download
-        "from fid_metric import weights; "
-        f"weights.OFFICIAL_SHA256, weights.OFFICIAL_SIZE = {weights.OFFICIAL_SHA256!r}, {weights.OFFICIAL_SIZE}; "
-        "weights.resolve()"
+        "import dataclasses; from fid_metric import weights; weights.INCEPTION = dataclasses.replace("
+        f"weights.INCEPTION, sha256={weights.INCEPTION.sha256!r}, size={weights.INCEPTION.size}); weights.resolve()"
     )
     child = subprocess.Popen([sys.executable, "-c", code], cwd=_REPO, env=env, stderr=subprocess.PIPE)
     try:
@@ -534,7 +544,7 @@ def test_partial_of_a_terminated_download_removed_by_next_download(
     assert child.returncode == -signal.SIGTERM
     (left,) = _partials()  # a SIGTERM runs no clean-up: the file stays until someone removes it
 
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
     assert weights.resolve().read_bytes() == official
     assert _cache_listing() == _only_weights_in_cache()
 
@@ -548,7 +558,7 @@ def test_stale_partials_removed_live_ones_kept(
     directory.mkdir(parents=True)
     exited = subprocess.Popen([sys.executable, "-c", "pass"])
     exited.wait()  # its pid names no process now
-    host, stem = socket.gethostname(), f".{weights.CACHE_NAME}"
+    host, stem = socket.gethostname(), f".{weights.INCEPTION.name}"
     names = {
         "dead here": f"{stem}.{host}.{exited.pid}.abc_12.partial",
         "live here": f"{stem}.{host}.{os.getpid()}.def_34.partial",
@@ -562,7 +572,7 @@ def test_stale_partials_removed_live_ones_kept(
     old = time.time() - 2 * 3600  # the rule: no write for over an hour
     os.utime(directory / names["old elsewhere"], (old, old))
     server.routes[_mirror(official)] = official
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
 
     weights.resolve()
 
@@ -570,12 +580,83 @@ def test_stale_partials_removed_live_ones_kept(
     assert kept == {"live here", "recent elsewhere", "another file's", "not a partial"}
 
 
+@pytest.fixture(params=["inception", "dinov2"])
+def spec(request: pytest.FixtureRequest, official: bytes) -> weights.WeightsSpec:
+    """Each file the one resolver serves; the tiny state dict is the official Inception file."""
+    return weights.INCEPTION if request.param == "inception" else dinov2.DINOV2
+
+
+def _other(spec: weights.WeightsSpec) -> weights.WeightsSpec:
+    return dinov2.DINOV2 if spec.env_path == weights.INCEPTION.env_path else weights.INCEPTION
+
+
+def test_each_spec_argument_then_its_own_variable(
+    spec: weights.WeightsSpec, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """resolve(path, spec) takes the argument, then spec's variable (not the other file's), and names a missing one."""
+    explicit, from_env = tmp_path / "explicit.pth", tmp_path / "from_env.pth"
+    explicit.write_bytes(b"explicit")
+    from_env.write_bytes(b"from env")
+
+    monkeypatch.setenv(_other(spec).env_path, str(from_env))
+    with pytest.raises(WeightsUnavailableError, match="Tried:"):  # the cache is empty, no download can work
+        weights.resolve(spec=spec)
+    monkeypatch.setenv(spec.env_path, str(from_env))
+    assert weights.resolve(spec=spec) == from_env
+    assert weights.resolve(explicit, spec) == explicit
+
+    missing = tmp_path / "gone.pth"
+    monkeypatch.setenv(spec.env_path, str(missing))
+    with pytest.raises(WeightsUnavailableError) as info:
+        weights.resolve(spec=spec)
+    assert f"{spec.what} file {missing} (from ${spec.env_path}) does not exist" in str(info.value)
+    assert spec.url in str(info.value)
+    with pytest.raises(WeightsUnavailableError, match=rf"\(from {spec.argument}\) does not exist"):
+        weights.resolve(missing, spec)
+
+
+def test_each_spec_found_in_the_cache_under_its_name(
+    spec: weights.WeightsSpec, server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no argument or variable, resolve(spec=spec) takes spec's file in torch hub's cache before a mirror."""
+    server.routes[_mirror(official)] = official
+    monkeypatch.setenv(spec.env_url, server.url(_mirror(official)))
+    cached = weights.cache_dir() / spec.name
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(official)
+
+    assert weights.resolve(spec=spec) == cached
+    assert sum(server.requests.values()) == 0
+
+
+def test_each_spec_error_names_its_own_ways_out(spec: weights.WeightsSpec) -> None:
+    """When nothing works, the message lists spec's argument, variables, cache entry and URL, not the other's."""
+    with pytest.raises(WeightsUnavailableError) as info:
+        weights.resolve(spec=spec)
+    message = str(info.value)
+    for expected in (
+        f"Could not get the {spec.what}. Tried:",
+        f"  - {spec.argument}: not given",
+        f"  - ${spec.env_path}: not set",
+        f"{weights.cache_dir() / spec.name} does not exist",
+        spec.url,
+        f"{spec.owner}({spec.argument}='/path/to/{spec.name}')",
+        f"{spec.env_path}=/path/to/{spec.name}",
+        f"set {spec.env_url} to a mirror",
+    ):
+        assert expected in message
+    other = _other(spec)
+    assert other.env_path not in message
+    assert other.env_url not in message
+    assert f"{other.owner}(" not in message
+
+
 def _assert_helpful(message: str, url: str) -> None:
     """The error says what was tried and how to supply the file offline."""
     assert "Tried:" in message
     assert url in message
     assert "feature_extractor_weights_path" in message
-    assert weights.ENV_WEIGHTS in message
+    assert weights.INCEPTION.env_path in message
     assert "does not exist" in message  # the cache entry that was looked for
     assert str(weights.cache_dir()) in message
 
@@ -584,23 +665,23 @@ def test_unreachable_url(small_weights: tuple[bytes, str], monkeypatch: pytest.M
     """A URL on a closed local port gives a WeightsUnavailableError naming both offline options."""
     _, name = small_weights
     url = f"http://127.0.0.1:{_free_port()}/{name}"
-    monkeypatch.setenv(weights.ENV_URL, url)
+    monkeypatch.setenv(weights.INCEPTION.env_url, url)
 
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()
     _assert_helpful(str(info.value), url)
-    assert f"(from ${weights.ENV_URL})" in str(info.value)
+    assert f"(from ${weights.INCEPTION.env_url})" in str(info.value)
     assert isinstance(info.value.__cause__, OSError)
     assert _cache_listing() == []
 
 
 def test_default_url_used_without_env(small_weights: tuple[bytes, str]) -> None:
-    """With no variables set, resolve() tries DEFAULT_URL (patched to a closed local port) and says so."""
+    """With no variables set, resolve() tries INCEPTION.url (patched to a closed local port) and says so."""
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()
     message = str(info.value)
-    _assert_helpful(message, weights.DEFAULT_URL)
-    assert f"(from ${weights.ENV_URL})" not in message
+    _assert_helpful(message, weights.INCEPTION.url)
+    assert f"(from ${weights.INCEPTION.env_url})" not in message
     assert _cache_listing() == []
 
 
@@ -608,7 +689,7 @@ def test_http_404(server: LocalServer, small_weights: tuple[bytes, str], monkeyp
     """A 404 from the mirror gives the same helpful error, mentions the 404, and caches nothing."""
     _, name = small_weights
     url = server.url(f"/missing/{name}")
-    monkeypatch.setenv(weights.ENV_URL, url)
+    monkeypatch.setenv(weights.INCEPTION.env_url, url)
 
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()
@@ -621,20 +702,20 @@ def test_http_404(server: LocalServer, small_weights: tuple[bytes, str], monkeyp
 def test_precedence(tmp_path: Path, server: LocalServer, official: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """Explicit path beats $FID_METRIC_WEIGHTS, which beats the cache, which beats a download."""
     server.routes[_mirror(official)] = official
-    monkeypatch.setenv(weights.ENV_URL, server.url(_mirror(official)))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))
     explicit = tmp_path / "explicit.pth"
     explicit.write_bytes(_saved({"w": torch.zeros(1)}))
     from_env = tmp_path / "from_env.pth"
     from_env.write_bytes(_saved({"w": torch.ones(1)}))
-    cached = weights.cache_dir() / weights.CACHE_NAME
+    cached = weights.cache_dir() / weights.INCEPTION.name
     cached.parent.mkdir(parents=True)
     cached.write_bytes(official)
 
-    monkeypatch.setenv(weights.ENV_WEIGHTS, str(from_env))
+    monkeypatch.setenv(weights.INCEPTION.env_path, str(from_env))
     assert weights.resolve(explicit) == explicit
     assert weights.resolve(str(explicit)) == explicit
     assert weights.resolve() == from_env
-    monkeypatch.delenv(weights.ENV_WEIGHTS)
+    monkeypatch.delenv(weights.INCEPTION.env_path)
     assert weights.resolve() == cached
     assert sum(server.requests.values()) == 0  # nothing was downloaded in any of these
 
@@ -647,7 +728,7 @@ def test_missing_explicit_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     """A missing explicit path raises naming it, and does not fall back to $FID_METRIC_WEIGHTS."""
     present = tmp_path / "present.pth"
     present.write_bytes(_saved({"w": torch.ones(1)}))
-    monkeypatch.setenv(weights.ENV_WEIGHTS, str(present))
+    monkeypatch.setenv(weights.INCEPTION.env_path, str(present))
     missing = tmp_path / "nope.pth"
 
     with pytest.raises(WeightsUnavailableError) as info:
@@ -662,14 +743,14 @@ def test_missing_env_weights(
     """A missing $FID_METRIC_WEIGHTS file raises naming it and the variable, without trying the URL."""
     _, name = small_weights
     server.routes[f"/{name}"] = small_weights[0]
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(f"/{name}"))
     missing = tmp_path / "gone.pth"
-    monkeypatch.setenv(weights.ENV_WEIGHTS, str(missing))
+    monkeypatch.setenv(weights.INCEPTION.env_path, str(missing))
 
     with pytest.raises(WeightsUnavailableError) as info:
         weights.resolve()
     assert str(missing) in str(info.value)
-    assert weights.ENV_WEIGHTS in str(info.value)
+    assert weights.INCEPTION.env_path in str(info.value)
     assert sum(server.requests.values()) == 0
 
 
@@ -719,11 +800,11 @@ def test_metric_end_to_end(
     data, name = inception_file
     _make_official(monkeypatch, data)
     server.routes[f"/{name}"] = data
-    monkeypatch.setenv(weights.ENV_URL, server.url(f"/{name}"))
+    monkeypatch.setenv(weights.INCEPTION.env_url, server.url(f"/{name}"))
 
     metric = fid_metric.FrechetInceptionDistance(feature=64)
 
-    cached = weights.cache_dir() / weights.CACHE_NAME
+    cached = weights.cache_dir() / weights.INCEPTION.name
     assert cached.read_bytes() == data
     assert _cache_listing() == _only_weights_in_cache()
     assert server.requests[f"/{name}"] == 1
@@ -747,7 +828,8 @@ def test_example_without_weights_says_so_in_one_line(tmp_path: Path, example: st
     """Offline with no weights, an example ends with one line naming --inception-weights, not a traceback."""
     env = {
         **os.environ,
-        weights.ENV_URL: f"http://127.0.0.1:{_free_port()}/{weights.CACHE_NAME}",  # offline: nothing listens
+        # offline: nothing listens
+        weights.INCEPTION.env_url: f"http://127.0.0.1:{_free_port()}/{weights.INCEPTION.name}",
         "OMP_NUM_THREADS": "1",
     }
     command = [sys.executable, str(_REPO / "examples" / example), *args.split(), "--feature", "64"]
@@ -759,3 +841,25 @@ def test_example_without_weights_says_so_in_one_line(tmp_path: Path, example: st
     mentions = [line for line in proc.stderr.splitlines() if "--inception-weights" in line]
     assert mentions == [proc.stderr.splitlines()[-1]], proc.stderr[-4000:]
     assert "urlopen error" in mentions[0]  # why: the download could not connect
+
+
+def test_the_0_1_names_still_work(
+    server: LocalServer, small_weights: tuple[bytes, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The module constants and functions 0.1 exported are the specs' fields and thin calls to the one resolver."""
+    assert (weights.CACHE_NAME, weights.ENV_URL) == (weights.INCEPTION.name, weights.INCEPTION.env_url)
+    assert (weights.OFFICIAL_SHA256, weights.OFFICIAL_SIZE) == (weights.INCEPTION.sha256, weights.INCEPTION.size)
+    assert (dinov2.OFFICIAL_URL, dinov2.ENV_WEIGHTS) == (dinov2.DINOV2.url, dinov2.DINOV2.env_path)
+    explicit = tmp_path / "explicit.pth"
+    explicit.write_bytes(b"explicit")
+    assert dinov2.resolve_weights(explicit) == explicit
+    monkeypatch.setenv(dinov2.DINOV2.env_path, str(explicit))
+    assert dinov2.resolve_weights() == explicit
+
+    data, name = small_weights
+    server.routes[f"/{name}"] = data
+    assert weights.download(server.url(f"/{name}"), tmp_path / "out").read_bytes() == data
+    server.routes["/bad-0123abcd.pth"] = data  # the name's hash prefix is not the bytes' hash
+    with pytest.raises(RuntimeError):
+        weights.download(server.url("/bad-0123abcd.pth"), tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [name]

@@ -1,9 +1,11 @@
 """2-process Lightning validation over 67 images, batch 8, for tests/test_exactly_once.py.
 
-    python exactly_once.py DEVICES callback|argument OUT_JSON
+    python exactly_once.py OUT_DIR
 
-``callback``: the metric learns the set size from ``fid_metric.lightning.ExactlyOnce``. ``argument``: one
-metric gets ``dataset_size=67``, another none (the naive count, which includes the sampler's padding).
+Two validations with one Trainer: ``callback``, where the metric learns the set size from
+``fid_metric.lightning.ExactlyOnce``; then, the callback removed, ``argument``, where one metric gets
+``dataset_size=67`` and another none (the naive count, which includes the sampler's padding). Each rank writes
+the values logged in each mode to ``OUT_DIR/rank{r}.json``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from helpers import TinyFeatures, smooth_images
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import smooth_images  # noqa: E402
-from test_metric import TinyFeatures  # noqa: E402
-
-from fid_metric import FrechetInceptionDistance  # noqa: E402
-from fid_metric.lightning import ExactlyOnce  # noqa: E402
+from fid_metric import FrechetInceptionDistance
+from fid_metric.lightning import ExactlyOnce
 
 N_IMAGES = 67
 
@@ -43,21 +42,25 @@ class Validator(L.LightningModule):
 
 
 def main() -> None:
-    devices, mode, out = int(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+    out_dir = Path(sys.argv[1])
     data = TensorDataset(smooth_images(N_IMAGES, 16, seed=1), 255 - smooth_images(N_IMAGES, 16, seed=2) // 2)
+    exactly_once = ExactlyOnce()
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        devices=2,
+        strategy="ddp",
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[ExactlyOnce()] if mode == "callback" else [],
+        callbacks=[exactly_once],
     )
-    model = Validator(mode)
-    trainer.validate(model, DataLoader(data, batch_size=8), verbose=False)
-    if trainer.global_rank == 0:
-        out.write_text(json.dumps({k: float(v) for k, v in trainer.callback_metrics.items()}))
+    values = {}
+    for mode in ("callback", "argument"):
+        if mode == "argument":
+            trainer.callbacks.remove(exactly_once)
+        trainer.validate(Validator(mode), DataLoader(data, batch_size=8), verbose=False)
+        values[mode] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(values))
 
 
 if __name__ == "__main__":

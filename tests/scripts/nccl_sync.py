@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 
 import torch.distributed as dist
-from tiny import TinyFeatures, images
+from helpers import ddp_features, smooth_images
 
 from fid_metric import FrechetInceptionDistance
 
@@ -30,11 +30,11 @@ def main() -> None:
         return all_reduce(tensor, *args, **kwargs)
 
     dist.all_reduce = counting_all_reduce
-    synced = FrechetInceptionDistance(TinyFeatures()).cuda()
-    local = FrechetInceptionDistance(TinyFeatures(), sync_on_compute=False).cuda()
+    synced = FrechetInceptionDistance(ddp_features()).cuda()
+    local = FrechetInceptionDistance(ddp_features(), sync_on_compute=False).cuda()
     for metric in (synced, local):
         for real, seed in ((True, 1), (False, 2)):
-            metric.update(images(40, seed).cuda(), real=real)
+            metric.update(smooth_images(40, 16, seed).cuda(), real=real)
     fid_synced, fid_local = synced.compute(), local.compute()
     compute_calls = list(calls)
     assert dist.get_backend() == "nccl"

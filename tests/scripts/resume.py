@@ -12,13 +12,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from helpers import TinyFeatures, smooth_images
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from conftest import smooth_images  # noqa: E402
-from test_metric import TinyFeatures  # noqa: E402
-
-from fid_metric import FrechetInceptionDistance  # noqa: E402
+from fid_metric import FrechetInceptionDistance
 
 
 class Module(L.LightningModule):

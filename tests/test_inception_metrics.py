@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import smooth_images
+from helpers import smooth_images
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from fid_metric import FeatureStats, FrechetInceptionDistance, InceptionMetrics
+from fid_metric import FeatureStats, InceptionMetrics
 from fid_metric.inception import FIDInceptionV3
 from fid_metric.preprocess import inception_input
+
+# Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +23,33 @@ def images() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def suite_values(images, inception_weights) -> dict[str, float]:
-    metric = InceptionMetrics(splits=1, feature_extractor_weights_path=inception_weights)
+def suite(images, inception_weights) -> InceptionMetrics:
+    """FID (64-d), sFID and IS (splits=1) of ``images``, computed once for the module."""
+    metric = InceptionMetrics(splits=1, feature=64, feature_extractor_weights_path=inception_weights)
     metric.update(images["real"], real=True)
     metric.update(images["fake"][:5], real=False)
     metric.update(images["fake"][5:], real=False)
-    return {k: float(v) for k, v in metric.compute().items()}
+    return metric
 
 
-def test_fid_equals_the_standalone_metric(images, suite_values, inception_weights) -> None:
-    standalone = FrechetInceptionDistance(feature_extractor_weights_path=inception_weights)
+@pytest.fixture(scope="module")
+def suite_values(suite) -> dict[str, float]:
+    return {k: float(v) for k, v in suite.compute().items()}
+
+
+@pytest.fixture(scope="module")
+def fidelity_logits(images, inception_weights) -> torch.Tensor:
+    """torch-fidelity's own extractor's ``logits_unbiased`` of the generated images."""
+    extractor = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(inception_weights)
+    )
+    with torch.no_grad():
+        (logits,) = extractor(images["fake"])
+    return logits
+
+
+def test_fid_equals_the_standalone_metric(images, suite_values, inception_fid) -> None:
+    standalone = inception_fid(64)
     standalone.update(images["real"], real=True)
     standalone.update(images["fake"], real=False)
     expected = float(standalone.compute())
@@ -42,29 +57,22 @@ def test_fid_equals_the_standalone_metric(images, suite_values, inception_weight
     assert abs(suite_values["fid"] - expected) <= 1e-6 * expected
 
 
-def test_inception_score_matches_torch_fidelity(images, suite_values, inception_weights) -> None:
+def test_inception_score_matches_torch_fidelity(suite_values, fidelity_logits) -> None:
     """splits=1: torch-fidelity's isc_features_to_metric on its own extractor's logits_unbiased, to 1e-6."""
-    extractor = FeatureExtractorInceptionV3(
-        "inception-v3-compat", ["logits_unbiased"], feature_extractor_weights_path=str(inception_weights)
-    )
-    with torch.no_grad():
-        (logits,) = extractor(images["fake"])
-    reference = isc_features_to_metric(logits, splits=1, shuffle=False)["inception_score_mean"]
+    reference = isc_features_to_metric(fidelity_logits, splits=1, shuffle=False)["inception_score_mean"]
     assert reference > 1.0001, "near-uniform predictions would make this test weak"
     assert abs(suite_values["inception_score"] - reference) <= 1e-6 * reference
     assert suite_values["inception_score_std"] == 0
 
 
-def test_inception_score_splits_are_interleaved(images, inception_weights) -> None:
+def test_inception_score_splits_are_interleaved(images, fidelity_logits, inception_weights) -> None:
     """splits=3: image j goes to split j % 3; each split's score is torch-fidelity's formula on it."""
-    metric = InceptionMetrics(sfid=False, splits=3, feature_extractor_weights_path=inception_weights)
+    metric = InceptionMetrics(sfid=False, splits=3, feature=64, feature_extractor_weights_path=inception_weights)
     metric.update(images["fake"][:4], real=False)
     metric.update(images["fake"][4:], real=False)
     metric.update(images["real"][:2], real=True)
     values = metric.compute()
-    network = metric._extractor.module
-    with torch.inference_mode():
-        logits = network(inception_input(images["fake"], "tensorflow"), ("logits_unbiased",))["logits_unbiased"]
+    logits = fidelity_logits
     scores = [isc_features_to_metric(logits[k::3], splits=1, shuffle=False)["inception_score_mean"] for k in range(3)]
     assert abs(float(values["inception_score"]) - np.mean(scores)) <= 1e-6 * np.mean(scores)
     assert abs(float(values["inception_score_std"]) - np.std(scores)) <= 1e-5 * np.mean(scores)
@@ -89,18 +97,18 @@ def test_spatial_feature_is_mixed_6d_branch1x1_in_nhwc_order(inception_weights) 
     assert nchw.std() > 0
 
 
-def test_sfid_with_an_adm_style_reference(images, inception_weights, tmp_path) -> None:
+def test_sfid_with_an_adm_style_reference(images, suite, suite_values, inception_weights, tmp_path) -> None:
     """save_real_stats writes mu_s/sigma_s; as real_stats it gives the same FID and sFID."""
-    two_sided = InceptionMetrics(inception_score=False, feature_extractor_weights_path=inception_weights)
-    two_sided.update(images["real"], real=True)
-    two_sided.update(images["fake"], real=False)
-    two_sided.save_real_stats(tmp_path / "ref.npz")
+    suite.save_real_stats(tmp_path / "ref.npz")
     assert set(FeatureStats.load(tmp_path / "ref.npz").extra) == {"mu_s", "sigma_s"}
     with_ref = InceptionMetrics(
-        inception_score=False, feature_extractor_weights_path=inception_weights, real_stats=tmp_path / "ref.npz"
+        inception_score=False,
+        feature=64,
+        feature_extractor_weights_path=inception_weights,
+        real_stats=tmp_path / "ref.npz",
     )
     with_ref.update(images["fake"], real=False)
-    expected, got = two_sided.compute(), with_ref.compute()
+    expected, got = suite_values, with_ref.compute()
     for key in ("fid", "sfid"):
         assert abs(got[key] - expected[key]) <= 1e-9 * expected[key], key
     np.savez(tmp_path / "no_s.npz", mu=np.zeros(2048), sigma=np.eye(2048))
@@ -108,6 +116,7 @@ def test_sfid_with_an_adm_style_reference(images, inception_weights, tmp_path) -
         InceptionMetrics(feature_extractor_weights_path=inception_weights, real_stats=tmp_path / "no_s.npz")
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")  # the sums are set directly, not by update
 def test_fid_infinity_recovers_the_closed_form(inception_weights) -> None:
     """Gaussian features, reference N(0, I), generated N(delta, I), d = 64.
 
@@ -141,16 +150,7 @@ def test_fid_infinity_recovers_the_closed_form(inception_weights) -> None:
     assert 0.5 * noise[-1] <= values["fid_stderr"] <= 2 * noise[-1]
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, weights: str, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    values = _suite_on_shard(weights, rank, world)
-    if rank == 0:
-        Path(out_dir, "ddp.json").write_text(json.dumps(values))
-    dist.destroy_process_group()
-
-
-def _suite_on_shard(weights: str, rank: int, world: int) -> dict[str, float]:
+def _suite_on_shard(rank: int, world: int, weights: str) -> dict[str, float]:
     real, fake = smooth_images(8, 32, seed=31), smooth_images(8, 32, seed=32) // 2
     metric = InceptionMetrics(splits=2, fid_groups=2, feature=64, feature_extractor_weights_path=weights)
     indices = list(range(rank, 8, world))  # a DistributedSampler's shard
@@ -160,13 +160,14 @@ def _suite_on_shard(weights: str, rank: int, world: int) -> dict[str, float]:
     return {k: float(v) for k, v in metric.compute().items()}
 
 
-def test_two_process_ddp_equals_one_process(tmp_path, inception_weights) -> None:
+@pytest.mark.slow
+def test_two_process_ddp_equals_one_process(ddp, inception_weights) -> None:
     """Every value, IS splits and FID groups included, is the same on 2 gloo processes as on one."""
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(inception_weights), str(tmp_path)), nprocs=2)
-    ddp = json.loads((tmp_path / "ddp.json").read_text())
-    single = _suite_on_shard(str(inception_weights), 0, 1)
+    synced, other_rank = ddp.run(_suite_on_shard, str(inception_weights))
+    assert other_rank == synced
+    single = _suite_on_shard(0, 1, str(inception_weights))
     assert (
-        set(ddp)
+        set(synced)
         == set(single)
         == {"fid", "sfid", "inception_score", "inception_score_std", "fid_infinity", "fid_stderr"}
     )
@@ -175,7 +176,7 @@ def test_two_process_ddp_equals_one_process(tmp_path, inception_weights) -> None
     # scores, not to their small spread (the std moved 1.8e-5 of itself, 3e-7 of the score, on an AMD EPYC).
     scale = {**single, "inception_score_std": single["inception_score"], "fid_stderr": single["fid"]}
     for key, value in single.items():
-        assert abs(ddp[key] - value) <= 1e-5 * abs(scale[key]) + 1e-9, key
+        assert abs(synced[key] - value) <= 1e-5 * abs(scale[key]) + 1e-9, key
 
 
 def test_fid_infinity_is_never_negative(inception_weights) -> None:
@@ -196,3 +197,12 @@ def test_fid_infinity_is_never_negative(inception_weights) -> None:
     unclamped = torch.linalg.lstsq(design, by_size[:, None]).solution[0, 0]
     assert unclamped < 0 and abs(values["fid"]) <= 1e-9
     assert values["fid_infinity"] == 0
+
+
+def test_the_0_1_module_path_still_works_with_a_deprecation_warning() -> None:
+    """``fid_metric.suite`` was renamed ``fid_metric.inception_metrics``; the old import warns and gives the class."""
+    import fid_metric.suite
+
+    with pytest.warns(DeprecationWarning, match="fid_metric.suite is deprecated"):
+        old = fid_metric.suite.InceptionMetrics
+    assert old is InceptionMetrics

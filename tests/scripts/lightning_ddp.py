@@ -1,7 +1,7 @@
 """A real Lightning run with FID logged from ``validation_step``; every rank writes what it logged to JSON.
 
-Run by tests/test_ddp.py as ``python lightning_ddp.py OUT_DIR --devices 2``. Lightning's "ddp" strategy
-starts rank 1 by re-running this script (``sys.argv``), which is why this is a script and not a test.
+Run by tests/test_ddp.py as ``python lightning_ddp.py OUT_DIR`` (``helpers.DDPLauncher``). Lightning's "ddp"
+strategy starts rank 1 by re-running this script (``sys.argv``), which is why this is a script and not a test.
 
 Two epochs, each followed by validation (after a sanity check of 2 batches). The generated images change
 with the epoch. Two metrics are logged:
@@ -11,12 +11,12 @@ with the epoch. Two metrics are logged:
   set, in ``on_validation_epoch_start`` (as examples/lightning_tensorboard.py does), only generated images
   in ``validation_step``.
 
-Each rank writes ``OUT_DIR/rank{r}.json`` with the values logged after each epoch and its local real counts.
+Each rank writes ``OUT_DIR/rank{r}.json`` with the values logged after each epoch and its local real counts;
+rank 0 writes the validation images, real and generated per epoch, to ``OUT_DIR/images.pt``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import warnings
@@ -24,14 +24,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from helpers import ddp_features, smooth_images
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny import TinyFeatures, images  # noqa: E402
-
-from fid_metric import FrechetInceptionDistance  # noqa: E402
+from fid_metric import FrechetInceptionDistance
 
 NUM_VAL = 48
 BATCH_SIZE = 4  # NUM_VAL is divisible by 2 * BATCH_SIZE: the DistributedSampler pads nothing.
@@ -40,7 +38,7 @@ MAX_EPOCHS = 2
 
 def val_data() -> tuple[torch.Tensor, torch.Tensor]:
     """The validation set: NUM_VAL real and NUM_VAL base generated uint8 images, the same in every process."""
-    return images(NUM_VAL, seed=11), images(NUM_VAL, seed=12)
+    return smooth_images(NUM_VAL, 16, seed=11), smooth_images(NUM_VAL, 16, seed=12)
 
 
 def generated(base: torch.Tensor, epoch: int) -> torch.Tensor:
@@ -52,8 +50,8 @@ class FIDModule(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(1))
-        self.fid = FrechetInceptionDistance(feature=TinyFeatures())
-        self.fid_real_once = FrechetInceptionDistance(feature=TinyFeatures(), reset_real_features=False)
+        self.fid = FrechetInceptionDistance(feature=ddp_features())
+        self.fid_real_once = FrechetInceptionDistance(feature=ddp_features(), reset_real_features=False)
         self.local_real_counts: list[int] = []  # fid_real_once's, at each validation start (before feeding)
 
     def training_step(self, batch, batch_idx):
@@ -98,10 +96,7 @@ class Record(Callback):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--devices", type=int, default=2)
-    args = parser.parse_args()
+    out_dir = Path(sys.argv[1])
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*fewer samples than dimensions.*")
     torch.set_num_threads(1)
@@ -112,8 +107,8 @@ def main() -> None:
     record = Record()
     trainer = L.Trainer(
         accelerator="cpu",
-        devices=args.devices,
-        strategy="ddp" if args.devices > 1 else "auto",
+        devices=2,
+        strategy="ddp",
         max_epochs=MAX_EPOCHS,
         limit_train_batches=1,
         logger=False,
@@ -132,8 +127,10 @@ def main() -> None:
         "local_real_counts": model.local_real_counts,
         "fid_states_after_reset": int(model.fid.real_features_num_samples + model.fid.fake_features_num_samples),
     }
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(result, indent=1))
+    (out_dir / f"rank{trainer.global_rank}.json").write_text(json.dumps(result, indent=1))
+    if trainer.global_rank == 0:
+        generated_images = [generated(base, epoch) for epoch in range(MAX_EPOCHS)]
+        torch.save({"real": real, "generated": generated_images, "batch_size": BATCH_SIZE}, out_dir / "images.pt")
 
 
 if __name__ == "__main__":

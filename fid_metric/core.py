@@ -1,0 +1,255 @@
+"""What every metric of this package shares: one extractor, a list of accumulators, one sync.
+
+    update(imgs): check -> exactly-once quota -> extractor outputs -> each accumulator adds to its float64 sums
+    sync:         the processes' configurations compared, then one all_reduce of every state (fid_metric.sync)
+    compute():    the metric turns the sums into its numbers (FrechetInceptionDistance, InceptionMetrics)
+
+``FeatureSumsMetric`` holds that machinery and the boundaries around it (checkpoints, merges, statistics
+files); ``FrechetInceptionDistance`` (fid_metric.metric) and ``InceptionMetrics`` (fid_metric.inception_metrics)
+are siblings on top, each with its own ``compute()``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fid_metric.accumulators import GaussianSums, Registered
+from fid_metric.boundaries import StatesAcrossBoundaries
+from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
+from fid_metric.exactly_once import SamplerQuota, sampler_positions
+from fid_metric.extractor import Extractor
+from fid_metric.precision import PRECISIONS
+from fid_metric.preprocess import resolve_compat
+from fid_metric.reference import FixedReference
+from fid_metric.stats import FeatureStats
+from fid_metric.warn import warn_caller
+
+
+class FeatureSumsMetric(StatesAcrossBoundaries):
+    """The shared core of ``FrechetInceptionDistance`` and ``InceptionMetrics``; see those for the arguments.
+
+    A subclass calls ``_register`` with its accumulators, the first being the FID's ``GaussianSums`` named
+    ``"features"``, and implements ``compute()``.
+    """
+
+    higher_is_better = False
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        feature: int | nn.Module = 2048,
+        reset_real_features: bool = True,
+        normalize: bool = False,
+        input_img_size: tuple[int, int, int] = (3, 299, 299),
+        feature_extractor_weights_path: str | os.PathLike | None = None,
+        antialias: bool | None = None,
+        compat: str | None = None,
+        real_stats: str | os.PathLike | FeatureStats | None = None,
+        dataset_size: int | None = None,
+        precision: str = "exact",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not isinstance(normalize, bool):
+            raise ValueError(f"`normalize` must be a bool, got {normalize!r}.")
+        if not isinstance(reset_real_features, bool):
+            raise ValueError(f"`reset_real_features` must be a bool, got {reset_real_features!r}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {precision!r}.")
+        self._quota = SamplerQuota(dataset_size)
+        self.precision, self.normalize, self.reset_real_features = precision, normalize, reset_real_features
+        self.compat = resolve_compat(compat, antialias)
+        if isinstance(feature, nn.Module):
+            self._extractor = Extractor.custom(feature, normalize, input_img_size)
+        elif isinstance(feature, int) and not isinstance(feature, bool):
+            self._extractor = Extractor.inception(feature, feature_extractor_weights_path, self.compat)
+        else:
+            raise TypeError(f"`feature` must be an int (an Inception layer) or an nn.Module, got {type(feature)}.")
+        self.used_custom_model = self._extractor.is_custom
+        self.num_features = self._extractor.num_features
+        self.extractor_id = self._extractor.extractor_id
+        self._reference: FixedReference | None = None
+        if real_stats is not None:
+            stats = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
+            ours = {"feature_dim": self.num_features, **self._extractor.metadata(with_hash=bool(stats.weights_sha256))}
+            stats.check_compatible(ours, "real_stats", "this metric")
+            self._reference = FixedReference(stats)
+        self._accumulators: list[Any] = []
+        self._symmetric_states: set[str] = set()
+        self._real_states: list[str] = []
+
+    def _register(self, *accumulators: Any) -> None:
+        """Add the accumulators' states (``Metric.add_state``) and remember which are symmetric and real."""
+        keep_real = not self.reset_real_features and self._reference is None
+        for accumulator in accumulators:
+            registered: Registered = accumulator.register(self, keep_real)
+            self._symmetric_states |= registered.symmetric
+            self._real_states += registered.real
+        self._accumulators += accumulators
+
+    @property
+    def _gaussian(self) -> GaussianSums:
+        """The FID's features: the first accumulator."""
+        return self._accumulators[0]
+
+    @property
+    def dataset_size(self) -> int | None:
+        """N, the validation samples per side per epoch, for exactly-once counting under DDP; None: count all."""
+        return self._quota.dataset_size
+
+    @dataset_size.setter
+    def dataset_size(self, value: int | None) -> None:
+        self._quota.dataset_size = value
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """Add a batch to the real or the generated statistics.
+
+        Args:
+            imgs: ``(N, 3, H, W)`` or ``(N, 1, H, W)`` images, uint8 in [0, 255] (``normalize=False``) or
+                float in [0, 1] (``normalize=True``); any H, W; any device (moved to the metric's device).
+            real: True for real images, False for generated ones.
+
+        Raises:
+            TypeError, ValueError: the batch is not what the metric expects (the message says what is), or the
+                network gave NaN or infinite values for it; the states are then unchanged.
+        """
+        if not isinstance(real, bool):
+            raise TypeError(f"`real` must be a bool, got {type(real).__name__}.")
+        if real and self._reference is not None:
+            raise ValueError(
+                "This metric was built with fixed reference statistics (`real_stats=`), which are the real side; "
+                "update(imgs, real=True) would be ignored. Feed only generated images (real=False)."
+            )
+        side = "real" if real else "fake"
+        self._extractor.check(imgs, self.normalize)
+        keep = self._quota.counted(side, imgs.shape[0], *self._world_and_rank())
+        if keep:
+            outputs = self._outputs(imgs[:keep])
+            self._extractor.check_finite(outputs, self.normalize)
+            with torch.inference_mode():
+                self._accumulate(side, outputs, first=self._quota.seen[side])
+        self._quota.advance(side, imgs.shape[0])
+
+    @property
+    def _network_outputs(self) -> tuple[str, ...]:
+        """The extractor outputs the accumulators read, each once."""
+        return tuple(dict.fromkeys(accumulator.output for accumulator in self._accumulators))
+
+    def _outputs(self, imgs: Tensor) -> dict[str, Tensor]:
+        """Checked images -> the extractor's outputs, float32 on the metric's device."""
+        return self._extractor.outputs(imgs, self._network_outputs, self.device, self.precision)
+
+    def _accumulate(self, side: str, outputs: dict[str, Tensor], first: int) -> None:
+        """Add a batch's outputs to the accumulators of ``side``. ``first`` is the index, among the images this
+        process was given this epoch on that side, of the batch's first image (which fixes split and group)."""
+        as_state = {name: value.to(self._state_device, torch.float64) for name, value in outputs.items()}
+        count = next(iter(as_state.values())).shape[0]
+        positions = sampler_positions(first, count, *self._world_and_rank())
+        for accumulator in self._accumulators:
+            accumulator.add(self, side, as_state, positions)
+
+    def _world_and_rank(self) -> tuple[int, int]:
+        """Size of the metric's process group and this process's rank in it; (1, 0) without DDP."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_world_size(self.process_group), torch.distributed.get_rank(self.process_group)
+        return 1, 0
+
+    def forward(self, imgs: Tensor, real: bool) -> None:
+        """Same as ``update``; returns None.
+
+        torchmetrics' ``forward`` computes a batch-local FID, which for FID means an eigendecomposition per
+        batch, and with ``reset_real_features=False`` adds the real batch twice; here each image counts once.
+        """
+        if self._is_synced:
+            raise RuntimeError("The metric is synced; call `unsync()` before `forward`.")
+        self.update(imgs, real)
+
+    def _check_counts(self) -> None:
+        """For each side the FID uses (generated only, with a fixed reference): raise below 2 images; warn below
+        the feature dimension (the covariance is singular) or when not ``dataset_size``."""
+        counts = {side: self._gaussian.sums(self, side)[0] for side in ("real", "fake")}
+        if self._reference is not None:
+            del counts["real"]
+        names = {"real": "real", "fake": "generated"}
+        needed = " and ".join(f"2 {names[side]}" for side in counts)
+        got = " and ".join(f"{n} {names[side]}" for side, n in counts.items())
+        if min(counts.values()) < 2:
+            raise RuntimeError(
+                f"FID needs at least {needed} images to estimate covariances; got {got}. "
+                "Call update(imgs, real=...) first."
+            )
+        if min(counts.values()) < self.num_features:
+            warn_caller(
+                f"FID from {got} images with {self.num_features}-dimensional features: fewer samples than "
+                "dimensions makes the covariance singular, and FID is strongly biased. Use more images (FID is "
+                "usually reported on 10k-50k) or a smaller `feature`."
+            )
+        self._quota.warn_if_not_covered(counts)
+
+    def _real_side(self) -> tuple[Tensor, Tensor, CovarianceFactor]:
+        """Real mean ``(d,)``, covariance ``(d, d)`` and its factor, float64: the fixed reference's (factor cached
+        across epochs) or the accumulated statistics' (factored once per compute)."""
+        if self._reference is not None:
+            return self._reference.on(self._state_device)
+        mu, sigma = self._gaussian.mean_and_covariance(self, "real")
+        return mu, sigma, sqrt_factor(sigma)
+
+    def _fid(self, mu_real: Tensor, sigma_real: Tensor, factor: CovarianceFactor) -> Tensor:
+        """FID of the accumulated generated statistics against the given real side."""
+        mu_fake, sigma_fake = self._gaussian.mean_and_covariance(self, "fake")
+        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
+
+    def statistics(self, real: bool) -> FeatureStats:
+        """The accumulated real or generated statistics, over all processes under DDP, as ``FeatureStats``; the
+        other Gaussian accumulators' mean and covariance ride along in ``extra`` (sFID's ``mu_s``, ``sigma_s``).
+
+        Under DDP this is a collective call: every process must make it.
+        """
+        side = "real" if real else "fake"
+        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
+            n, feature_sum, outer_sum = self._gaussian.sums(self, side)
+            stats = FeatureStats.from_sums(n, feature_sum, outer_sum, **self._extractor.metadata())
+            for accumulator in self._accumulators[1:]:
+                if isinstance(accumulator, GaussianSums) and accumulator.extra_names:
+                    mean, covariance = accumulator.mean_and_covariance(self, side)
+                    stats.extra.update(zip(accumulator.extra_names, (mean.cpu(), covariance.cpu())))
+        return stats
+
+    def save_real_stats(self, path: str | os.PathLike) -> None:
+        """Write the accumulated real statistics to ``path`` (``.npz``, atomically), for ``real_stats=`` later.
+
+        Under DDP every process must call it (the statistics are synced); rank 0 writes the file.
+        """
+        stats = self.statistics(real=True)
+        if self._world_and_rank()[1] == 0:
+            stats.save(path)
+
+    def identity(self) -> dict[str, object]:
+        """What makes two metrics' sums addable: feature dimension, extractor, compat, weights SHA-256 and
+        precision. ``state_dict()`` records it; loading, ``merge_state`` and the DDP sync refuse another."""
+        return {"feature_dim": self.num_features, **self._extractor.metadata(), "precision": self.precision}
+
+    def reset(self) -> None:
+        """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
+        kept = {} if self.reset_real_features else {name: getattr(self, name) for name in self._real_states}
+        super().reset()
+        for name, value in kept.items():
+            setattr(self, name, value)
+        self._quota.reset(keep_real=not self.reset_real_features)
+
+    def set_dtype(self, dst_type: str | torch.dtype) -> FeatureSumsMetric:
+        """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""
+        return self
+
+    def _sync_fields(self) -> dict[str, str]:
+        """What every process must share for its sums to be added: the identity, the states' shapes, the fixed
+        reference and ``dataset_size``."""
+        shapes = ";".join(f"{name}{tuple(getattr(self, name).shape)}" for name in self._defaults)
+        reference = "" if self._reference is None else self._reference.fingerprint
+        fields = {"metric": type(self).__name__, **self.identity(), "states": shapes, "real_stats": reference}
+        return {name: str(value) for name, value in {**fields, "dataset_size": self.dataset_size}.items()}

@@ -1,0 +1,83 @@
+"""Exactly-once counting under DDP: which images of a batch count, given the size of the validation set.
+
+A ``DistributedSampler`` deals the N samples of a set to W processes round-robin, the i-th sample of rank r
+being position ``r + i * W``, and pads the last round by repeating samples when W does not divide N, always at
+the tail of each rank's sequence. So rank r counts its first ``ceil((N - r) / W)`` images per side and drops
+the rest (at most one): 1 and W processes then count every sample once.
+"""
+
+from __future__ import annotations
+
+from fid_metric.warn import warn_caller
+
+_NAMES = {"real": "real", "fake": "generated"}  # the states say "fake", as torchmetrics' do; messages do not
+
+
+def sampler_positions(first: int, count: int, world: int, rank: int) -> list[int]:
+    """Positions in the sampler's order of this process's images ``first .. first + count - 1``."""
+    return [rank + (first + i) * world for i in range(count)]
+
+
+class SamplerQuota:
+    """The images this process was given per side this epoch, and how many of the next batch count.
+
+    Args:
+        dataset_size: N, the validation samples per side per epoch; None counts every image given.
+
+    Raises:
+        ValueError: ``dataset_size`` is not a positive int or None.
+    """
+
+    def __init__(self, dataset_size: int | None = None) -> None:
+        self.dataset_size = dataset_size
+        self.seen = {"real": 0, "fake": 0}  # this process, this epoch, before any dropping
+
+    @property
+    def dataset_size(self) -> int | None:
+        return self._dataset_size
+
+    @dataset_size.setter
+    def dataset_size(self, value: int | None) -> None:
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"`dataset_size` must be a positive int or None, got {value!r}.")
+        self._dataset_size = value
+
+    def counted(self, side: str, batch: int, world: int, rank: int) -> int:
+        """How many of the next ``batch`` images of ``side`` count on ``rank`` of ``world``.
+
+        Raises:
+            ValueError: the process was given more images than ``dataset_size`` allows it (plus one repeat).
+        """
+        if self.dataset_size is None:
+            return batch
+        quota = (self.dataset_size - rank + world - 1) // world
+        seen = self.seen[side]
+        if seen + batch > quota + 1:
+            raise ValueError(
+                f"dataset_size={self.dataset_size} over {world} process(es) gives rank {rank} at most {quota} "
+                f"{_NAMES[side]} images per epoch (plus at most one padding repeat), but it has been given "
+                f"{seen + batch}. "
+                "Is dataset_size the size of the validation set, is reset() called each epoch, and is each "
+                "batch passed to update() once per side?"
+            )
+        return max(0, min(batch, quota - seen))
+
+    def advance(self, side: str, batch: int) -> None:
+        """Record that ``batch`` more images of ``side`` were given (counted or dropped)."""
+        self.seen[side] += batch
+
+    def reset(self, keep_real: bool) -> None:
+        """A new epoch; the real count stays when the real statistics do."""
+        self.seen = {"real": self.seen["real"] if keep_real else 0, "fake": 0}
+
+    def warn_if_not_covered(self, counted: dict[str, int]) -> None:
+        """Warn for each side whose count over all processes is not ``dataset_size``."""
+        if self.dataset_size is None:
+            return
+        for side, n in counted.items():
+            if n != self.dataset_size:
+                warn_caller(
+                    f"dataset_size={self.dataset_size}, but {n} {_NAMES[side]} images were counted over all processes: "
+                    "the validation loop did not cover the set exactly once (limit_val_batches? a sampler with "
+                    "drop_last=True?), so this FID is not over the whole set."
+                )

@@ -1,0 +1,193 @@
+"""The feature extractor: a network, the preprocessing its reference uses, the outputs it emits, and what it is.
+
+    images (N, C, H, W) -> check -> preprocess (compat) -> network -> named outputs, float32
+
+Two kinds. The FID Inception network (``Extractor.inception``): uint8 or [0, 1] float images, checked, rounded
+to uint8, resized and normalised as the ``compat`` reference does (``fid_metric.preprocess``), and any of the
+outputs ``fid_metric.inception.OUTPUTS`` names. A custom module (``Extractor.custom``): the images exactly as
+given to ``update``, as in torchmetrics, and one output, ``"features"``, ``(N, d)``.
+
+The extractor lives outside the metric's module tree: never in ``state_dict`` (no 92 MB checkpoints), never
+cast by Lightning's ``bf16-true``, never broadcast by DDP; ``on(device)`` moves it where the metric is. A
+metric's copies (``deepcopy``, torchmetrics' ``clone``) share it: it is frozen.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor, nn
+
+from fid_metric import weights
+from fid_metric.inception import POOL_FEATURES, FIDInceptionV3, fold_batch_norm
+from fid_metric.precision import network_math, network_memory_format
+from fid_metric.preprocess import check_images, inception_input, to_uint8_rgb
+
+CUSTOM_OUTPUT = "features"
+
+
+class Extractor:
+    """A feature network and its identity.
+
+    Attributes:
+        module: the network.
+        num_features: d of the FID features.
+        feature_output: the name of the FID features among the outputs (``"2048"``, ..., or ``"features"``).
+        extractor_id: e.g. ``"inception-2015-12-05/2048"`` or ``"custom:MyNet/128"``; recorded in statistics
+            files and checkpoints.
+        compat: the preprocessing pipeline, ``""`` for a custom module.
+        weights_path: the Inception weights file, None for a custom module.
+        memory_format: the layout of the module's 4-d weights, where known.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        num_features: int,
+        feature_output: str,
+        extractor_id: str,
+        compat: str,
+        weights_path: os.PathLike | None,
+        memory_format: torch.memory_format | None,
+    ) -> None:
+        self.module = module
+        self.num_features = num_features
+        self.feature_output = feature_output
+        self.extractor_id = extractor_id
+        self.compat = compat
+        self.weights_path = weights_path
+        self.memory_format = memory_format
+
+    @classmethod
+    def inception(cls, feature: int, weights_path: str | os.PathLike | None, compat: str) -> Extractor:
+        """The FID Inception network with ``feature`` (64, 192, 768 or 2048) pool features.
+
+        Raises:
+            ValueError: another ``feature``, or weights that are not a finite pt_inception state dict.
+            fid_metric.WeightsUnavailableError: no weights file could be found or downloaded.
+        """
+        if feature not in POOL_FEATURES:
+            raise ValueError(f"`feature` must be one of {POOL_FEATURES} or an nn.Module, got {feature}.")
+        path = weights.resolve(weights_path)
+        network = _load_inception(path)
+        return cls(network, feature, str(feature), f"inception-2015-12-05/{feature}", compat, path, torch.channels_last)
+
+    @classmethod
+    def custom(cls, module: nn.Module, normalize: bool, input_img_size: tuple[int, int, int]) -> Extractor:
+        """A module mapping a batch of images to ``(N, d)`` features; d from its ``num_features`` attribute,
+        else from its output on a dummy image of ``input_img_size``."""
+        d = _custom_feature_dim(module, normalize, input_img_size)
+        return cls(module, d, CUSTOM_OUTPUT, f"custom:{type(module).__qualname__}/{d}", "", None, None)
+
+    @property
+    def is_custom(self) -> bool:
+        return self.weights_path is None
+
+    @functools.cached_property
+    def weights_sha256(self) -> str:
+        """Hex SHA-256 of the weights file, computed on first use and remembered; "" for a custom module."""
+        return "" if self.weights_path is None else weights.sha256_of(self.weights_path)
+
+    def metadata(self, with_hash: bool = True) -> dict[str, str]:
+        """What statistics files record about how their features were made (``FeatureStats`` fields)."""
+        return {
+            "extractor": self.extractor_id,
+            "weights_sha256": self.weights_sha256 if with_hash else "",
+            "compat": self.compat,
+        }
+
+    def on(self, device: torch.device, memory_format: torch.memory_format | None = None) -> nn.Module:
+        """The network on ``device`` (and in ``memory_format``, if given), converted the first time it is needed so."""
+        param = next(self.module.parameters(), None)
+        if param is not None and param.device != device:
+            self.module.to(device)
+        if memory_format is not None and self.memory_format != memory_format:
+            self.module.to(memory_format=memory_format)
+            self.memory_format = memory_format
+        return self.module
+
+    def check(self, imgs: Tensor, normalize: bool) -> None:
+        """Raise if ``imgs`` is not a batch this extractor accepts (a custom module: any non-scalar tensor)."""
+        if not self.is_custom:
+            check_images(imgs, normalize)
+        elif not isinstance(imgs, Tensor) or imgs.ndim == 0:
+            raise TypeError(f"Expected a batch of images as a torch.Tensor, got {type(imgs).__name__}.")
+
+    def outputs(self, imgs: Tensor, names: tuple[str, ...], device: torch.device, precision: str) -> dict[str, Tensor]:
+        """Checked images -> the named outputs, on ``device``, in the arithmetic ``precision`` names.
+
+        Raises:
+            ValueError: a custom module's output is not ``(N, d)``.
+        """
+        if self.is_custom:
+            network = self.on(device)
+            with network_math(device, precision):
+                features = network(imgs.to(device, non_blocking=True))
+            if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
+                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+                raise ValueError(
+                    f"The custom feature extractor must return (N, {self.num_features}) features for a batch of "
+                    f"N = {imgs.shape[0]}, got {shape}."
+                )
+            return {CUSTOM_OUTPUT: features}
+        layout = network_memory_format(device, precision)
+        network = self.on(device, layout)
+        with network_math(device, "exact"):
+            x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
+        with network_math(device, precision):
+            return network(x.contiguous(memory_format=layout), names)
+
+    def check_finite(self, outputs: dict[str, Tensor], normalize: bool) -> None:
+        """Raise if an output holds NaN or infinite values.
+
+        A custom module can produce them; the Inception network, whose weights are checked finite when loaded,
+        cannot on finite uint8 input, so on CUDA that case is not checked: the check reads a flag back from
+        the GPU, a host synchronisation ``update()`` otherwise never makes (float input already makes one).
+        """
+        if not self.is_custom and not normalize and all(o.device.type == "cuda" for o in outputs.values()):
+            return
+        for name, output in outputs.items():
+            if not bool(torch.isfinite(output).all()):
+                source = "The custom feature extractor" if self.is_custom else f"Inception output {name!r}"
+                raise ValueError(
+                    f"{source} returned NaN or infinite values for this batch; it was not added to the statistics. "
+                    "Check the extractor's weights and its input."
+                )
+
+    def __deepcopy__(self, memo: dict) -> Extractor:
+        return self
+
+
+def _load_inception(source: os.PathLike) -> FIDInceptionV3:
+    # float32 whatever torch.set_default_dtype says: the weights file and the network's input are float32.
+    network = FIDInceptionV3().to(torch.float32)
+    try:
+        network.load_state_dict(weights.load_state_dict(source), strict=True)
+    except RuntimeError as err:
+        raise RuntimeError(
+            f"{source} is not a pt_inception-2015-12-05 state dict (as in pytorch-fid's "
+            f"pt_inception-2015-12-05-6726825d.pth): {err}"
+        ) from err
+    if not all(bool(torch.isfinite(tensor).all()) for tensor in network.state_dict().values()):
+        raise ValueError(f"{source} holds NaN or infinite weights.")
+    return fold_batch_norm(network).to(memory_format=torch.channels_last)
+
+
+def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tuple[int, int, int]) -> int:
+    """Feature dimension of a custom extractor: its ``num_features``, else its output on a dummy image."""
+    num_features = getattr(module, "num_features", None)
+    if num_features is not None:
+        if isinstance(num_features, Tensor):
+            num_features = int(num_features.item())
+        if not isinstance(num_features, int):
+            raise TypeError(f"The custom extractor's `num_features` must be an int, got {num_features!r}.")
+        return num_features
+    if normalize:
+        dummy = torch.rand(1, *input_img_size)
+    else:
+        dummy = torch.randint(0, 256, (1, *input_img_size), dtype=torch.uint8)
+    device = next(module.parameters(), dummy).device
+    with torch.inference_mode():
+        return int(module(dummy.to(device)).shape[-1])

@@ -1,0 +1,228 @@
+"""What the test modules and the scripts under tests/scripts/ share: images, a tiny extractor, the relative error,
+the feeding loop, and the launchers of subprocesses and two-process DDP runs.
+
+Test modules import this (``from helpers import ...``; pytest puts tests/ on the path); the scripts find it on
+the PYTHONPATH that ``run_python`` sets. Fixtures live in conftest.py.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "tests" / "scripts"
+
+
+def smooth_images(n: int, size: int | tuple[int, int], seed: int, channels: int = 3) -> Tensor:
+    """``(n, channels, H, W)`` uint8 images: random 6x6 colour fields upsampled, plus mild pixel noise.
+
+    Deterministic: the same arguments give the same images in every process.
+    """
+    h, w = (size, size) if isinstance(size, int) else size
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(n, channels, 6, 6, generator=g) * 255
+    brightness = torch.rand(n, 1, 1, 1, generator=g) * 0.8 + 0.4
+    x = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False) * brightness
+    x = x + torch.randn(n, channels, h, w, generator=g) * 6
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+class TinyFeatures(nn.Module):
+    """A cheap custom extractor: uint8 ``(N, 3, H, W)`` -> x / 255, a fixed random 3x3 conv, ReLU, 2x2 average pool,
+    ``(N, 4 * channels)`` features in ``dtype``. Instead of Inception (5-10 images/s on a CPU) wherever what is
+    tested is the bookkeeping, which does not depend on the network.
+
+    * ``TinyFeatures()``: 12 float64 features. float64 so that the features do not depend on the batch size
+      (float32 convolutions pick other algorithms per batch shape, ~1e-7 apart): tests demand 1e-9 agreement.
+    * ``TinyFeatures(channels=8, dtype=torch.float32)``: 32 float32 features, as Inception's are float32: the
+      DDP and Lightning runs, whose float32 features a single process must reproduce bit for bit.
+    """
+
+    def __init__(self, channels: int = 3, dtype: torch.dtype = torch.float64, seed: int = 0) -> None:
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.conv = nn.Conv2d(3, channels, kernel_size=3, dtype=dtype)
+        self.num_features = 4 * channels
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.relu(self.conv(x.to(self.conv.weight.dtype) / 255))
+        return F.adaptive_avg_pool2d(y, 2).flatten(1)
+
+
+# Inputs ``update`` and ``check_images`` must refuse: (images, normalize, exception, message pattern).
+BAD_INPUTS = [
+    ([[0]], False, TypeError, "torch.Tensor"),
+    (torch.zeros(3, 8, 8, dtype=torch.uint8), False, ValueError, "3-d tensor"),
+    (torch.zeros(2, 2, 8, 8, dtype=torch.uint8), False, ValueError, "1 \\(grey\\) or 3 \\(RGB\\) channels"),
+    (torch.zeros(2, 4, 8, 8, dtype=torch.uint8), False, ValueError, "got shape \\(2, 4, 8, 8\\)"),
+    (torch.zeros(2, 8, 8, 3, dtype=torch.uint8), False, ValueError, "permute"),
+    (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), False, ValueError, "non-empty"),
+    (torch.zeros(2, 3, 8, 8), False, TypeError, "need normalize=True"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.int32), False, TypeError, "uint8 in \\[0, 255\\], got dtype torch.int32"),
+    (torch.zeros(2, 3, 8, 8, dtype=torch.uint8), True, TypeError, "floating point in \\[0, 1\\]"),
+    (torch.full((2, 3, 8, 8), 1.5), True, ValueError, "in \\[0, 1\\], got values in \\[1.5, 1.5\\]"),
+    (torch.full((2, 3, 8, 8), -0.1), True, ValueError, "in \\[0, 1\\]"),
+    (torch.full((2, 3, 8, 8), float("nan")), True, ValueError, "finite"),
+    (torch.full((2, 3, 8, 8), float("inf")), True, ValueError, "finite"),
+]
+
+
+def ddp_features() -> TinyFeatures:
+    """The extractor of the DDP and Lightning runs: 32 float32 features."""
+    return TinyFeatures(channels=8, dtype=torch.float32)
+
+
+def relative(value: Any, reference: Any) -> float:
+    """``max |value - reference| / max |reference|``: of numbers, their relative difference; of tensors, the largest
+    difference in the scale of the reference's largest entry. On the CPU, in float64."""
+    a = torch.as_tensor(value).detach().cpu().double()
+    b = torch.as_tensor(reference).detach().cpu().double()
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+def feed(metric: Any, real: Tensor, fake: Tensor, batch: int = 8) -> Any:
+    """``metric.update`` with ``real`` then ``fake`` in batches of ``batch``; returns the metric (``.compute()``)."""
+    for start in range(0, len(real), batch):
+        metric.update(real[start : start + batch], real=True)
+    for start in range(0, len(fake), batch):
+        metric.update(fake[start : start + batch], real=False)
+    return metric
+
+
+def run_python(script: Path, *args: str, timeout: float = 300, **env_vars: str) -> subprocess.CompletedProcess:
+    """Run ``python script args`` from the repository root, as a fresh process; fail with its output.
+
+    The child finds ``fid_metric`` and these helpers on its path, runs one thread per process (its models are
+    tiny, and threads thrash when other jobs share the cores), and inherits no launcher variables (MASTER_ADDR,
+    RANK, ...) that would confuse a DDP script.
+    """
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK")
+    }
+    paths = [str(REPO), str(REPO / "tests"), env.get("PYTHONPATH", "")]
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, paths)), OMP_NUM_THREADS="1", **env_vars)
+    proc = subprocess.run(
+        [sys.executable, str(script), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    output = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+    assert proc.returncode == 0, f"{script.name} failed ({proc.returncode}):\n{output}"
+    return proc
+
+
+class DDPLauncher:
+    """Two-process (``world_size``) gloo runs on the CPU; each returns what every rank reported, by rank.
+
+    * ``run(target, *args)``: ``target(rank, world_size, *args) -> dict``, a module-level function, runs in
+      every rank of a process group. The processes (spawned, one thread each) start at the first call and serve
+      every later call: a fresh interpreter costs seconds of imports here. A failure or a timeout in any rank
+      stops them (the next call starts new ones) and fails the calling test with the ranks' tracebacks.
+    * ``run_script(script, out_dir, *args)``: ``python script OUT_DIR *args`` by ``run_python``, for programs that
+      start their ranks themselves (Lightning's "ddp" strategy re-runs its script); each rank writes
+      ``OUT_DIR/rank{r}.json``.
+    """
+
+    def __init__(self, workdir: Path, world_size: int = 2) -> None:
+        self.workdir = workdir
+        self.world_size = world_size
+        self._processes: list = []
+        self._tasks: list = []
+        self._started = 0
+
+    def run(self, target: Callable[..., dict], *args: Any, timeout: float = 240) -> list[dict]:
+        if not self._processes:
+            self._start()
+        for tasks in self._tasks:
+            tasks.put((target, args))
+        outcomes: dict[int, tuple[bool, Any]] = {}
+        deadline = time.monotonic() + timeout
+        while len(outcomes) < self.world_size:
+            try:
+                rank, ok, value = self._results.get(timeout=1)
+                outcomes[rank] = (ok, value)
+            except queue.Empty:
+                dead = [p.pid for p in self._processes if not p.is_alive()]
+                if dead or time.monotonic() > deadline:
+                    self.close()
+                    raise AssertionError(
+                        f"{target.__name__}: ranks {sorted(set(range(self.world_size)) - set(outcomes))} "
+                        f"{'died' if dead else f'did not answer in {timeout} s'}; {outcomes}"
+                    ) from None
+        if not all(ok for ok, _ in outcomes.values()):
+            self.close()
+            failures = "\n".join(f"rank {r}:\n{v}" for r, (ok, v) in sorted(outcomes.items()) if not ok)
+            raise AssertionError(f"{target.__name__} failed:\n{failures}")
+        return [outcomes[rank][1] for rank in range(self.world_size)]
+
+    def run_script(self, script: Path, out_dir: Path, *args: Any) -> list[dict]:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        run_python(script, str(out_dir), *map(str, args), timeout=240)
+        return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(self.world_size)]
+
+    def _start(self) -> None:
+        context = torch.multiprocessing.get_context("spawn")
+        self._started += 1
+        init_file = self.workdir / f"dist_init_{self._started}"
+        self._tasks = [context.SimpleQueue() for _ in range(self.world_size)]
+        self._results = context.Queue()
+        self._processes = [
+            context.Process(
+                target=_serve_rank,
+                args=(rank, self.world_size, str(init_file), self._tasks[rank], self._results),
+                daemon=True,
+            )
+            for rank in range(self.world_size)
+        ]
+        for process in self._processes:
+            process.start()
+
+    def close(self) -> None:
+        """Stop the processes: idle ones leave the process group and exit, others are terminated."""
+        for tasks, process in zip(self._tasks, self._processes):
+            if process.is_alive():
+                tasks.put(None)
+        for process in self._processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join()
+        self._processes = []
+
+
+def _serve_rank(rank: int, world_size: int, init_file: str, tasks: Any, results: Any) -> None:
+    """A rank of ``DDPLauncher``: joins the gloo group, then runs tasks until it receives None."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group(
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=120),
+    )
+    try:
+        while (task := tasks.get()) is not None:
+            target, args = task
+            try:
+                results.put((rank, True, target(rank, world_size, *args)))
+            except BaseException:
+                results.put((rank, False, traceback.format_exc()))
+    finally:
+        torch.distributed.destroy_process_group()
