@@ -22,6 +22,9 @@ from pytorch_fid import fid_score
 from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError, frechet_distance
 from fid_metric.stats import mean_and_covariance
 
+# Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
+
 
 def _features(n: int, d: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -221,9 +224,6 @@ import io, sys, time
 import numpy as np
 import torch
 from fid_metric import FeatureStats
-
-# Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
-pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
 
 real_savez = np.savez
 
