@@ -10,12 +10,14 @@ counts refused), finite values, and a copy, so that two metrics loaded from one 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from fid_metric.inception import FIDInceptionV3
 from fid_metric.stats import StatsMismatchError
 
 
@@ -28,6 +30,8 @@ class FeatureSumsMetricLike(Protocol):
 
     def identity(self) -> dict[str, object]: ...
 
+
+_log = logging.getLogger("fid_metric")
 
 EXTRA_STATE_KEY = "_extra_state"  # torch's own name for a module's extra state in a state dict
 
@@ -122,6 +126,8 @@ def load_states(
     record = state_dict.pop(prefix + EXTRA_STATE_KEY, None)
     if record is not None:
         check_same_identity(metric.identity(), record, what)
+    if _pop_torchmetrics_network(state_dict, prefix, what) and record is None:
+        _check_torchmetrics_compatible(metric.identity(), what)
     incoming = {name: state_dict.pop(prefix + name) for name in metric._defaults if prefix + name in state_dict}
     missing = [name for name in metric._defaults if metric._persistent[name] and name not in incoming]
     if missing and not incoming:  # torch passes strict=True to modules and drops these itself under strict=False
@@ -135,6 +141,50 @@ def load_states(
         name: checked_state(name, value, metric._defaults[name], name in metric._symmetric_states, what)
         for name, value in incoming.items()
     }
+
+
+TORCHMETRICS_NETWORK_KEY = "inception."  # torchmetrics' FrechetInceptionDistance keeps its network's weights here
+# torchmetrics' antialias=True resize is compat="torchmetrics", its antialias=False resize compat="tensorflow"
+_TORCHMETRICS_COMPAT = ("torchmetrics", "tensorflow")
+
+
+def _pop_torchmetrics_network(state_dict: dict, prefix: str, what: str) -> bool:
+    """Remove the FID Inception weights that torchmetrics' ``FrechetInceptionDistance`` writes into its state dict
+    (566 ``inception.*`` entries), after checking that they are that network; True if there were any.
+
+    The metric loads its network from its weights file, never from a checkpoint; torchmetrics' entries are
+    recognised so that a module migrated from torchmetrics loads its checkpoint with ``strict=True``.
+
+    Raises:
+        StatsMismatchError: ``inception.*`` entries of another network.
+    """
+    start = prefix + TORCHMETRICS_NETWORK_KEY
+    entries = {key[len(start) :]: state_dict[key] for key in state_dict if key.startswith(start)}
+    if not entries:
+        return False
+    with torch.device("meta"):  # names and shapes only: nothing allocated or initialised
+        expected = {name: tensor.shape for name, tensor in FIDInceptionV3().state_dict().items()}
+    got = {name: getattr(value, "shape", None) for name, value in entries.items()}
+    if got != expected:
+        raise StatsMismatchError(
+            f"{what} holds {len(entries)} {start}* entries that are not the FID Inception network's {len(expected)} "
+            "(as torchmetrics' FrechetInceptionDistance writes them): it was not written by an Inception FID."
+        )
+    for name in entries:
+        del state_dict[start + name]
+    _log.info("%s: skipped torchmetrics' %d %s* entries (fid_metric loads its own weights)", what, len(entries), start)
+    return True
+
+
+def _check_torchmetrics_compatible(identity: Mapping[str, object], what: str) -> None:
+    """A torchmetrics checkpoint's sums are of the FID Inception with one of torchmetrics' two resizes."""
+    extractor, compat = str(identity.get("extractor", "")), identity.get("compat")
+    if not extractor.startswith("inception-") or compat not in _TORCHMETRICS_COMPAT:
+        raise StatsMismatchError(
+            f"{what} was written by torchmetrics' FrechetInceptionDistance (the FID Inception with "
+            f"compat={' or '.join(map(repr, _TORCHMETRICS_COMPAT))}), this metric is {extractor} with "
+            f"compat={compat!r}: its statistics cannot be combined with this metric's."
+        )
 
 
 def merged_states(metric: FeatureSumsMetricLike, incoming: object) -> dict[str, Tensor]:

@@ -21,9 +21,9 @@ from fid_metric.accumulators import GaussianSums, Registered
 from fid_metric.boundaries import StatesAcrossBoundaries
 from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
 from fid_metric.exactly_once import SamplerQuota, sampler_positions
-from fid_metric.extractor import Extractor
+from fid_metric.extractor import Extractor, FeatureNetwork
 from fid_metric.precision import PRECISIONS
-from fid_metric.preprocess import resolve_compat
+from fid_metric.preprocess import resolve_compat, to_uint8_rgb
 from fid_metric.reference import FixedReference
 from fid_metric.stats import FeatureStats
 from fid_metric.warn import warn_caller
@@ -39,6 +39,8 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
     higher_is_better = False
     is_differentiable = False
     full_state_update = False
+    # The attribute that torchmetrics.wrappers.FeatureShare reads, and replaces by the network it shares.
+    feature_network: str = "inception"
 
     def __init__(
         self,
@@ -79,6 +81,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             ours = {"feature_dim": self.num_features, **self._extractor.metadata(with_hash=bool(stats.weights_sha256))}
             stats.check_compatible(ours, "real_stats", "this metric")
             self._reference = FixedReference(stats)
+        self._shared_network: nn.Module | None = None
         self._accumulators: list[Any] = []
         self._symmetric_states: set[str] = set()
         self._real_states: list[str] = []
@@ -129,7 +132,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         self._extractor.check(imgs, self.normalize)
         keep = self._quota.counted(side, imgs.shape[0], *self._world_and_rank())
         if keep:
-            outputs = self._outputs(imgs[:keep])
+            outputs = self._outputs(imgs if keep == imgs.shape[0] else imgs[:keep])
             self._extractor.check_finite(outputs, self.normalize)
             with torch.inference_mode():
                 self._accumulate(side, outputs, first=self._quota.seen[side])
@@ -142,7 +145,68 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
 
     def _outputs(self, imgs: Tensor) -> dict[str, Tensor]:
         """Checked images -> the extractor's outputs, float32 on the metric's device."""
+        if self._shared_network is not None:
+            return {self._extractor.feature_output: self._shared_features(imgs)}
         return self._extractor.outputs(imgs, self._network_outputs, self.device, self.precision)
+
+    @property
+    def inception(self) -> nn.Module:
+        """The feature network, as torchmetrics' ``metric.inception``: a module mapping a batch of images, as
+        torchmetrics' network takes them (uint8 ``(N, 3, H, W)``), to the ``(N, d)`` float32 FID features of
+        this metric's compat pipeline and precision; a custom ``feature`` module itself; or the network
+        ``torchmetrics.wrappers.FeatureShare`` set. Holds no parameters of the Inception network (it never
+        enters a ``state_dict``).
+        """
+        if self._shared_network is not None:
+            return self._shared_network
+        if self._extractor.is_custom:
+            return self._extractor.module
+        return FeatureNetwork(self._extractor, self.precision)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # ``metric.inception = network`` (torchmetrics.wrappers.FeatureShare does it): features come from that
+        # network from now on; it is not registered as a submodule, so its weights stay out of state_dict().
+        if name == "inception":
+            self._share_network(value)
+        else:
+            super().__setattr__(name, value)
+
+    def _share_network(self, network: nn.Module) -> None:
+        if not callable(network):
+            raise TypeError(f"`inception` must be a module mapping images to features, got {type(network).__name__}.")
+        if len(self._network_outputs) > 1:
+            raise ValueError(
+                f"{type(self).__name__} takes {len(self._network_outputs)} outputs of one Inception pass "
+                f"({', '.join(self._network_outputs)}); a shared network gives one. Share the network between "
+                "metrics that need only the FID features."
+            )
+        object.__setattr__(self, "_shared_network", network)
+
+    def _shared_features(self, imgs: Tensor) -> Tensor:
+        """The shared network's features of checked images: given as they came for a custom extractor and for
+        uint8 RGB (the very tensor, so that FeatureShare's cache recognises it), else as uint8 RGB."""
+        assert self._shared_network is not None
+        plain = self._extractor.is_custom or (imgs.dtype == torch.uint8 and imgs.shape[1] == 3)
+        features = self._shared_network(imgs if plain else to_uint8_rgb(imgs))
+        if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(
+                f"The shared feature network must return (N, {self.num_features}) features for a batch of "
+                f"N = {imgs.shape[0]}, got {shape}."
+            )
+        return features.to(self.device, torch.float32)
+
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Plot a value of the metric, or a sequence of them, as torchmetrics' metrics do (needs matplotlib).
+
+        Args:
+            val: ``compute()``'s result, or a list of them (e.g. one per epoch); None: ``compute()`` now.
+            ax: a matplotlib axis to draw into; None: a new figure.
+
+        Returns:
+            ``(figure, axis)``.
+        """
+        return self._plot(val, ax)
 
     def _accumulate(self, side: str, outputs: dict[str, Tensor], first: int) -> None:
         """Add a batch's outputs to the accumulators of ``side``. ``first`` is the index, among the images this

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from fid_metric import weights
 from fid_metric.inception import POOL_FEATURES, FIDInceptionV3, fold_batch_norm
 from fid_metric.precision import network_math, network_memory_format
-from fid_metric.preprocess import check_images, inception_input, to_uint8_rgb
+from fid_metric.preprocess import ImageInputError, check_images, inception_input, to_uint8_rgb
 
 CUSTOM_OUTPUT = "features"
 
@@ -113,7 +113,7 @@ class Extractor:
         if not self.is_custom:
             check_images(imgs, normalize)
         elif not isinstance(imgs, Tensor) or imgs.ndim == 0:
-            raise TypeError(f"Expected a batch of images as a torch.Tensor, got {type(imgs).__name__}.")
+            raise ImageInputError(f"Expected a batch of images as a torch.Tensor, got {type(imgs).__name__}.")
 
     def outputs(self, imgs: Tensor, names: tuple[str, ...], device: torch.device, precision: str) -> dict[str, Tensor]:
         """Checked images -> the named outputs, on ``device``, in the arithmetic ``precision`` names.
@@ -158,6 +158,30 @@ class Extractor:
 
     def __deepcopy__(self, memo: dict) -> Extractor:
         return self
+
+
+class FeatureNetwork(nn.Module):
+    """An Inception extractor as a module with torchmetrics' network interface: uint8 ``(N, 3, H, W)`` images ->
+    ``(N, d)`` float32 FID features, on the images' device, in the given ``precision``.
+
+    What ``metric.inception`` returns, for ``torchmetrics.wrappers.FeatureShare`` and code that calls the
+    network directly. It registers no parameters: the network stays outside every module tree (see the module
+    docstring), also when another metric holds this module.
+    """
+
+    def __init__(self, extractor: Extractor, precision: str) -> None:
+        super().__init__()
+        self.extractor = extractor
+        self.precision = precision
+
+    def forward(self, imgs: Tensor) -> Tensor:
+        self.extractor.check(imgs, normalize=False)
+        output = self.extractor.feature_output
+        return self.extractor.outputs(imgs, (output,), imgs.device, self.precision)[output]
+
+    def extra_repr(self) -> str:
+        # FeatureShare compares str(network) to tell whether its metrics use one network
+        return f"{self.extractor.extractor_id}, compat={self.extractor.compat!r}, precision={self.precision!r}"
 
 
 def _load_inception(source: os.PathLike) -> FIDInceptionV3:

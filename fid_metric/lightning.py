@@ -1,16 +1,40 @@
-"""Lightning integration: exactly-once counting of the validation set under DDP (needs ``lightning``)."""
+"""Lightning integration: exactly-once counting of the validation set under DDP.
+
+Works with either Lightning package, ``lightning`` (``import lightning as L``) or ``pytorch-lightning``
+(``import pytorch_lightning as pl``), or both: each Trainer accepts only callbacks of its own package's
+``Callback`` class, so ``ExactlyOnce`` derives from the ``Callback`` of each one installed.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
-import lightning.pytorch as pl
 from torch.utils.data import DataLoader, DistributedSampler
 
 from fid_metric.core import FeatureSumsMetric
 
 
-class ExactlyOnce(pl.Callback):
+def _callback_bases() -> tuple[type, ...]:
+    """``Callback`` of each Lightning package installed: lightning.pytorch's, pytorch_lightning's."""
+    bases: list[type] = []
+    if importlib.util.find_spec("lightning") is not None:
+        from lightning.pytorch import Callback
+
+        bases.append(Callback)
+    if importlib.util.find_spec("pytorch_lightning") is not None:
+        from pytorch_lightning import Callback as PLCallback
+
+        bases.append(PLCallback)
+    if not bases:
+        raise ImportError(
+            "fid_metric.lightning needs Lightning: pip install lightning (or pytorch-lightning, for code that "
+            "imports pytorch_lightning)."
+        )
+    return tuple(bases)
+
+
+class ExactlyOnce(*_callback_bases()):  # type: ignore[misc]
     """Gives every metric of this package (``FrechetInceptionDistance``, ``InceptionMetrics``) in the
     LightningModule the size of the validation set.
 
@@ -25,7 +49,7 @@ class ExactlyOnce(pl.Callback):
     (``drop_last=False``). During the sanity check the metric is left unbounded (it sees two batches only).
     """
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
         size = None if trainer.sanity_checking else _validation_set_size(trainer.val_dataloaders)
         for module in pl_module.modules():
             if isinstance(module, FeatureSumsMetric):

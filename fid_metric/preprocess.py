@@ -48,42 +48,53 @@ def resolve_compat(compat: str | None, antialias: bool | None) -> str:
     return compat
 
 
+class ImageInputError(TypeError, ValueError):
+    """A batch that is not what the metric accepts; the message says what was expected.
+
+    Both a ``TypeError`` (what fid_metric 0.1 raised for a wrong type or dtype) and a ``ValueError`` (what
+    torchmetrics raises for every bad image batch), so code written for either catches it.
+    """
+
+
 def check_images(imgs: object, normalize: bool) -> None:
     """Raise if ``imgs`` is not a batch of images the metric accepts; never modifies anything.
 
     Accepted: ``(N, C, H, W)`` with C in {1, 3}, N >= 1; uint8 in [0, 255] when ``normalize=False``;
     float16/bfloat16/float32/float64 in [0, 1], finite, when ``normalize=True``. The value check of float
     input reads the tensor's min and max, one host-device synchronisation; uint8 input needs none.
+
+    Raises:
+        ImageInputError: what was expected and what came; a ``TypeError`` and a ``ValueError`` both.
     """
     if not isinstance(imgs, Tensor):
-        raise TypeError(f"Expected images as a torch.Tensor of shape (N, 3, H, W), got {type(imgs).__name__}.")
+        raise ImageInputError(f"Expected images as a torch.Tensor of shape (N, 3, H, W), got {type(imgs).__name__}.")
     if imgs.ndim != 4:
-        raise ValueError(
+        raise ImageInputError(
             f"Expected images of shape (N, C, H, W) with C = 1 or 3, got a {imgs.ndim}-d tensor of shape "
             f"{tuple(imgs.shape)}."
         )
     n, c, h, w = imgs.shape
     if c not in (1, 3):
-        raise ValueError(
+        raise ImageInputError(
             f"Expected 1 (grey) or 3 (RGB) channels in dimension 1 of (N, C, H, W), got shape {tuple(imgs.shape)}."
             + (" Channels-last input? Use imgs.permute(0, 3, 1, 2)." if w in (1, 3) else "")
         )
     if n == 0 or h == 0 or w == 0:
-        raise ValueError(f"Expected a non-empty batch of images, got shape {tuple(imgs.shape)}.")
+        raise ImageInputError(f"Expected a non-empty batch of images, got shape {tuple(imgs.shape)}.")
     if normalize:
         if imgs.dtype not in _FLOAT_DTYPES:
-            raise TypeError(
+            raise ImageInputError(
                 f"With normalize=True images must be floating point in [0, 1], got dtype {imgs.dtype}. "
                 "Pass uint8 images in [0, 255] with normalize=False."
             )
         lo, hi = torch.aminmax(imgs.float())
         if not (torch.isfinite(lo) & torch.isfinite(hi) & (lo >= 0) & (hi <= 1)).item():
-            raise ValueError(
+            raise ImageInputError(
                 f"With normalize=True images must be finite and in [0, 1], got values in [{lo.item()}, {hi.item()}]."
             )
     elif imgs.dtype != torch.uint8:
         hint = " Floating point images in [0, 1] need normalize=True." if imgs.dtype in _FLOAT_DTYPES else ""
-        raise TypeError(f"With normalize=False images must be uint8 in [0, 255], got dtype {imgs.dtype}.{hint}")
+        raise ImageInputError(f"With normalize=False images must be uint8 in [0, 255], got dtype {imgs.dtype}.{hint}")
 
 
 def to_uint8_rgb(imgs: Tensor) -> Tensor:

@@ -34,6 +34,7 @@ STATE_DTYPES = {name: torch.int64 if name.endswith("num_samples") else torch.flo
 pytestmark = pytest.mark.filterwarnings(
     # torch deprecated its pytree LeafSpec; Lightning 2.6's pytree helper (used when it logs) still creates one.
     r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning:lightning.pytorch.utilities._pytree",
+    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning:pytorch_lightning.utilities._pytree",
     "ignore:FID from .* fewer samples than dimensions",
 )
 
@@ -268,3 +269,40 @@ def test_example_runs_and_logs_fid(inception_weights: Path, tmp_path: Path) -> N
     printed = float(proc.stdout.split("epoch 0:")[1].split()[0])
     assert printed == pytest.approx(events[0].value, rel=1e-3)
     assert str(event_files[0].parent) in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# d. both Lightning packages: lightning and pytorch_lightning
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("package", ["lightning.pytorch", "pytorch_lightning"])
+def test_exactly_once_with_either_lightning_package(package: str) -> None:
+    """``import pytorch_lightning as pl`` code gets the same callback: its Trainer accepts it, it sets the
+    validation set's size on the metric, and the logged FID is the plain metric's."""
+    pl = pytest.importorskip(package)
+    from fid_metric.lightning import ExactlyOnce
+
+    class Validate(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fid = FrechetInceptionDistance(feature=ddp_features())
+
+        def validation_step(self, batch, batch_idx):
+            self.fid.update(batch[0], real=True)
+            self.fid.update(batch[1], real=False)
+            self.log("val/fid", self.fid)
+
+    real, fake = smooth_images(20, 16, seed=41), smooth_images(20, 16, seed=42)
+    model = Validate()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ExactlyOnce()],
+    )
+    trainer.validate(model, DataLoader(TensorDataset(real, fake), batch_size=8), verbose=False)
+    assert model.fid.dataset_size == 20
+    assert float(trainer.callback_metrics["val/fid"]) == _fid_of(real, fake)

@@ -1,11 +1,11 @@
 """The private torchmetrics members fid_metric relies on, each checked where it can change.
 
 fid_metric overrides ``Metric._sync_dist`` (one all_reduce instead of an all_gather per state) and
-``Metric._apply`` (float64 states under ``module.to(torch.bfloat16)``), and reads ``_defaults`` (the states and
+``Metric._apply`` (float64 states under ``module.to(torch.bfloat16)``), reads ``_defaults`` (the states and
 their templates), ``_persistent`` (which states ``state_dict`` writes), ``_cache`` (the local states that
-``unsync()`` restores), ``_is_synced`` and ``_computed``. torchmetrics does not promise these, so
-``pyproject.toml`` bounds it below 2 and each is checked here: a torchmetrics release that changes one fails
-this module, not a user's FID.
+``unsync()`` restores), ``_is_synced`` and ``_computed``, and calls ``_plot`` (the figure behind ``plot()``).
+torchmetrics does not promise these, so ``pyproject.toml`` bounds it below 2 and each is checked here: a
+torchmetrics release that changes one fails this module, not a user's FID.
 """
 
 from __future__ import annotations
@@ -67,3 +67,15 @@ def test_compute_caches_in_computed_and_apply_takes_exclude_state() -> None:
     assert "exclude_state" in inspect.signature(Metric._apply).parameters
     metric._apply(lambda t: t.float(), exclude_state=("total",))
     assert metric.total.dtype == torch.float64  # excluded states keep their dtype
+
+
+def test_plot_draws_through_underscore_plot() -> None:
+    """``Metric._plot(val, ax)`` draws ``val`` (or ``compute()``) and returns ``(figure, axis)``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    metric = _Sum()
+    metric.update(torch.ones(3, dtype=torch.float64))
+    assert list(inspect.signature(Metric._plot).parameters)[1:] == ["val", "ax"]
+    figure, axis = metric._plot(torch.tensor(1.5), None)
+    assert figure is axis.figure

@@ -1,0 +1,158 @@
+"""Drop-in for torchmetrics' FrechetInceptionDistance: what migrating code relies on, checked against torchmetrics.
+
+Each test sets our metric beside torchmetrics' own (installed as a test dependency) on the suite's random
+weights: the same behaviour, or the documented difference asserted.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib
+import pytest
+import torch
+from helpers import BAD_INPUTS, TinyFeatures, feed, relative, smooth_images
+from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
+from torchmetrics.image.kid import KernelInceptionDistance
+from torchmetrics.wrappers import FeatureShare
+
+from fid_metric import FrechetInceptionDistance, ImageInputError, InceptionMetrics, StatsMismatchError
+from fid_metric.preprocess import check_images
+
+matplotlib.use("Agg")
+pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
+
+
+def test_class_attributes_as_torchmetrics() -> None:
+    for name in ("higher_is_better", "is_differentiable", "full_state_update", "plot_lower_bound", "feature_network"):
+        assert getattr(FrechetInceptionDistance, name) == getattr(TorchmetricsFID, name), name
+
+
+@pytest.mark.parametrize(("imgs", "normalize", "error", "message"), BAD_INPUTS)
+def test_bad_input_is_both_a_type_and_a_value_error(imgs, normalize, error, message) -> None:
+    """torchmetrics raises ValueError for a bad batch, fid_metric 0.1 raised TypeError for a wrong type: the
+    error is both, so `except ValueError` and `except TypeError` both catch it."""
+    with pytest.raises(ImageInputError, match=message) as info:
+        check_images(imgs, normalize)
+    assert isinstance(info.value, ValueError) and isinstance(info.value, TypeError)
+
+
+def test_float_images_without_normalize_raise_what_torchmetrics_raises(inception_fid, inception_weights) -> None:
+    floats = torch.rand(2, 3, 32, 32)
+    reference = TorchmetricsFID(64, feature_extractor_weights_path=str(inception_weights))
+    with pytest.raises(ValueError):
+        reference.update(floats, real=True)
+    metric = inception_fid(64)
+    with pytest.raises(ValueError, match="need normalize=True"):
+        metric.update(floats, real=True)
+    assert int(metric.real_features_num_samples) == 0
+
+
+def test_plot_single_value_and_sequence(tmp_path) -> None:
+    """plot() as torchmetrics': a figure of the current value, and of a list of values (one per epoch)."""
+    metric = feed(FrechetInceptionDistance(TinyFeatures()), smooth_images(20, 16, seed=1), smooth_images(18, 16, 2))
+    figure, axis = metric.plot()
+    values = [metric.compute(), metric.compute() / 2]
+    figure_2, _ = metric.plot(values)
+    for fig, name in ((figure, "one.png"), (figure_2, "many.png")):
+        fig.savefig(tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert axis.get_ylim()[0] <= float(values[0])
+
+
+def test_inception_attribute_is_the_network_torchmetrics_users_call(inception_fid) -> None:
+    """`metric.inception(imgs)` gives the features the metric accumulates; a custom module is itself; the
+    network never enters state_dict()."""
+    metric = inception_fid(64)
+    imgs = smooth_images(6, 40, seed=3)
+    features = metric.inception(imgs)
+    assert features.shape == (6, 64) and features.dtype == torch.float32
+    metric.update(imgs, real=True)
+    assert relative(metric.real_features_sum, features.double().sum(0)) < 1e-12
+    assert not any("inception" in key for key in metric.state_dict())
+    module = TinyFeatures()
+    assert FrechetInceptionDistance(module).inception is module
+
+
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save all extracted features")
+def test_feature_share_runs_one_network_pass_for_our_fid_and_torchmetrics_metrics(inception_fid, monkeypatch) -> None:
+    """torchmetrics' FeatureShare of our FID, torchmetrics' KID and torchmetrics' FID: one forward pass of our
+    network per batch for all three, our FID exactly as alone, theirs on our (exact) features."""
+    ours = inception_fid(64)
+    network = ours.inception
+    kid = KernelInceptionDistance(feature=network, subsets=3, subset_size=8)
+    theirs = TorchmetricsFID(feature=network)
+    shared = FeatureShare({"ours": ours, "kid": kid, "theirs": theirs})
+    passes = []
+    outputs = ours._extractor.outputs
+    monkeypatch.setattr(ours._extractor, "outputs", lambda *a, **k: passes.append(1) or outputs(*a, **k))
+    real, fake = smooth_images(12, 40, seed=4), smooth_images(10, 40, seed=5)
+    for batch in real.split(4):
+        shared.update(batch, real=True)
+    for batch in fake.split(5):
+        shared.update(batch, real=False)
+    assert len(passes) == 5  # one per update(), not one per metric
+    torch.manual_seed(0)
+    values = shared.compute()
+
+    alone = feed(inception_fid(64), real, fake, batch=4).compute()
+    assert relative(values["ours"], alone) < 1e-12
+    assert relative(values["theirs"], alone) < 1e-5  # torchmetrics' own float64 arithmetic on the same features
+    kid_alone = feed(KernelInceptionDistance(feature=inception_fid(64).inception, subsets=3, subset_size=8), real, fake)
+    torch.manual_seed(0)
+    assert relative(values["kid"][0], kid_alone.compute()[0]) < 1e-9
+
+
+def test_inception_metrics_refuses_a_shared_network(inception_weights) -> None:
+    metric = InceptionMetrics(feature=64, feature_extractor_weights_path=inception_weights)
+    with pytest.raises(ValueError, match="a shared network gives one"):
+        metric.inception = TinyFeatures()
+
+
+def _torchmetrics_checkpoint(inception_weights, real, **kwargs) -> dict:
+    """The state dict of a module holding torchmetrics' FID (persistent states) fed ``real``: what a Lightning
+    checkpoint of a migrated module holds under ``state_dict``."""
+    module = torch.nn.Module()
+    module.fid = TorchmetricsFID(64, feature_extractor_weights_path=str(inception_weights), **kwargs)
+    module.fid.persistent(True)
+    module.fid.update(real, real=True)
+    return module.state_dict()
+
+
+def test_torchmetrics_checkpoint_loads_with_strict_true(inception_fid, inception_weights, tmp_path, caplog) -> None:
+    """A checkpoint torchmetrics wrote (its 566 inception.* entries and its float64 sums) loads into our metric
+    with strict=True: the network entries are recognised and skipped with one message, the sums kept; FID
+    continues as torchmetrics' own does."""
+    real, fake = smooth_images(12, 40, seed=6), smooth_images(10, 40, seed=7)
+    torch.save(_torchmetrics_checkpoint(inception_weights, real, reset_real_features=False), tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert sum(key.startswith("fid.inception.") for key in state) == 566
+
+    module = torch.nn.Module()
+    module.fid = inception_fid(64, antialias=True, reset_real_features=False)
+    module.fid.persistent(True)
+    with caplog.at_level(logging.INFO, logger="fid_metric"):
+        module.load_state_dict(state, strict=True)
+    assert [r.getMessage() for r in caplog.records if "566" in r.getMessage()], caplog.text
+    assert torch.equal(module.fid.real_features_sum, state["fid.real_features_sum"])
+    assert int(module.fid.real_features_num_samples) == 12
+
+    reference = TorchmetricsFID(64, feature_extractor_weights_path=str(inception_weights), reset_real_features=False)
+    reference.update(real, real=True)
+    reference.update(fake, real=False)
+    module.fid.update(fake, real=False)
+    assert relative(module.fid.compute(), reference.compute()) < 1e-4
+
+
+def test_torchmetrics_checkpoint_refused_where_it_does_not_belong(inception_fid, inception_weights) -> None:
+    state = _torchmetrics_checkpoint(inception_weights, smooth_images(4, 40, seed=8))
+    other = torch.nn.Module()
+    other.fid = inception_fid(64, compat="pytorch-fid")
+    with pytest.raises(StatsMismatchError, match="torchmetrics' FrechetInceptionDistance"):
+        other.load_state_dict(dict(state), strict=True)
+    broken = {key: value for key, value in state.items() if key != "fid.inception.fc.bias"}
+    mine = torch.nn.Module()
+    mine.fid = inception_fid(64, antialias=True)
+    with pytest.raises(StatsMismatchError, match="not the FID Inception network"):
+        mine.load_state_dict(broken, strict=True)
+    assert int(mine.fid.real_features_num_samples) == 0
