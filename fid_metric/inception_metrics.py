@@ -34,13 +34,15 @@ _SFID = GaussianSums(
 class InceptionMetrics(FeatureSumsMetric):
     """FID plus, from the same Inception forward pass, sFID, Inception Score and FID-infinity.
 
-    ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid`` always;
+    ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid`` if ``fid``;
     ``sfid`` if ``sfid``; ``inception_score`` and ``inception_score_std`` if ``inception_score``;
     ``fid_infinity`` and ``fid_stderr`` if ``fid_groups``. The FID is the one ``FrechetInceptionDistance``
     computes from the same arguments and images. After ``compute()``, ``fid_by_size`` holds the
     ``(sample sizes, FID)`` pairs behind ``fid_infinity``.
 
     Args:
+        fid: compute the FID (default). ``fid=False, sfid=False`` gives the Inception Score alone, from generated
+            images only, as torchmetrics' ``InceptionScore`` (``update(imgs, real=True)`` is then an error).
         sfid: also compute sFID.
         inception_score: also compute the Inception Score of the generated images.
         splits: number of Inception Score splits (1 matches torch-fidelity's ``isc_splits=1``).
@@ -60,6 +62,7 @@ class InceptionMetrics(FeatureSumsMetric):
         splits: int = 1,
         fid_groups: int = 0,
         feature: int = 2048,
+        fid: bool = True,
         **kwargs: Any,
     ) -> None:
         if not isinstance(feature, int) or isinstance(feature, bool):
@@ -68,7 +71,13 @@ class InceptionMetrics(FeatureSumsMetric):
             raise ValueError(f"`splits` must be a positive int, got {splits!r}.")
         if not isinstance(fid_groups, int) or fid_groups < 0 or fid_groups == 1:
             raise ValueError(f"`fid_groups` must be 0 (off) or an int >= 2, got {fid_groups!r}.")
+        if not fid and (sfid or fid_groups or not inception_score):
+            raise ValueError(
+                "fid=False computes the Inception Score alone: it needs inception_score=True, sfid=False and "
+                "fid_groups=0 (sFID and FID-infinity compare with real images)."
+            )
         super().__init__(feature=feature, **kwargs)
+        self.fid = fid
         self.sfid, self.inception_score, self.splits, self.fid_groups = sfid, inception_score, splits, fid_groups
         self.fid_by_size: tuple[Tensor, Tensor] | None = None
         if sfid and self._reference is not None and not {"mu_s", "sigma_s"} <= set(self._reference.stats.extra):
@@ -82,8 +91,20 @@ class InceptionMetrics(FeatureSumsMetric):
         if fid_groups:
             self._register(GroupSums(fid_groups, self.num_features, output))
 
+    def update(self, imgs: Tensor, real: bool) -> None:
+        """As ``FrechetInceptionDistance.update``; with ``fid=False`` only generated images (``real=False``)."""
+        if real and not self.fid:
+            raise ValueError(
+                "fid=False: the Inception Score uses generated images only; call update(imgs, real=False)."
+            )
+        super().update(imgs, real)
+
     def compute(self) -> dict[str, Tensor]:
         """The requested metrics over everything accumulated (all processes under DDP), 0-d float64 tensors."""
+        if not self.fid:
+            scores = next(a for a in self._accumulators if isinstance(a, SplitScores))
+            mean, std = scores.score(self)
+            return {"inception_score": mean, "inception_score_std": std}
         self._check_counts()
         real = self._real_side()  # factored once for FID and every FID-infinity group distance
         results = {"fid": self._fid(*real)}

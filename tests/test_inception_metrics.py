@@ -206,3 +206,23 @@ def test_the_0_1_module_path_still_works_with_a_deprecation_warning() -> None:
     with pytest.warns(DeprecationWarning, match="fid_metric.suite is deprecated"):
         old = fid_metric.suite.InceptionMetrics
     assert old is InceptionMetrics
+
+
+def test_inception_score_alone_from_generated_images_only(images, suite_values, inception_weights) -> None:
+    """fid=False, sfid=False: the Inception Score without a real side (as torchmetrics' InceptionScore), equal
+    to the one computed beside the FID from the same generated batches."""
+    alone = InceptionMetrics(
+        fid=False, sfid=False, splits=1, feature=64, feature_extractor_weights_path=inception_weights
+    )
+    with pytest.raises(ValueError, match="generated images only"):
+        alone.update(images["real"], real=True)
+    alone.update(images["fake"][:5], real=False)
+    alone.update(images["fake"][5:], real=False)
+    values = alone.compute()
+    assert set(values) == {"inception_score", "inception_score_std"}
+    assert (
+        abs(float(values["inception_score"]) - suite_values["inception_score"])
+        <= 1e-12 * suite_values["inception_score"]
+    )
+    with pytest.raises(ValueError, match="needs inception_score=True, sfid=False"):
+        InceptionMetrics(fid=False, feature=64, feature_extractor_weights_path=inception_weights)
