@@ -156,3 +156,14 @@ def test_torchmetrics_checkpoint_refused_where_it_does_not_belong(inception_fid,
     with pytest.raises(StatsMismatchError, match="not the FID Inception network"):
         mine.load_state_dict(broken, strict=True)
     assert int(mine.fid.real_features_num_samples) == 0
+
+
+def test_pickle_round_trip_keeps_states_and_result() -> None:
+    """torchmetrics' metrics pickle (its tests do); so does ours, states, configuration and result included."""
+    import pickle
+
+    metric = feed(FrechetInceptionDistance(TinyFeatures()), smooth_images(20, 16, seed=1), smooth_images(18, 16, 2))
+    copy = pickle.loads(pickle.dumps(metric))
+    assert copy.identity() == metric.identity()
+    assert torch.equal(copy.real_features_cov_sum, metric.real_features_cov_sum)
+    assert float(copy.compute()) == float(metric.compute())
