@@ -43,6 +43,7 @@ from fid_metric.image_folder import (
 from fid_metric.inception import POOL_FEATURES
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.preprocess import COMPAT_MODES
+from fid_metric.sample_batch import SampleBatch, holds_images
 from fid_metric.stats import FeatureStats, StatsMismatchError
 from fid_metric.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
 
@@ -63,7 +64,9 @@ inputs:
   processed, and the number of images of each side is printed on stderr. A .npz file holds
   statistics: written by `{PROG} stats`, by pytorch-fid --save-stats, by clean-fid, or an ADM
   reference batch. It must match --feature, --compat and the weights; when A and B are both
-  statistics files, the FID comes from them alone and those options are not used.
+  statistics files, the FID comes from them alone and those options are not used. A .npz
+  holding arr_0 and no mu is a sample batch (guided-diffusion, DiT, EDM): (N, H, W, 3) uint8
+  images, read --batch-size at a time; `{PROG} stats` takes one too.
 
 exit codes:
   0    success
@@ -90,7 +93,7 @@ class _Folder(NamedTuple):
     found: int
 
 
-_Side = Union[_Folder, FeatureStats]
+_Side = Union[_Folder, SampleBatch, FeatureStats]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -164,8 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     score = commands.add_parser(
         "score", parents=[common], epilog=EPILOG, formatter_class=formatter, help="print the FID between A and B"
     )
-    score.add_argument("a", metavar="A", help="image folder or .npz statistics file")
-    score.add_argument("b", metavar="B", help="image folder or .npz statistics file")
+    score.add_argument("a", metavar="A", help="image folder, .npz statistics or .npz sample batch (arr_0)")
+    score.add_argument("b", metavar="B", help="image folder, .npz statistics or .npz sample batch (arr_0)")
     score.add_argument(
         "--json",
         action="store_true",
@@ -176,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     stats = commands.add_parser(
         "stats", parents=[common], epilog=EPILOG, formatter_class=formatter, help="save a folder's statistics"
     )
-    stats.add_argument("folder", metavar="FOLDER", help="image folder")
+    stats.add_argument("folder", metavar="FOLDER", help="image folder or .npz sample batch (arr_0)")
     stats.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="statistics file to write")
     stats.set_defaults(command=stats_command)
     return parser
@@ -203,13 +206,13 @@ def score_command(args: argparse.Namespace) -> None:
         reference = real if isinstance(real, FeatureStats) else None
         metric = _build_metric(args, _weights(args), reference, real_arg)
         _print_counts(("A", args.a, a), ("B", args.b, b))
-        n_real = real.n if isinstance(real, FeatureStats) else _feed(metric, real.files, real_arg, True, args)
-        n_fake = _feed(metric, cast(_Folder, fake).files, fake_arg, False, args)  # a file is never the fake side
+        n_real = real.n if isinstance(real, FeatureStats) else _feed_side(metric, real, real_arg, True, args)
+        n_fake = _feed_side(metric, cast(_Images, fake), fake_arg, False, args)  # statistics are never the fake side
         n_a, n_b = (n_fake, n_real) if swapped else (n_real, n_fake)
         fid, compat, feature_dim = float(metric.compute()), metric.compat, metric.num_features
     if args.json:
         seconds = round(time.perf_counter() - start, 3)
-        found_a, found_b = (side.found if isinstance(side, _Folder) else None for side in (a, b))
+        found_a, found_b = (_found(side) for side in (a, b))
         result = {"fid": fid, "n_a": n_a, "n_b": n_b, "found_a": found_a, "found_b": found_b}
         print(json.dumps({**result, "compat": compat, "feature_dim": feature_dim, "seconds": seconds}))
     else:
@@ -220,12 +223,15 @@ def stats_command(args: argparse.Namespace) -> None:
     """Write the statistics of the images in ``args.folder`` to ``args.output`` (``.npz``)."""
     output = Path(args.output)
     _check_writable(output)
-    if not _is_folder(args.folder):
-        raise InputError(f"expected an image folder, got the statistics file {args.folder}")
-    folder = _open_folder(args.folder, args)
+    _is_folder(args.folder)
+    images = _open_input(args.folder, args)
+    if isinstance(images, FeatureStats):
+        raise InputError(
+            f"expected an image folder or a sample batch (.npz with arr_0), got the statistics file {args.folder}"
+        )
     metric = _build_metric(args, _weights(args), None, None)
-    _print_counts(("", args.folder, folder))
-    n = _feed(metric, folder.files, args.folder, True, args)
+    _print_counts(("", args.folder, images))
+    n = _feed_side(metric, images, args.folder, True, args)
     try:
         metric.save_real_stats(output)
     except ValueError as err:  # the folder changed while the images were processed
@@ -251,17 +257,25 @@ def _is_folder(text: str) -> bool:
     if path.is_dir():
         return True
     if not path.exists():
-        raise InputError(f"{text} does not exist (expected an image folder or a .npz statistics file)")
+        raise InputError(f"{text} does not exist (expected an image folder or a .npz file)")
     if path.suffix.lower() != ".npz":
-        raise InputError(f"{text} is neither a folder of images nor a .npz statistics file")
+        raise InputError(f"{text} is neither a folder of images nor a .npz file")
     return False
 
 
 def _open_input(text: str, args: argparse.Namespace) -> _Side:
-    """An image folder with every header read (see ``_open_folder``), or a loaded ``.npz`` statistics file."""
+    """An image folder with every header read (see ``_open_folder``); an ``.npz`` sample batch (``arr_0``
+    images and no ``mu``, see ``fid_metric.sample_batch``) with its header checked; or a loaded ``.npz``
+    statistics file (an ADM reference batch, which holds both, is read as its statistics, as ADM's evaluator
+    does)."""
     if _is_folder(text):
         return _open_folder(text, args)
     try:
+        if holds_images(text):
+            batch = SampleBatch(text)
+            if batch.n < 2:
+                raise InputError(f"{text} holds {batch.n} image(s) in arr_0; FID needs at least 2")
+            return batch
         return FeatureStats.load(text)
     except ValueError as err:
         raise InputError(err) from err
@@ -321,6 +335,8 @@ def _print_counts(*sides: tuple[str, str, _Side]) -> None:
             line = f"statistics (mean and covariance only) in {text}"
         elif isinstance(side, FeatureStats):
             line = f"statistics of {side.n:,} images in {text}"
+        elif isinstance(side, SampleBatch):
+            line = f"{side.n:,} images of {side.height} x {side.width} in {text} (arr_0)"
         else:
             skipped = side.found - len(side.files)
             line = f"{len(side.files):,} images in {text}"
@@ -359,6 +375,30 @@ def _build_metric(
     except RuntimeError as err:  # a weights file that is not the Inception state dict
         raise InputError(err) from err
     return metric.to(args.device)
+
+
+_Images = Union[_Folder, SampleBatch]
+
+
+def _found(side: _Side) -> int | None:
+    """How many images a side offered (a folder: image files, readable or not); None for statistics."""
+    return side.found if isinstance(side, _Folder) else side.n if isinstance(side, SampleBatch) else None
+
+
+def _feed_side(
+    metric: FrechetInceptionDistance, side: _Images, label: str, real: bool, args: argparse.Namespace
+) -> int:
+    """Update ``metric`` with the images of a folder or a sample batch; return how many were used."""
+    if isinstance(side, _Folder):
+        return _feed(metric, side.files, label, real, args)
+    with tqdm(total=side.n, desc=label, unit="img", file=sys.stderr, disable=args.no_progress) as progress:
+        try:
+            for images in side.batches(args.batch_size):
+                metric.update(images, real=real)
+                progress.update(len(images))
+        except ValueError as err:  # the file was damaged or changed while it was read
+            raise InputError(err) from err
+    return side.n
 
 
 def _feed(metric: FrechetInceptionDistance, files: list[Path], label: str, real: bool, args: argparse.Namespace) -> int:

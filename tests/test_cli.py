@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import re
 import runpy
 import sys
+import tracemalloc
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +24,7 @@ from pytorch_fid.fid_score import calculate_fid_given_paths
 from fid_metric import FeatureStats, FrechetInceptionDistance, frechet_distance
 from fid_metric.cli import main
 from fid_metric.image_folder import BadImage, ImageFiles, list_images, read_image
+from fid_metric.sample_batch import SampleBatch
 from fid_metric.weights import sha256_of
 
 # 10-12 images give singular 64-dimensional covariances; the metric says so, and that is not under test here.
@@ -458,3 +462,84 @@ def test_listing_follows_symlinked_folders_once_and_reports_unreadable_ones(tmp_
     code, _, err = _run(capsys, "score", root, root)
     assert code == 2
     _assert_one_line_error(err, f"cannot list folder {root / 'c'}: Permission denied")
+
+
+# --- ADM-style sample batches (.npz with arr_0) as input (issue #11, part 5) ---
+
+
+def _sample_batch(path: Path, imgs: torch.Tensor, compressed: bool = False, **extra: np.ndarray) -> Path:
+    """``numpy.savez(path, arr_0=(N, H, W, 3) uint8)``, as guided-diffusion, DiT and EDM write their samples."""
+    save = np.savez_compressed if compressed else np.savez
+    save(path, arr_0=imgs.permute(0, 2, 3, 1).numpy(), **extra)
+    return path
+
+
+def test_sample_batches_give_the_folders_fid(folders, images, inception_weights, tmp_path, capsys) -> None:
+    """The same images as a folder of PNGs, as a stored and as a compressed arr_0 batch: the same FID to 1e-12
+    (PNG is lossless; the batches are the same), the counts in --json; `stats` takes a sample batch too."""
+    a, b = folders
+    direct = _score(capsys, a, b, inception_weights, "--feature", "64", "--batch-size", "5")
+    stored = _sample_batch(tmp_path / "b.npz", images[1])
+    compressed = _sample_batch(tmp_path / "b_small.npz", images[1], compressed=True)
+    for batch in (stored, compressed):
+        result = _score(capsys, a, batch, inception_weights, "--feature", "64", "--batch-size", "5")
+        assert (result["n_b"], result["found_b"]) == (N_B, N_B)
+        assert relative(result["fid"], direct["fid"]) <= 1e-12
+    code, out, err = _run(
+        capsys, "stats", compressed, "-o", tmp_path / "ref_b.npz", "--feature", "64", weights=inception_weights
+    )
+    assert code == 0, err
+    assert f"{N_B:,} images of 64 x 64 in {compressed} (arr_0)" in err
+    both = _score(capsys, a, tmp_path / "ref_b.npz", inception_weights, "--feature", "64", "--batch-size", "5")
+    assert relative(both["fid"], direct["fid"]) <= 1e-9
+
+
+def test_an_adm_reference_batch_is_read_as_its_statistics(folders, inception_weights, tmp_path, capsys) -> None:
+    """ADM's reference batches hold the images and mu/sigma: the statistics are used, as ADM's evaluator does
+    (arr_0 here is deliberately not the images the statistics came from)."""
+    a, b = folders
+    _run(capsys, "stats", b, "-o", tmp_path / "ref.npz", "--feature", "64", "--no-progress", weights=inception_weights)
+    with np.load(tmp_path / "ref.npz") as data:
+        stats = {key: data[key] for key in ("mu", "sigma")}
+    adm = _sample_batch(tmp_path / "adm.npz", smooth_images(4, 16, seed=9), **stats)
+    expected = _score(capsys, a, tmp_path / "ref.npz", inception_weights, "--feature", "64")
+    assert _score(capsys, a, adm, inception_weights, "--feature", "64")["fid"] == expected["fid"]
+
+
+@pytest.mark.parametrize(
+    ("array", "message"),
+    [
+        (np.zeros((4, 8, 8, 3), np.float32), r"must be \(N, H, W, 3\) uint8 images .* got float32"),
+        (np.zeros((4, 3, 8, 8), np.uint8), r"got uint8 \(4, 3, 8, 8\)"),
+        (np.zeros((1, 8, 8, 3), np.uint8), "holds 1 image"),
+    ],
+)
+def test_bad_sample_batches_are_one_line_errors(folders, array, message, tmp_path, capsys) -> None:
+    path = tmp_path / "bad.npz"
+    np.savez(path, arr_0=array)
+    code, _, err = _run(capsys, "score", folders[0], path)
+    assert code == 2
+    _assert_one_line_error(err)
+    assert re.search(message, err), err
+
+
+def test_sample_batch_is_streamed_one_batch_at_a_time(tmp_path) -> None:
+    """Reading 200 images of 32 x 32 (614 kB) ten at a time allocates about one batch (30 kB) at a time, stored
+    or compressed; a truncated member is refused before any image is read."""
+    imgs = smooth_images(200, 32, seed=3)
+    for compressed in (False, True):
+        path = _sample_batch(tmp_path / f"s{compressed}.npz", imgs, compressed)
+        batch = SampleBatch(path)
+        assert (batch.n, batch.height, batch.width) == (200, 32, 32)
+        tracemalloc.start()
+        try:
+            read = [chunk for chunk in batch.batches(10)]
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert torch.equal(torch.cat(read), imgs)
+        assert peak < 180_000, peak  # a few copies of one 30 kB batch and zipfile's buffers, not the 614 kB
+    with zipfile.ZipFile(tmp_path / "sFalse.npz") as stored, zipfile.ZipFile(tmp_path / "short.npz", "w") as short:
+        short.writestr("arr_0.npy", stored.read("arr_0.npy")[:-3072])  # one image short
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        SampleBatch(tmp_path / "short.npz")
