@@ -78,7 +78,7 @@ class GaussianSums:
             real.append(f"real_{self.name}_num_samples")
         return Registered(frozenset(f"{side}_{self.name}_cov_sum" for side in SIDES), tuple(real))
 
-    def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: list[int]) -> None:
+    def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
         x = outputs[self.output]
         add_outer_products(state(metric, f"{side}_{self.name}_sum"), state(metric, f"{side}_{self.name}_cov_sum"), x)
         if self.count_of is None:
@@ -110,7 +110,7 @@ class SplitScores:
         metric.add_state("is_num_samples", torch.zeros(self.splits, dtype=torch.int64), "sum")
         return Registered()
 
-    def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: list[int]) -> None:
+    def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
         if side != "fake":
             return
         log_p = outputs[self.output].log_softmax(dim=1)
@@ -155,7 +155,7 @@ class GroupSums:
         metric.add_state("fake_group_num_samples", torch.zeros(g, dtype=torch.int64), "sum")
         return Registered(frozenset({"fake_group_cov_sum"}))
 
-    def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: list[int]) -> None:
+    def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
         if side != "fake":
             return
         features = outputs[self.output]

@@ -32,8 +32,8 @@ from fid_metric.warn import warn_caller
 class FeatureSumsMetric(StatesAcrossBoundaries):
     """The shared core of ``FrechetInceptionDistance`` and ``InceptionMetrics``; see those for the arguments.
 
-    A subclass calls ``_register`` with its accumulators, the first being the FID's ``GaussianSums`` named
-    ``"features"``, and implements ``compute()``.
+    It registers the FID's ``GaussianSums`` (``"features"``, the first accumulator); a subclass registers any
+    others with ``_register`` and implements ``compute()``.
     """
 
     higher_is_better = False
@@ -85,6 +85,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         self._accumulators: list[Any] = []
         self._symmetric_states: set[str] = set()
         self._real_states: list[str] = []
+        self._register(GaussianSums("features", self._extractor.feature_output, self.num_features))
 
     def _register(self, *accumulators: Any) -> None:
         """Add the accumulators' states (``Metric.add_state``) and remember which are symmetric and real."""
@@ -130,12 +131,13 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             )
         side = "real" if real else "fake"
         self._extractor.check(imgs, self.normalize)
-        keep = self._quota.counted(side, imgs.shape[0], *self._world_and_rank())
+        world, rank = self._world_and_rank()
+        keep = self._quota.counted(side, imgs.shape[0], world, rank)
         if keep:
             outputs = self._outputs(imgs if keep == imgs.shape[0] else imgs[:keep])
             self._extractor.check_finite(outputs, self.normalize)
             with torch.inference_mode():
-                self._accumulate(side, outputs, first=self._quota.seen[side])
+                self._accumulate(side, outputs, sampler_positions(self._quota.seen[side], keep, world, rank))
         self._quota.advance(side, imgs.shape[0])
 
     @property
@@ -208,12 +210,10 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         """
         return self._plot(val, ax)
 
-    def _accumulate(self, side: str, outputs: dict[str, Tensor], first: int) -> None:
-        """Add a batch's outputs to the accumulators of ``side``. ``first`` is the index, among the images this
-        process was given this epoch on that side, of the batch's first image (which fixes split and group)."""
+    def _accumulate(self, side: str, outputs: dict[str, Tensor], positions: range) -> None:
+        """Add a batch's outputs to the accumulators of ``side``; ``positions``: its images' positions in the
+        sampler's order (``sampler_positions``), which fix split and group."""
         as_state = {name: value.to(self._state_device, torch.float64) for name, value in outputs.items()}
-        count = next(iter(as_state.values())).shape[0]
-        positions = sampler_positions(first, count, *self._world_and_rank())
         for accumulator in self._accumulators:
             accumulator.add(self, side, as_state, positions)
 

@@ -13,9 +13,9 @@ from fid_metric.warn import warn_caller
 _NAMES = {"real": "real", "fake": "generated"}  # the states say "fake", as torchmetrics' do; messages do not
 
 
-def sampler_positions(first: int, count: int, world: int, rank: int) -> list[int]:
+def sampler_positions(first: int, count: int, world: int, rank: int) -> range:
     """Positions in the sampler's order of this process's images ``first .. first + count - 1``."""
-    return [rank + (first + i) * world for i in range(count)]
+    return range(rank + first * world, rank + (first + count) * world, world)
 
 
 class SamplerQuota:

@@ -82,14 +82,12 @@ class InceptionMetrics(FeatureSumsMetric):
         self.fid_by_size: tuple[Tensor, Tensor] | None = None
         if sfid and self._reference is not None and not {"mu_s", "sigma_s"} <= set(self._reference.stats.extra):
             raise ValueError("sfid=True with `real_stats` needs a file holding 'mu_s' and 'sigma_s' (ADM's format).")
-        output = self._extractor.feature_output
-        self._register(GaussianSums("features", output, self.num_features))
         if sfid:
             self._register(_SFID)
         if inception_score:
             self._register(SplitScores(splits, FEATURE_DIMS["logits_unbiased"]))
         if fid_groups:
-            self._register(GroupSums(fid_groups, self.num_features, output))
+            self._register(GroupSums(fid_groups, self.num_features, self._extractor.feature_output))
 
     def update(self, imgs: Tensor, real: bool) -> None:
         """As ``FrechetInceptionDistance.update``; with ``fid=False`` only generated images (``real=False``)."""

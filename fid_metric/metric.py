@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from torch import Tensor
 
-from torch import Tensor, nn
-
-from fid_metric.accumulators import GaussianSums
 from fid_metric.core import FeatureSumsMetric
-from fid_metric.stats import FeatureStats
 
 
 class FrechetInceptionDistance(FeatureSumsMetric):
@@ -104,35 +99,6 @@ class FrechetInceptionDistance(FeatureSumsMetric):
     fake_features_sum: Tensor
     fake_features_cov_sum: Tensor
     fake_features_num_samples: Tensor
-
-    def __init__(
-        self,
-        feature: int | nn.Module = 2048,
-        reset_real_features: bool = True,
-        normalize: bool = False,
-        input_img_size: tuple[int, int, int] = (3, 299, 299),
-        feature_extractor_weights_path: str | os.PathLike | None = None,
-        antialias: bool | None = None,
-        compat: str | None = None,
-        real_stats: str | os.PathLike | FeatureStats | None = None,
-        dataset_size: int | None = None,
-        precision: str = "exact",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            feature,
-            reset_real_features,
-            normalize,
-            input_img_size,
-            feature_extractor_weights_path,
-            antialias,
-            compat,
-            real_stats,
-            dataset_size,
-            precision,
-            **kwargs,
-        )
-        self._register(GaussianSums("features", self._extractor.feature_output, self.num_features))
 
     def compute(self) -> Tensor:
         """FID over everything accumulated (on all processes under DDP), a 0-d float64 tensor, never below 0.

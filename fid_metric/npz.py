@@ -103,15 +103,23 @@ class NpzArchive:
                 f"{self.path} is not a readable statistics file: '{key}' is not a .npy array ({err})."
             ) from err
 
-    def read(self, key: str, header: ArrayHeader) -> np.ndarray:
-        """Array ``key``, as ``header`` (from :meth:`header`, checked by the caller) describes it."""
+    def check_size(self, key: str, header: ArrayHeader) -> zipfile.ZipInfo:
+        """The member of array ``key``, after checking that it holds exactly the data ``header`` announces.
+
+        Raises:
+            ValueError: it holds more or fewer bytes (a truncated or corrupt file).
+        """
         info = self._zip.getinfo(f"{key}.npy")
         if info.file_size != header.data_offset + header.nbytes:
             raise ValueError(
-                f"{self.path} is not a readable statistics file (truncated or corrupt?): '{key}' announces "
-                f"{header.nbytes} bytes of {header.dtype} data {header.shape}, but its member holds "
-                f"{info.file_size - header.data_offset}."
+                f"{self.path} is truncated or corrupt: '{key}' announces {header.nbytes} bytes of {header.dtype} "
+                f"data {header.shape}, but its member holds {info.file_size - header.data_offset}."
             )
+        return info
+
+    def read(self, key: str, header: ArrayHeader) -> np.ndarray:
+        """Array ``key``, as ``header`` (from :meth:`header`, checked by the caller) describes it."""
+        info = self.check_size(key, header)
         data = np.empty(header.nbytes, np.uint8)
         view = memoryview(data.data)
         try:

@@ -57,6 +57,7 @@ class SampleBatch:
                     f"{self.path} holds no '{IMAGES_KEY}' array of images (it holds {sorted(archive.keys)})."
                 )
             header = archive.header(IMAGES_KEY)
+            archive.check_size(IMAGES_KEY, header)
         shape = header.shape
         grey = len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)
         if header.dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
@@ -69,13 +70,6 @@ class SampleBatch:
         self.n, self.height, self.width = shape[:3]
         self._channels = 1 if grey else 3
         self._data_offset = header.data_offset
-        with zipfile.ZipFile(self.path) as archive:
-            size = archive.getinfo(f"{IMAGES_KEY}.npy").file_size
-        if size != header.data_offset + header.nbytes:
-            raise ValueError(
-                f"{self.path} is truncated or corrupt: '{IMAGES_KEY}' announces {header.nbytes:,} bytes of images "
-                f"{shape}, but its member holds {size - header.data_offset:,}."
-            )
 
     def batches(self, batch_size: int) -> Iterator[Tensor]:
         """The images in order, ``(B, C, H, W)`` uint8 tensors of ``batch_size`` (the last one smaller), C = 3

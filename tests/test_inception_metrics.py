@@ -10,6 +10,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.metric_isc import isc_features_to_metric
 
 from fid_metric import FeatureStats, InceptionMetrics
+from fid_metric.exactly_once import sampler_positions
 from fid_metric.inception import FIDInceptionV3
 from fid_metric.preprocess import inception_input
 
@@ -138,7 +139,8 @@ def test_fid_infinity_recovers_the_closed_form(inception_weights) -> None:
     delta = torch.full((d,), 1 / d**0.5, dtype=torch.float64)
     features = torch.randn(n, d, generator=g, dtype=torch.float64) + delta
     for first in range(0, n, 1000):
-        metric._accumulate("fake", {"64": features[first : first + 1000]}, first=first)
+        batch = features[first : first + 1000]
+        metric._accumulate("fake", {"64": batch}, sampler_positions(first, len(batch), world=1, rank=0))
     values = metric.compute()
     sizes, by_size = metric.fid_by_size
     bias = d * (d + 5) / (4 * sizes)
@@ -188,8 +190,8 @@ def test_fid_infinity_is_never_negative(inception_weights) -> None:
     metric = InceptionMetrics(
         sfid=False, inception_score=False, fid_groups=4, feature=64, feature_extractor_weights_path=inception_weights
     )
-    metric._accumulate("real", {"64": features}, first=0)
-    metric._accumulate("fake", {"64": features}, first=0)
+    metric._accumulate("real", {"64": features}, sampler_positions(0, len(features), world=1, rank=0))
+    metric._accumulate("fake", {"64": features}, sampler_positions(0, len(features), world=1, rank=0))
     with pytest.warns(UserWarning, match="before the ``update`` method"):  # sums set directly, not by update()
         values = metric.compute()
     sizes, by_size = metric.fid_by_size
