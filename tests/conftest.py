@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import DDPLauncher, smooth_images
+from helpers import DDPLauncher, smooth_images, start_warm_processes
 from pytorch_fid import inception as pfid_inception
 
 from fid_metric import FrechetInceptionDistance
@@ -51,6 +51,11 @@ def calibrate_batch_norm(net: torch.nn.Module, images: torch.Tensor) -> None:
     with torch.no_grad():
         net(images)
     net.eval()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """The forkserver of ``helpers.run_python`` and ``DDPLauncher`` imports its libraries while the first tests run."""
+    start_warm_processes()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

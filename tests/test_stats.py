@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import io
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
+import time
 import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, TinyFeatures, smooth_images
+from helpers import ForkedPython, TinyFeatures, smooth_images
 from PIL import Image
 from pytorch_fid import fid_score
 
@@ -255,16 +253,15 @@ def test_a_writer_killed_mid_save_leaves_the_old_file(tmp_path) -> None:
     path = tmp_path / "ref.npz"
     old = FeatureStats.from_features(_features(30, 6, seed=20))
     old.save(path)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    child = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_SAVE, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
-    )
+    child = ForkedPython("-c", _SLOW_SAVE, str(path))
     try:
-        line = child.stdout.readline()
-        assert line == b"half written\n", child.stderr.read().decode()
+        stop = time.monotonic() + 60
+        while "half written" not in child.stdout() and child.returncode is None and time.monotonic() < stop:
+            time.sleep(0.02)
+        assert child.stdout() == "half written\n", child.wait(0).stderr
     finally:
         child.send_signal(signal.SIGKILL)
-        child.wait(timeout=60)
+        assert child.wait(60).returncode == -signal.SIGKILL
     assert _same_stats(FeatureStats.load(path), old)
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".npz"] == ["ref.npz"]
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ForkedPython
 
 import fid_metric
 from fid_metric import dinov2, weights
@@ -529,20 +530,19 @@ def test_partial_of_a_terminated_download_removed_by_next_download(
     """A process killed by SIGTERM mid-download leaves a .partial; the next download removes it."""
     server.routes["/slow" + _mirror(official)] = Stall(official, sent=10)
     server.routes[_mirror(official)] = official
-    env = {**os.environ, weights.INCEPTION.env_url: server.url("/slow" + _mirror(official))}
+    env = {weights.INCEPTION.env_url: server.url("/slow" + _mirror(official))}
     code = (  # the child makes the same bytes official, so that only the signal stops its download
         "import dataclasses; from fid_metric import weights; weights.INCEPTION = dataclasses.replace("
         f"weights.INCEPTION, sha256={weights.INCEPTION.sha256!r}, size={weights.INCEPTION.size}); weights.resolve()"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], cwd=_REPO, env=env, stderr=subprocess.PIPE)
+    child = ForkedPython("-c", code, **env)
     try:
-        _wait_for(lambda: bool(_partials()) or child.poll() is not None, 120, "partial file from the child")
-        assert child.poll() is None, child.communicate()[1].decode()[-4000:]
+        _wait_for(lambda: bool(_partials()) or child.returncode is not None, 120, "partial file from the child")
+        assert child.returncode is None, child.wait(0).stderr[-4000:]
         time.sleep(0.2)  # let it write the bytes it has
     finally:
         child.send_signal(signal.SIGTERM)
-        child.communicate(timeout=30)
-    assert child.returncode == -signal.SIGTERM
+    assert child.wait(30).returncode == -signal.SIGTERM
     (left,) = _partials()  # a SIGTERM runs no clean-up: the file stays until someone removes it
 
     monkeypatch.setenv(weights.INCEPTION.env_url, server.url(_mirror(official)))

@@ -1,6 +1,9 @@
 """2-process Lightning validation over 67 images, batch 8, for tests/test_exactly_once.py.
 
-    python exactly_once.py OUT_DIR
+    python exactly_once.py OUT_DIR     # once per rank, with RANK, LOCAL_RANK, WORLD_SIZE=2, MASTER_ADDR/PORT set
+
+Its two ranks are started from outside, as torchrun starts them (``helpers.run_python(..., ranks=2)``); Lightning's
+"ddp" strategy then joins them instead of launching rank 1 itself.
 
 Two validations with one Trainer: ``callback``, where the metric learns the set size from
 ``fid_metric.lightning.ExactlyOnce``; then, the callback removed, ``argument``, where one metric gets
