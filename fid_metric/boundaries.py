@@ -1,11 +1,11 @@
 """Where a metric's states cross a boundary: the DDP sync, checkpoints, merges and device moves.
 
 ``StatesAcrossBoundaries`` overrides the torchmetrics and torch hooks involved, each a few lines over
-``fid_metric.sync`` (the configuration check and the one all_reduce) and ``fid_metric.checkpoint`` (states
-checked and copied, configurations refused). What it reads of the metric above it: ``identity()``,
-``_sync_fields()``, ``_symmetric_states``, ``_real_states``, ``reset_real_features`` and ``_world_and_rank()``
-(``fid_metric.core.FeatureSumsMetric``). The torchmetrics members it overrides or reads are checked by
-tests/test_torchmetrics_contract.py.
+``fid_metric.sync`` (the configuration check, the one all_reduce, the gathers of kept features) and
+``fid_metric.checkpoint`` (states checked and copied, configurations refused). What it reads of the metric above
+it (``fid_metric.core.FeatureSumsMetric``): ``identity()``, ``_sync_fields()``, ``_symmetric_states``,
+``_real_states``, ``reset_real_features``, ``_world_and_rank()`` and the kept features, ``_local_kept()`` and
+``_kept``. The torchmetrics members it overrides or reads are checked by tests/test_torchmetrics_contract.py.
 """
 
 from __future__ import annotations
@@ -13,10 +13,13 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
+from torch import Tensor
 from torchmetrics import Metric
 
 from fid_metric.checkpoint import EXTRA_STATE_KEY, load_states, merged_states
-from fid_metric.sync import sync_states
+from fid_metric.sync import gather_rows, sync_states
+
+_KEPT_COUNTS = "kept_features_per_process"  # not a state: the all_reduce's entry of the kept-feature counts
 
 
 class StatesAcrossBoundaries(Metric):
@@ -25,6 +28,9 @@ class StatesAcrossBoundaries(Metric):
     reset_real_features: bool
     _symmetric_states: set[str]
     _real_states: list[str]
+    _kept: dict[str, list[Tensor]]  # kept features per side, batches (fid_metric.kept_features); empty if none
+    _kept_on_cpu: bool
+    _kept_synced: dict[str, Tensor]  # every process's kept features, gathered by the last sync
 
     def identity(self) -> dict[str, object]:
         """What makes two metrics' sums addable (see ``FeatureSumsMetric.identity``)."""
@@ -38,13 +44,31 @@ class StatesAcrossBoundaries(Metric):
         """Size of the metric's process group and this process's rank in it."""
         raise NotImplementedError
 
+    def _local_kept(self) -> dict[str, Tensor]:
+        """This process's kept features per side (``fid_metric.kept_features``); empty if none are kept."""
+        raise NotImplementedError
+
     def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
         # The configuration check and one all_reduce of every state (fid_metric.sync) instead of torchmetrics'
         # all_gather per state; dist_sync_fn is not used.
         group = process_group or self.process_group
         states = {name: getattr(self, name) for name in self._defaults}
-        for name, value in sync_states(states, self._symmetric_states, self._sync_fields(), group).items():
+        kept = self._local_kept()
+        if kept:  # how many features each process keeps per side rides along in the all_reduce of the sums
+            world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+            counts = torch.zeros(len(kept), world, dtype=torch.float64, device=self._state_device)
+            counts[:, rank] = torch.tensor([float(len(rows)) for rows in kept.values()], dtype=torch.float64)
+            states[_KEPT_COUNTS] = counts
+        summed = sync_states(states, self._symmetric_states, self._sync_fields(), group)
+        kept_counts = summed.pop(_KEPT_COUNTS, None)
+        for name, value in summed.items():
             setattr(self, name, value)
+        if kept_counts is not None:  # one all_gather per side, through the metric's device (NCCL needs CUDA)
+            counts_by_side = kept_counts.long().tolist()
+            self._kept_synced = {
+                side: gather_rows(rows.to(self.device), counts, group).to(rows.device)
+                for (side, rows), counts in zip(kept.items(), counts_by_side)
+            }
         if not self.reset_real_features and self._cache is not None:
             # Fold the kept real sums onto rank 0: the local states that unsync() restores become the global
             # sums on rank 0 and zeros elsewhere, so rank 0's checkpoint holds every process's real statistics.
@@ -91,6 +115,9 @@ class StatesAcrossBoundaries(Metric):
             ValueError: a state of the dict is missing, not a tensor, non-finite, or a count that is not one.
         """
         super().merge_state(merged_states(self, incoming_state))
+        if isinstance(incoming_state, StatesAcrossBoundaries):  # its kept features follow ours
+            for side, rows in incoming_state._local_kept().items():
+                self._kept[side].append(rows.to("cpu" if self._kept_on_cpu else self.device))
 
     def _apply(self, fn: Callable, exclude_state: Any = "") -> StatesAcrossBoundaries:
         # Move the states with the module but never change their dtype: Lightning's precision="bf16-true"
@@ -100,6 +127,8 @@ class StatesAcrossBoundaries(Metric):
         for name, default in self._defaults.items():
             self._defaults[name] = default.to(device)  # type: ignore[union-attr]  # tensor states only
             setattr(self, name, getattr(self, name).to(device))
+        if not self._kept_on_cpu:
+            self._kept = {side: [rows.to(device) for rows in batches] for side, batches in self._kept.items()}
         self._computed = None
         return self
 

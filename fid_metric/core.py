@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fid_metric.accumulators import GaussianSums, Registered
+from fid_metric.accumulators import SIDES, GaussianSums, Registered
 from fid_metric.boundaries import StatesAcrossBoundaries
 from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
 from fid_metric.exactly_once import SamplerQuota, sampler_positions
 from fid_metric.extractor import Extractor, FeatureNetwork
+from fid_metric.kept_features import KeptFeatures
 from fid_metric.precision import PRECISIONS
 from fid_metric.preprocess import resolve_compat, to_uint8_rgb
 from fid_metric.reference import FixedReference
@@ -82,6 +83,9 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             stats.check_compatible(ours, "real_stats", "this metric")
             self._reference = FixedReference(stats)
         self._shared_network: nn.Module | None = None
+        self._kept: dict[str, list[Tensor]] = {}  # KeptFeatures fills it when registered
+        self._kept_on_cpu = False
+        self._kept_synced: dict[str, Tensor] = {}
         self._accumulators: list[Any] = []
         self._symmetric_states: set[str] = set()
         self._real_states: list[str] = []
@@ -305,6 +309,15 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         for name, value in kept.items():
             setattr(self, name, value)
         self._quota.reset(keep_real=not self.reset_real_features)
+        for side in self._kept:
+            if side == "fake" or self.reset_real_features:
+                self._kept[side] = []
+        self._kept_synced = {}
+
+    def _local_kept(self) -> dict[str, Tensor]:
+        """This process's kept features per side, ``(n, d)`` float32; empty if none are kept."""
+        kept = next((a for a in self._accumulators if isinstance(a, KeptFeatures)), None)
+        return {} if kept is None else {side: kept.local(self, side) for side in SIDES}
 
     def set_dtype(self, dst_type: str | torch.dtype) -> FeatureSumsMetric:
         """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""
@@ -316,4 +329,5 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         shapes = ";".join(f"{name}{tuple(getattr(self, name).shape)}" for name in self._defaults)
         reference = "" if self._reference is None else self._reference.fingerprint
         fields = {"metric": type(self).__name__, **self.identity(), "states": shapes, "real_stats": reference}
+        fields["kept_features"] = ",".join(self._kept)
         return {name: str(value) for name, value in {**fields, "dataset_size": self.dataset_size}.items()}

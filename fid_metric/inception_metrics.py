@@ -12,18 +12,24 @@ all sums, so that the one all_reduce combines them across processes:
 * FID-infinity and the jackknife standard error of FID from G groups of the generated images (Chong &
   Forsyth, "Effectively Unbiased FID and Inception Score and where to find them", CVPR 2020); ``compute()``
   then evaluates 2 G + 1 Fréchet distances.
+
+Precision/Recall (``fid_metric.precision_recall``) and KID (``fid_metric.kid``) need the FID features themselves,
+so asking for them keeps those (``fid_metric.kept_features``: float32, gathered once per side at ``compute()``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from fid_metric.accumulators import GaussianSums, GroupSums, SplitScores
 from fid_metric.core import FeatureSumsMetric
 from fid_metric.distance import frechet_distance
 from fid_metric.inception import FEATURE_DIMS
+from fid_metric.kept_features import KeptFeatures
+from fid_metric.kid import kernel_inception_distance
+from fid_metric.precision_recall import precision_recall
 from fid_metric.stats import mean_and_covariance
 
 _SFID = GaussianSums(
@@ -36,7 +42,8 @@ class InceptionMetrics(FeatureSumsMetric):
 
     ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid`` if ``fid``;
     ``sfid`` if ``sfid``; ``inception_score`` and ``inception_score_std`` if ``inception_score``;
-    ``fid_infinity`` and ``fid_stderr`` if ``fid_groups``. The FID is the one ``FrechetInceptionDistance``
+    ``fid_infinity`` and ``fid_stderr`` if ``fid_groups``; ``precision`` and ``recall`` if ``precision_recall``;
+    ``kid`` and ``kid_std`` if ``kid``. The FID is the one ``FrechetInceptionDistance``
     computes from the same arguments and images. After ``compute()``, ``fid_by_size`` holds the
     ``(sample sizes, FID)`` pairs behind ``fid_infinity``.
 
@@ -48,9 +55,18 @@ class InceptionMetrics(FeatureSumsMetric):
         splits: number of Inception Score splits (1 matches torch-fidelity's ``isc_splits=1``).
         fid_groups: G >= 2 groups of generated images for FID-infinity and the standard error; 0 for none.
             Memory: ``G * d * d * 8`` bytes (G = 10, d = 2048: 336 MB).
+        precision_recall: also compute improved Precision and Recall (Kynkäänniemi et al. 2019) on the FID
+            features, with ``prc_neighborhood`` = k nearest neighbours (3, as guided-diffusion and torch-fidelity).
+        kid: also compute KID (cubic polynomial kernel) on the FID features: the mean and population std of the
+            unbiased MMD^2 over ``kid_subsets`` random subsets of ``kid_subset_size`` images per side, drawn from
+            the sample positions by a ``torch.Generator`` seeded with ``kid_seed`` (so 1 and W processes use the
+            same subsets); ``kid_subset_size=None``: the unbiased estimate over all pairs, ``kid_std`` 0.
+        features_on_cpu: keep the features that precision/recall and KID need in host memory rather than on the
+            metric's device (``N * d * 4`` bytes per side: 410 MB for 50,000 x 2048).
         feature, and every other argument: as for ``FrechetInceptionDistance``, except that ``feature``
-            must be an Inception layer (sFID and IS need the Inception network). With ``real_stats`` and
-            ``sfid``, the file must hold ADM's ``mu_s`` and ``sigma_s``.
+            must be an Inception layer unless ``sfid`` and ``inception_score`` are off (they need the Inception
+            network; FID, FID-infinity, precision/recall and KID work on any features, e.g. ``DINOv2Features``).
+            With ``real_stats`` and ``sfid``, the file must hold ADM's ``mu_s`` and ``sigma_s``.
     """
 
     plot_lower_bound = 0.0
@@ -61,12 +77,22 @@ class InceptionMetrics(FeatureSumsMetric):
         inception_score: bool = True,
         splits: int = 1,
         fid_groups: int = 0,
-        feature: int = 2048,
+        feature: int | nn.Module = 2048,
         fid: bool = True,
+        precision_recall: bool = False,
+        prc_neighborhood: int = 3,
+        kid: bool = False,
+        kid_subsets: int = 100,
+        kid_subset_size: int | None = 1000,
+        kid_seed: int = 0,
+        features_on_cpu: bool = False,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(feature, int) or isinstance(feature, bool):
-            raise TypeError("InceptionMetrics needs an Inception `feature` (64, 192, 768 or 2048), not a module.")
+        if (sfid or inception_score) and (not isinstance(feature, int) or isinstance(feature, bool)):
+            raise TypeError(
+                "sFID and the Inception Score need an Inception `feature` (64, 192, 768 or 2048), not a module; "
+                "with sfid=False and inception_score=False any feature module works."
+            )
         if not isinstance(splits, int) or splits < 1:
             raise ValueError(f"`splits` must be a positive int, got {splits!r}.")
         if not isinstance(fid_groups, int) or fid_groups < 0 or fid_groups == 1:
@@ -76,8 +102,16 @@ class InceptionMetrics(FeatureSumsMetric):
                 "fid=False computes the Inception Score alone: it needs inception_score=True, sfid=False and "
                 "fid_groups=0 (sFID and FID-infinity compare with real images)."
             )
+        _check_kept_arguments(fid, precision_recall, prc_neighborhood, kid, kid_subsets, kid_subset_size)
         super().__init__(feature=feature, **kwargs)
         self.fid = fid
+        self.precision_recall, self.prc_neighborhood = precision_recall, prc_neighborhood
+        self.kid, self.kid_subsets, self.kid_subset_size, self.kid_seed = kid, kid_subsets, kid_subset_size, kid_seed
+        if (precision_recall or kid) and self._reference is not None:
+            raise ValueError(
+                "precision_recall and kid need the real images' features; `real_stats` holds only their mean and "
+                "covariance. Feed the real images (update(imgs, real=True)) instead."
+            )
         self.sfid, self.inception_score, self.splits, self.fid_groups = sfid, inception_score, splits, fid_groups
         self.fid_by_size: tuple[Tensor, Tensor] | None = None
         if sfid and self._reference is not None and not {"mu_s", "sigma_s"} <= set(self._reference.stats.extra):
@@ -88,6 +122,8 @@ class InceptionMetrics(FeatureSumsMetric):
             self._register(SplitScores(splits, FEATURE_DIMS["logits_unbiased"]))
         if fid_groups:
             self._register(GroupSums(fid_groups, self.num_features, self._extractor.feature_output))
+        if precision_recall or kid:
+            self._register(KeptFeatures(self._extractor.feature_output, self.num_features, on_cpu=features_on_cpu))
 
     def update(self, imgs: Tensor, real: bool) -> None:
         """As ``FrechetInceptionDistance.update``; with ``fid=False`` only generated images (``real=False``)."""
@@ -121,6 +157,20 @@ class InceptionMetrics(FeatureSumsMetric):
             results["fid_infinity"], results["fid_stderr"], self.fid_by_size = groups.extrapolate(
                 self, fid_of, results["fid"]
             )
+        if self.precision_recall or self.kid:
+            results.update(self._from_kept_features())
+        return results
+
+    def _from_kept_features(self) -> dict[str, Tensor]:
+        kept = next(a for a in self._accumulators if isinstance(a, KeptFeatures))
+        real, fake = kept.features(self, "real"), kept.features(self, "fake")
+        results = {}
+        if self.precision_recall:
+            results["precision"], results["recall"] = precision_recall(real, fake, self.prc_neighborhood)
+        if self.kid:
+            results["kid"], results["kid_std"] = kernel_inception_distance(
+                real, fake, self.kid_subsets, self.kid_subset_size, self.kid_seed
+            )
         return results
 
     def _sfid(self) -> Tensor:
@@ -130,3 +180,18 @@ class InceptionMetrics(FeatureSumsMetric):
         else:
             mu_real, sigma_real = _SFID.mean_and_covariance(self, "real")
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake)
+
+
+def _check_kept_arguments(
+    fid: bool, precision_recall: bool, k: int, kid: bool, subsets: int, subset_size: int | None
+) -> None:
+    if (precision_recall or kid) and not fid:
+        raise ValueError("precision_recall and kid compare with real images: they need fid=True.")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"`prc_neighborhood` must be a positive int, got {k!r}.")
+    if not isinstance(subsets, int) or isinstance(subsets, bool) or subsets < 1:
+        raise ValueError(f"`kid_subsets` must be a positive int, got {subsets!r}.")
+    if subset_size is not None and (
+        not isinstance(subset_size, int) or isinstance(subset_size, bool) or subset_size < 2
+    ):
+        raise ValueError(f"`kid_subset_size` must be an int >= 2 or None (all pairs), got {subset_size!r}.")

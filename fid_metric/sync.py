@@ -71,6 +71,29 @@ def all_reduce_sum(states: dict[str, Tensor], symmetric: set[str], group: Any | 
     return summed
 
 
+def gather_rows(local: Tensor, counts: list[int], group: Any | None = None) -> Tensor:
+    """Every process's rows, in one ``all_gather``, in the order a ``DistributedSampler`` deals samples.
+
+    Row i of rank r is the sample at position ``r + i * W``; the result lists them by position, i.e. row 0 of
+    every rank, then row 1, ... (a rank with fewer rows contributes none past its last).
+
+    Args:
+        local: this process's ``(n_r, ...)`` rows.
+        counts: ``n_r`` of every rank, known to every process (e.g. summed in the all_reduce).
+        group: the process group; None for the default one.
+    """
+    width = max(counts)
+    if width == 0:
+        return local
+    padded = local.new_zeros((width, *local.shape[1:]))
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in counts]
+    torch.distributed.all_gather(parts, padded, group=group)
+    by_row = torch.stack(parts, dim=1)  # (width, W, ...): [i, r] = row i of rank r
+    present = torch.arange(width, device=local.device)[:, None] < torch.tensor(counts, device=local.device)[None, :]
+    return by_row[present]
+
+
 def _packed_size(state: Tensor, symmetric: bool) -> int:
     if not symmetric:
         return state.numel()
