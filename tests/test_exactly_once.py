@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers import SCRIPTS, TinyFeatures, smooth_images
 
-from fid_metric import FrechetInceptionDistance
+from fid_metric import FrechetInceptionDistance, InceptionMetrics
 
 # Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
@@ -21,15 +21,33 @@ def _single_process_fid(n: int = 67) -> float:
     return float(metric.compute())
 
 
+def _single_process_kept_features(n: int = 67) -> dict[str, float]:
+    metric = InceptionMetrics(
+        sfid=False,
+        inception_score=False,
+        feature=TinyFeatures(),
+        precision_recall=True,
+        kid=True,
+        kid_subsets=5,
+        kid_subset_size=20,
+    )
+    metric.update(smooth_images(n, 16, seed=1), real=True)
+    metric.update(255 - smooth_images(n, 16, seed=2) // 2, real=False)
+    return {k: float(v) for k, v in metric.compute().items() if k != "fid"}
+
+
 @pytest.mark.slow
 def test_two_process_ddp_over_67_images_equals_one_process(ddp, tmp_path: Path) -> None:
     """67 images, batch 8, 2 processes: the sampler repeats image 0 on rank 1; it must count once, whether the
-    metric learns the set's size from the ExactlyOnce callback or from its dataset_size argument."""
+    metric learns the set's size from the ExactlyOnce callback or from its dataset_size argument. Precision,
+    recall and KID (kept features, gathered in the sampler's order) equal one process's exactly."""
     expected = _single_process_fid()
+    kept_expected = _single_process_kept_features()
     for rank, logged in enumerate(ddp.run_script(SCRIPTS / "exactly_once.py", tmp_path)):
         assert set(logged) == {"callback", "argument"}
         for mode, values in logged.items():
             assert abs(values["val/fid"] - expected) <= 1e-9 * expected, (rank, mode, values)
+            assert {k: values[f"val/{k}"] for k in kept_expected} == kept_expected, (rank, mode, values)
         naive = logged["argument"]["val/naive"]
         assert abs(naive - expected) > 1e-6 * expected, "the padding must matter for this test"
         assert "val/naive" not in logged["callback"]

@@ -7,7 +7,8 @@ Its two ranks are started from outside, as torchrun starts them (``helpers.run_p
 
 Two validations with one Trainer: ``callback``, where the metric learns the set size from
 ``fid_metric.lightning.ExactlyOnce``; then, the callback removed, ``argument``, where one metric gets
-``dataset_size=67`` and another none (the naive count, which includes the sampler's padding). Each rank writes
+``dataset_size=67`` and another none (the naive count, which includes the sampler's padding). In both, an
+``InceptionMetrics`` with precision/recall and KID (kept features) learns the size the same way. Each rank writes
 the values logged in each mode to ``OUT_DIR/rank{r}.json``.
 """
 
@@ -22,10 +23,24 @@ import torch
 from helpers import TinyFeatures, smooth_images
 from torch.utils.data import DataLoader, TensorDataset
 
-from fid_metric import FrechetInceptionDistance
+from fid_metric import FrechetInceptionDistance, InceptionMetrics
 from fid_metric.lightning import ExactlyOnce
 
 N_IMAGES = 67
+
+
+def kept_features_metric(**kwargs) -> InceptionMetrics:
+    """Precision/recall and KID, which keep the features and gather them at compute()."""
+    return InceptionMetrics(
+        sfid=False,
+        inception_score=False,
+        feature=TinyFeatures(),
+        precision_recall=True,
+        kid=True,
+        kid_subsets=5,
+        kid_subset_size=20,
+        **kwargs,
+    )
 
 
 class Validator(L.LightningModule):
@@ -33,13 +48,19 @@ class Validator(L.LightningModule):
         super().__init__()
         self.fid = FrechetInceptionDistance(TinyFeatures(), dataset_size=N_IMAGES if mode == "argument" else None)
         self.naive = FrechetInceptionDistance(TinyFeatures()) if mode == "argument" else None
+        self.kept = kept_features_metric(dataset_size=N_IMAGES if mode == "argument" else None)
 
     def validation_step(self, batch, batch_idx):
         real, fake = batch
-        for metric in filter(None, (self.fid, self.naive)):
+        for metric in filter(None, (self.fid, self.naive, self.kept)):
             metric.update(real, real=True)
             metric.update(fake, real=False)
         self.log("val/fid", self.fid)
+
+    def on_validation_epoch_end(self) -> None:
+        # A dict-valued metric: computed (synced, gathered) once per epoch, then reset, as Lightning users do.
+        self.log_dict({f"val/{name}": value for name, value in self.kept.compute().items() if name != "fid"})
+        self.kept.reset()
         if self.naive is not None:
             self.log("val/naive", self.naive)
 
