@@ -22,7 +22,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, NamedTuple, NoReturn, TextIO, Union, cast
+from typing import Any, Callable, NamedTuple, NoReturn, TextIO, Union, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -41,13 +41,17 @@ from fid_metric.image_folder import (
     same_size_batches,
 )
 from fid_metric.inception import POOL_FEATURES
+from fid_metric.inception_metrics import InceptionMetrics
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.preprocess import COMPAT_MODES
+from fid_metric.processes import Processes, join_process_group, leave_process_group
 from fid_metric.sample_batch import SampleBatch, holds_images
 from fid_metric.stats import FeatureStats, StatsMismatchError
 from fid_metric.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
 
 PROG = "fid-metric"
+# --metrics names, in the order the papers' tables print them
+METRICS = ("fid", "sfid", "is", "prc", "kid")
 # 65,536 images of 3 x 299 x 299 float32 are 70 GB of network input: a larger batch is a typo.
 MAX_BATCH_SIZE = 65536
 
@@ -105,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave_process_group()
 
 
 def _run(argv: Sequence[str] | None) -> int:
@@ -113,8 +119,14 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already reported
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
+        args.processes = join_process_group(args.device)
+        args.device = args.processes.device
+        args.no_progress = args.no_progress or args.processes.rank != 0
         args.command(args)
     except InputError as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # the launcher's environment
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except WeightsUnavailableError as err:
@@ -170,10 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("a", metavar="A", help="image folder, .npz statistics or .npz sample batch (arr_0)")
     score.add_argument("b", metavar="B", help="image folder, .npz statistics or .npz sample batch (arr_0)")
     score.add_argument(
+        "--metrics",
+        type=_metric_names,
+        default=["fid"],
+        metavar="LIST",
+        help="comma-separated, of fid, sfid, is (Inception Score of B), prc (precision of B and recall of A), kid; "
+        "default: fid (printed alone, as a number)",
+    )
+    score.add_argument("--kid-subsets", type=_int_in(1), default=100, metavar="N", help="KID subsets; default: 100")
+    score.add_argument(
+        "--kid-subset-size",
+        type=_int_in(2),
+        default=1000,
+        metavar="N",
+        help="KID images per side per subset; default: 1000",
+    )
+    score.add_argument(
         "--json",
         action="store_true",
-        help='print {"fid", "n_a", "n_b", "found_a", "found_b", "compat", "feature_dim", "seconds"}: n_a images used '
-        "(for a statistics file, its count or null), found_a image files found (null for a statistics file)",
+        help="print one JSON object: every number --metrics asks for (fid, sfid, inception_score, inception_score_std,"
+        ' precision, recall, kid, kid_std), "n_a", "n_b" (images used; for a statistics file its count or null), '
+        '"found_a", "found_b" (image files found; null for statistics), "compat", "feature_dim", "processes", '
+        '"seconds"',
     )
     score.set_defaults(command=score_command)
     stats = commands.add_parser(
@@ -186,37 +216,99 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def score_command(args: argparse.Namespace) -> None:
-    """Print the FID between ``args.a`` and ``args.b`` (a float, or a JSON object with ``--json``)."""
+    """Print the FID between ``args.a`` and ``args.b`` (a float), the ``--metrics`` table, or one JSON object."""
     start = time.perf_counter()
     for text in (args.a, args.b):
         _is_folder(text)  # both paths are checked before either is read
-    a, b = _open_input(args.a, args), _open_input(args.b, args)
+    needs_images = bool({"prc", "kid"} & set(args.metrics))  # an ADM reference batch is then read as its images
+    a, b = _open_input(args.a, args, needs_images), _open_input(args.b, args, needs_images)
     if isinstance(a, FeatureStats) and isinstance(b, FeatureStats):
-        try:
-            a.check_compatible(b, args.a, args.b)
-        except StatsMismatchError as err:
-            raise InputError(err) from err
-        _print_counts(("A", args.a, a), ("B", args.b, b))
-        fid = float(frechet_distance(a.mean, a.covariance, b.mean, b.covariance))
-        compat, feature_dim, n_a, n_b = a.compat or b.compat or None, a.feature_dim, a.n, b.n
+        values, compat, feature_dim, n_a, n_b = _score_statistics(args, a, b)
     else:
         # FID is symmetric: a statistics file on either side becomes the metric's fixed real side.
         swapped = isinstance(b, FeatureStats)
         (real_arg, real), (fake_arg, fake) = ((args.b, b), (args.a, a)) if swapped else ((args.a, a), (args.b, b))
         reference = real if isinstance(real, FeatureStats) else None
+        if needs_images and reference is not None:
+            raise InputError(f"--metrics prc and kid need images on both sides; {real_arg} holds statistics only")
+        if "kid" in args.metrics:
+            smaller = min(
+                len(side.files) if isinstance(side, _Folder) else cast(SampleBatch, side).n for side in (a, b)
+            )
+            if args.kid_subset_size > smaller:
+                raise InputError(f"--kid-subset-size {args.kid_subset_size} is larger than a side ({smaller} images)")
         metric = _build_metric(args, _weights(args), reference, real_arg)
-        _print_counts(("A", args.a, a), ("B", args.b, b))
-        n_real = real.n if isinstance(real, FeatureStats) else _feed_side(metric, real, real_arg, True, args)
-        n_fake = _feed_side(metric, cast(_Images, fake), fake_arg, False, args)  # statistics are never the fake side
-        n_a, n_b = (n_fake, n_real) if swapped else (n_real, n_fake)
-        fid, compat, feature_dim = float(metric.compute()), metric.compat, metric.num_features
+        if args.processes.rank == 0:
+            _print_counts(("A", args.a, a), ("B", args.b, b))
+        sides = [] if reference is not None else [(cast(_Images, real), real_arg, True)]
+        used = _feed_sides(metric, [*sides, (cast(_Images, fake), fake_arg, False)], args)
+        n_real = cast(FeatureStats, real).n if reference is not None else used[0]
+        n_a, n_b = (used[-1], n_real) if swapped else (n_real, used[-1])
+        values, compat, feature_dim = _computed(metric), metric.compat, metric.num_features
+    if args.processes.rank != 0:
+        return
     if args.json:
-        seconds = round(time.perf_counter() - start, 3)
         found_a, found_b = (_found(side) for side in (a, b))
-        result = {"fid": fid, "n_a": n_a, "n_b": n_b, "found_a": found_a, "found_b": found_b}
-        print(json.dumps({**result, "compat": compat, "feature_dim": feature_dim, "seconds": seconds}))
+        counts = {"n_a": n_a, "n_b": n_b, "found_a": found_a, "found_b": found_b}
+        about = {"compat": compat, "feature_dim": feature_dim, "processes": args.processes.world}
+        print(json.dumps({**values, **counts, **about, "seconds": round(time.perf_counter() - start, 3)}))
+    elif args.metrics == ["fid"]:
+        print(values["fid"])
     else:
-        print(fid)
+        print(_table(values, args.metrics))
+
+
+def _score_statistics(
+    args: argparse.Namespace, a: FeatureStats, b: FeatureStats
+) -> tuple[dict[str, float], str | None, int, int | None, int | None]:
+    """FID from two statistics files alone: values, compat, feature dimension and both counts."""
+    if args.metrics != ["fid"]:
+        raise InputError(f"--metrics {','.join(args.metrics)} needs images; {args.a} and {args.b} are statistics")
+    try:
+        a.check_compatible(b, args.a, args.b)
+    except StatsMismatchError as err:
+        raise InputError(err) from err
+    if args.processes.rank == 0:
+        _print_counts(("A", args.a, a), ("B", args.b, b))
+    fid = float(frechet_distance(a.mean, a.covariance, b.mean, b.covariance))
+    return {"fid": fid}, a.compat or b.compat or None, a.feature_dim, a.n, b.n
+
+
+def _computed(metric: FrechetInceptionDistance | InceptionMetrics) -> dict[str, float]:
+    """The metric's numbers as floats (a collective call under many processes)."""
+    try:
+        result = metric.compute()
+    except ValueError as err:  # e.g. a KID subset larger than a side
+        raise InputError(err) from err
+    return {k: float(v) for k, v in result.items()} if isinstance(result, dict) else {"fid": float(result)}
+
+
+def _table(values: dict[str, float], metrics: list[str]) -> str:
+    """The asked-for numbers, one per line, in the order the papers print them (FID, sFID, IS, Precision,
+    Recall, KID), a standard deviation after "+-"."""
+    rows = [(name, label, values[key], values.get(f"{key}_std")) for name, label, key in _TABLE_ROWS if name in metrics]
+    return "\n".join(
+        f"{label:<16}{value:.6g}" + (f" +- {std:.2g}" if std is not None else "") for _, label, value, std in rows
+    )
+
+
+_TABLE_ROWS = [  # --metrics name, label, key of the value (and of its std, key + "_std")
+    ("fid", "FID", "fid"),
+    ("sfid", "sFID", "sfid"),
+    ("is", "Inception Score", "inception_score"),
+    ("prc", "Precision", "precision"),
+    ("prc", "Recall", "recall"),
+    ("kid", "KID", "kid"),
+]
+
+
+def _metric_names(text: str) -> list[str]:
+    """An argparse type: comma-separated ``--metrics`` names, returned in the table's order."""
+    names = {name.strip().lower() for name in text.split(",") if name.strip()}
+    unknown = sorted(names - set(METRICS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"expected names from {', '.join(METRICS)}, got {text!r}")
+    return [name for name in METRICS if name in names]
 
 
 def stats_command(args: argparse.Namespace) -> None:
@@ -230,15 +322,17 @@ def stats_command(args: argparse.Namespace) -> None:
             f"expected an image folder or a sample batch (.npz with arr_0), got the statistics file {args.folder}"
         )
     metric = _build_metric(args, _weights(args), None, None)
-    _print_counts(("", args.folder, images))
-    n = _feed_side(metric, images, args.folder, True, args)
+    if args.processes.rank == 0:
+        _print_counts(("", args.folder, images))
+    (n,) = _feed_sides(metric, [(images, args.folder, True)], args)
     try:
-        metric.save_real_stats(output)
+        metric.save_real_stats(output)  # under many processes: synced on all, written by rank 0
     except ValueError as err:  # the folder changed while the images were processed
         raise InputError(err) from err
     except OSError as err:  # e.g. the disk filled up
         raise InputError(f"cannot write {output}: {err.strerror or err}") from err
-    print(f"{output}: {n} images, {metric.extractor_id}, compat={metric.compat}")
+    if args.processes.rank == 0:
+        print(f"{output}: {n} images, {metric.extractor_id}, compat={metric.compat}")
 
 
 def _check_writable(output: Path) -> None:
@@ -263,15 +357,16 @@ def _is_folder(text: str) -> bool:
     return False
 
 
-def _open_input(text: str, args: argparse.Namespace) -> _Side:
+def _open_input(text: str, args: argparse.Namespace, images: bool = False) -> _Side:
     """An image folder with every header read (see ``_open_folder``); an ``.npz`` sample batch (``arr_0``
     images and no ``mu``, see ``fid_metric.sample_batch``) with its header checked; or a loaded ``.npz``
-    statistics file (an ADM reference batch, which holds both, is read as its statistics, as ADM's evaluator
-    does)."""
+    statistics file. An ADM reference batch, which holds both, is read as its statistics, as ADM's evaluator
+    reads it for FID, unless ``images`` (precision/recall and KID need the features, which ADM's evaluator
+    also computes from its ``arr_0``)."""
     if _is_folder(text):
         return _open_folder(text, args)
     try:
-        if holds_images(text):
+        if holds_images(text, also_statistics=images):
             batch = SampleBatch(text)
             if batch.n < 2:
                 raise InputError(f"{text} holds {batch.n} image(s) in arr_0; FID needs at least 2")
@@ -359,12 +454,25 @@ def _weights(args: argparse.Namespace) -> Path:
 
 def _build_metric(
     args: argparse.Namespace, weights_path: Path, reference: FeatureStats | None, reference_arg: str | None
-) -> FrechetInceptionDistance:
-    """The metric for ``args``, with ``reference`` as its fixed real side when given."""
+) -> FrechetInceptionDistance | InceptionMetrics:
+    """The metric for ``args`` (``InceptionMetrics`` when ``--metrics`` asks for more than FID), with
+    ``reference`` as its fixed real side when given."""
+    settings = {"feature_extractor_weights_path": weights_path, "compat": args.compat, "real_stats": reference}
+    metrics = getattr(args, "metrics", ["fid"])
     try:
-        metric = FrechetInceptionDistance(
-            args.feature, feature_extractor_weights_path=weights_path, compat=args.compat, real_stats=reference
-        )
+        if metrics == ["fid"]:
+            metric: FrechetInceptionDistance | InceptionMetrics = FrechetInceptionDistance(args.feature, **settings)
+        else:
+            metric = InceptionMetrics(
+                feature=args.feature,
+                sfid="sfid" in metrics,
+                inception_score="is" in metrics,
+                precision_recall="prc" in metrics,
+                kid="kid" in metrics,
+                kid_subsets=args.kid_subsets,
+                kid_subset_size=args.kid_subset_size,
+                **settings,
+            )
     except StatsMismatchError as err:
         assert reference is not None  # only a reference can mismatch
         made_with = f"feature_dim={reference.feature_dim}, compat={reference.compat or 'unknown'}"
@@ -374,6 +482,8 @@ def _build_metric(
         ) from err
     except RuntimeError as err:  # a weights file that is not the Inception state dict
         raise InputError(err) from err
+    except ValueError as err:  # e.g. --metrics sfid with statistics that hold no mu_s
+        raise InputError(f"{reference_arg}: {err}" if reference_arg else err) from err
     return metric.to(args.device)
 
 
@@ -385,23 +495,52 @@ def _found(side: _Side) -> int | None:
     return side.found if isinstance(side, _Folder) else side.n if isinstance(side, SampleBatch) else None
 
 
-def _feed_side(
-    metric: FrechetInceptionDistance, side: _Images, label: str, real: bool, args: argparse.Namespace
-) -> int:
-    """Update ``metric`` with the images of a folder or a sample batch; return how many were used."""
+def _feed_sides(
+    metric: FrechetInceptionDistance | InceptionMetrics,
+    sides: list[tuple[_Images, str, bool]],
+    args: argparse.Namespace,
+) -> list[int]:
+    """Update ``metric`` with this process's share of each ``(images, label, real)`` side; return how many images
+    of each were used over all processes. A process that fails stops every process (``Processes.agree``).
+
+    Raises:
+        InputError: an image could not be decoded (this or another process), or a side has fewer than 2 images.
+    """
+    error, used = None, [0] * len(sides)
+    try:
+        used = [_feed_side(metric, side, label, real, args) for side, label, real in sides]
+    except InputError as err:
+        error = err
+    failed, totals = args.processes.agree(error is not None, used)
+    if error is not None:
+        raise error
+    if failed:
+        raise InputError("another process stopped with an error (see its message above)")
+    for total, (_, label, _) in zip(totals, sides):
+        if total < 2:
+            raise InputError(f"{label} holds {total} readable image(s); FID needs at least 2")
+    return totals
+
+
+def _feed_side(metric: Any, side: _Images, label: str, real: bool, args: argparse.Namespace) -> int:
+    """Update ``metric`` with this process's share of a folder or a sample batch; return how many were used."""
+    processes: Processes = args.processes
     if isinstance(side, _Folder):
-        return _feed(metric, side.files, label, real, args)
-    with tqdm(total=side.n, desc=label, unit="img", file=sys.stderr, disable=args.no_progress) as progress:
+        return _feed(metric, processes.share(side.files), label, real, args)
+    used = 0
+    mine = len(range(processes.rank, side.n, processes.world))
+    with tqdm(total=mine, desc=label, unit="img", file=sys.stderr, disable=args.no_progress) as progress:
         try:
-            for images in side.batches(args.batch_size):
+            for images in side.batches(args.batch_size, processes.world, processes.rank):
                 metric.update(images, real=real)
                 progress.update(len(images))
+                used += len(images)
         except ValueError as err:  # the file was damaged or changed while it was read
             raise InputError(err) from err
-    return side.n
+    return used
 
 
-def _feed(metric: FrechetInceptionDistance, files: list[Path], label: str, real: bool, args: argparse.Namespace) -> int:
+def _feed(metric: Any, files: list[Path], label: str, real: bool, args: argparse.Namespace) -> int:
     """Decode ``files`` in DataLoader workers and update ``metric`` with them; return how many were used.
 
     A run of consecutive images of one size is one ``update`` call, so folders of mixed sizes work and a
@@ -430,8 +569,6 @@ def _feed(metric: FrechetInceptionDistance, files: list[Path], label: str, real:
         print(
             f"{PROG}: warning: skipped {skipped} file(s) in {label} whose pixel data failed to decode", file=sys.stderr
         )
-    if used < 2:
-        raise InputError(f"{label} holds {used} readable image(s); FID needs at least 2")
     return used
 
 

@@ -25,14 +25,15 @@ from fid_metric.npz import NpzArchive
 IMAGES_KEY = "arr_0"
 
 
-def holds_images(path: str | os.PathLike) -> bool:
-    """True if the ``.npz`` at ``path`` has an ``arr_0`` and no ``mu`` (a sample batch, not statistics).
+def holds_images(path: str | os.PathLike, also_statistics: bool = False) -> bool:
+    """True if the ``.npz`` at ``path`` has an ``arr_0`` and no ``mu`` (a sample batch, not statistics); with
+    ``also_statistics``, if it has an ``arr_0`` at all (an ADM reference batch holds both).
 
     Raises:
         ValueError: the file is not a readable ``.npz`` (see ``NpzArchive``).
     """
     with NpzArchive(path) as archive:
-        return IMAGES_KEY in archive.keys and "mu" not in archive.keys
+        return IMAGES_KEY in archive.keys and (also_statistics or "mu" not in archive.keys)
 
 
 class SampleBatch:
@@ -71,9 +72,10 @@ class SampleBatch:
         self._channels = 1 if grey else 3
         self._data_offset = header.data_offset
 
-    def batches(self, batch_size: int) -> Iterator[Tensor]:
+    def batches(self, batch_size: int, world: int = 1, rank: int = 0) -> Iterator[Tensor]:
         """The images in order, ``(B, C, H, W)`` uint8 tensors of ``batch_size`` (the last one smaller), C = 3
-        or 1 (grey).
+        or 1 (grey); with ``world`` > 1, only those at positions ``rank, rank + world, ...`` (the file is still
+        read through, ``batch_size * world`` images at a time).
 
         Raises:
             ValueError: the member's data cannot be read (a damaged file; its CRC is checked at the end).
@@ -82,13 +84,15 @@ class SampleBatch:
         try:
             with zipfile.ZipFile(self.path) as archive, archive.open(f"{IMAGES_KEY}.npy") as member:
                 member.read(self._data_offset)
-                for start in range(0, self.n, batch_size):
-                    count = min(batch_size, self.n - start)
+                step = batch_size * world  # a multiple of world: position start + j is ours when j % world == rank
+                for start in range(0, self.n, step):
+                    count = min(step, self.n - start)
                     data = member.read(count * image_bytes)
                     if len(data) != count * image_bytes:
                         raise EOFError(f"the images end after {start + len(data) // image_bytes} of {self.n}")
                     images = np.frombuffer(data, np.uint8).reshape(count, self.height, self.width, self._channels)
-                    yield torch.from_numpy(images.copy()).permute(0, 3, 1, 2).contiguous()
+                    if len(mine := images[rank::world]):
+                        yield torch.from_numpy(mine.copy()).permute(0, 3, 1, 2).contiguous()
                 member.read(1)  # the member's end, where zipfile checks the CRC
         except (zipfile.BadZipFile, EOFError, zlib.error, OSError) as err:
             raise ValueError(f"{self.path}: '{IMAGES_KEY}' cannot be read ({err}).") from err

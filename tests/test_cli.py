@@ -93,7 +93,8 @@ def test_json_output_and_stats_files_give_the_same_fid(folders, inception_weight
     code, out, err = _run(capsys, "score", a, b, "--json", "--feature", "64", weights=inception_weights)
     assert code == 0, err
     direct = json.loads(out)
-    assert set(direct) == {"fid", "n_a", "n_b", "found_a", "found_b", "compat", "feature_dim", "seconds"}
+    assert set(direct) == {"fid", "n_a", "n_b", "found_a", "found_b", "compat", "feature_dim", "processes", "seconds"}
+    assert direct["processes"] == 1
     assert (direct["n_a"], direct["n_b"], direct["compat"], direct["feature_dim"]) == (N_A, N_B, "tensorflow", 64)
     assert direct["fid"] > 1e-3 and direct["seconds"] >= 0
     assert f"{N_A}/{N_A}" in err and "img/s" in err, "the progress bar counts images"

@@ -1,0 +1,141 @@
+"""``fid-metric score --metrics ...`` (the papers' table) and the command on two processes started as torchrun
+starts them.
+
+The numbers must be ``InceptionMetrics``' on the same images (the command only reads, shares out and prints);
+on 2 processes, each given every other image, the 1-process run's: FID to 1e-9, counts exactly, precision and
+recall exactly. Image sets have odd sizes, so the processes' shares differ.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import relative, run_python, smooth_images
+from PIL import Image
+
+from fid_metric import InceptionMetrics
+from fid_metric.cli import main
+
+pytestmark = pytest.mark.filterwarnings("ignore:FID from")
+
+N_A, N_B = 11, 9
+KID = ("--kid-subsets", "3", "--kid-subset-size", "6")
+ALL = ("--metrics", "kid,prc,is,sfid,fid", *KID)  # any order; the table has the papers' order
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    return smooth_images(N_A, 48, seed=300), smooth_images(N_B, 48, seed=301) // 2 + 40
+
+
+@pytest.fixture(scope="module")
+def inputs(images, tmp_path_factory) -> tuple[Path, Path]:
+    """A as a folder of PNGs, B as an ADM-style sample batch (arr_0)."""
+    root = tmp_path_factory.mktemp("cli_metrics")
+    (root / "a").mkdir()
+    for i, img in enumerate(images[0]):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(root / "a" / f"{i:03d}.png")
+    np.savez(root / "b.npz", arr_0=images[1].permute(0, 2, 3, 1).numpy())
+    return root / "a", root / "b.npz"
+
+
+def _argv(a: Path, b: Path, weights: Path, *options: str) -> list[str]:
+    common = ["--feature", "64", "--weights", str(weights), "--device", "cpu", "--workers", "0", "--no-progress"]
+    return ["score", str(a), str(b), *common, "--batch-size", "4", *options]
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def one_process(inputs, inception_weights) -> dict:
+    """The --json of the whole table on one process (in a process like the two-process run's: one thread)."""
+    out = run_python("-m fid_metric", *_argv(*inputs, inception_weights, *ALL, "--json")).stdout
+    return json.loads(out)
+
+
+def test_the_table_is_inception_metrics_on_the_same_images(images, inputs, inception_weights, one_process, capsys):
+    """The table (in the papers' order, std after "+-") and --json hold InceptionMetrics' numbers on the same images
+    (the --json run used one thread, this process two: round-off apart)."""
+    code, out, err = _run(capsys, *_argv(*inputs, inception_weights, *ALL))
+    assert code == 0, err
+    metric = InceptionMetrics(
+        feature=64,
+        feature_extractor_weights_path=inception_weights,
+        precision_recall=True,
+        kid=True,
+        kid_subsets=3,
+        kid_subset_size=6,
+    )
+    metric.update(images[0], real=True)
+    metric.update(images[1], real=False)
+    want = {k: float(v) for k, v in metric.compute().items()}
+    lines = out.strip().splitlines()
+    assert [line[:16].strip() for line in lines] == ["FID", "sFID", "Inception Score", "Precision", "Recall", "KID"]
+    printed = {line[:16].strip(): line[16:] for line in lines}
+    assert float(printed["FID"]) == pytest.approx(want["fid"], rel=1e-5)  # printed to 6 significant digits
+    assert float(printed["Precision"]) == pytest.approx(want["precision"], rel=1e-5)
+    assert float(printed["KID"].split(" +- ")[0]) == pytest.approx(want["kid"], rel=1e-5)
+    assert float(printed["Inception Score"].split(" +- ")[1]) == pytest.approx(want["inception_score_std"], abs=0.01)
+
+    assert {k: one_process[k] for k in want} == pytest.approx(want, rel=1e-5)
+    assert (one_process["n_a"], one_process["n_b"], one_process["found_a"], one_process["found_b"]) == (
+        N_A,
+        N_B,
+        N_A,
+        N_B,
+    )
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one(inputs, inception_weights, one_process) -> None:
+    """torchrun's variables, two gloo processes: rank 0 prints the 1-process numbers, rank 1 prints nothing."""
+    out = run_python("-m fid_metric", *_argv(*inputs, inception_weights, *ALL, "--json"), ranks=2).stdout
+    two = json.loads(out)
+    assert two["processes"] == 2 and one_process["processes"] == 1
+    assert (two["n_a"], two["n_b"]) == (one_process["n_a"], one_process["n_b"]) == (N_A, N_B)
+    for key in ("fid", "sfid", "inception_score", "kid"):
+        assert relative(two[key], one_process[key]) <= 1e-9, key
+    assert (two["precision"], two["recall"]) == (one_process["precision"], one_process["recall"])
+
+
+def test_an_adm_reference_batch_gives_its_images_for_prc_and_kid(images, inputs, inception_weights, tmp_path, capsys):
+    """ADM's reference batch holds arr_0 and mu/sigma: for precision/recall and KID its images are used (as
+    ADM's evaluator computes its P/R from them); a statistics-only file cannot give them."""
+    a, b = inputs
+    reference = tmp_path / "ref.npz"
+    code, _, err = _run(capsys, "stats", str(a), "-o", str(reference), *_argv(a, b, inception_weights)[3:])
+    assert code == 0, err
+    with np.load(reference) as data:
+        np.savez(tmp_path / "adm.npz", arr_0=images[0].permute(0, 2, 3, 1).numpy(), **dict(data))
+    options = ("--metrics", "prc", "--json")
+    code, out, err = _run(capsys, *_argv(tmp_path / "adm.npz", b, inception_weights, *options))
+    assert code == 0, err
+    from_adm = json.loads(out)
+    code, out, err = _run(capsys, *_argv(a, b, inception_weights, *options))
+    from_folder = json.loads(out)
+    assert (from_adm["precision"], from_adm["recall"]) == (from_folder["precision"], from_folder["recall"])
+    code, out, err = _run(capsys, *_argv(reference, b, inception_weights, *options))
+    assert code == 2 and "need images on both sides" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--metrics", "fid,pr"), "expected names from fid, sfid, is, prc, kid"),
+        (("--metrics", ","), "expected names from"),
+        (("--metrics", "kid", "--kid-subset-size", "1"), "expected an integer >= 2"),
+        (("--metrics", "kid", "--kid-subset-size", "10"), "--kid-subset-size 10 is larger than a side (9 images)"),
+    ],
+)
+def test_bad_metric_options_are_one_line_errors(inputs, inception_weights, capsys, options, message) -> None:
+    code, out, err = _run(capsys, *_argv(*inputs, inception_weights, *options))
+    assert code == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and err.startswith("fid-metric: error: ") and message in err, err
