@@ -16,6 +16,7 @@ import importlib.util
 import json
 
 import pytest
+import torch
 from helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -55,3 +56,14 @@ def test_benchmark_smoke_run_agrees_with_the_peers(inception_weights) -> None:
     # 1e-4 bound of the peer comparisons).
     assert network["metric_layout"] == "channels_last" and set(network["seconds"]) == {"channels_last", "nchw"}
     assert network["max_rel_feature_diff"]["nchw"] < 1e-4
+
+
+def test_kept_features_benchmark_smoke_run() -> None:
+    spec = importlib.util.spec_from_file_location("bench_kept", REPO / "benchmarks" / "bench_kept_features.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    result = module.run(n=1200, d=16, device=torch.device("cpu"), subsets=2)
+    assert set(result["seconds"]) == {"fid_from_sums", "precision_recall_k3", "kid_2x1000", "kid_all_pairs"}
+    assert all(seconds > 0 for seconds in result["seconds"].values())
+    assert result["features_bytes"] == 2 * 1200 * 16 * 4
+    assert 0 < result["precision_recall_share_of_matmul_rate"]

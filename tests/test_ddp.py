@@ -193,11 +193,11 @@ def test_raw_torch_distributed_two_processes(ddp) -> None:
             assert got["fid"] == ranks[0][epoch]["fid"]
             assert got["fid_again"] == got["fid"]
             # Per compute() (the second call is served from the cache): the configuration check, one all_reduce
-            # of 2 x 9 int64 hashes (144 bytes), then one all_reduce of the packed float64 buffer; no gathers,
+            # of 2 x 10 int64 hashes (160 bytes), then one all_reduce of the packed float64 buffer; no gathers,
             # no broadcasts.
             names = [call["name"] for call in got["calls"]]
             assert names == ["all_reduce", "all_reduce"], (epoch, rank, got["calls"])
-            assert (got["calls"][0]["dtype"], got["calls"][0]["numel"]) == ("torch.int64", 18)
+            assert (got["calls"][0]["dtype"], got["calls"][0]["numel"]) == ("torch.int64", 20)
             assert got["calls"][1]["dtype"] == "torch.float64"
             assert got["calls"][1]["numel"] == packed_numel == 1122
             assert got["calls"][1]["shape"] == [packed_numel]
