@@ -3,6 +3,7 @@
 from fid_metric._version import __version__
 from fid_metric.distance import frechet_distance
 from fid_metric.inception_metrics import InceptionMetrics
+from fid_metric.inception_score import InceptionScore
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.preprocess import ImageInputError
 from fid_metric.stats import FeatureStats, StatsMismatchError
@@ -13,6 +14,7 @@ __all__ = [
     "FrechetInceptionDistance",
     "ImageInputError",
     "InceptionMetrics",
+    "InceptionScore",
     "StatsMismatchError",
     "WeightsUnavailableError",
     "__version__",

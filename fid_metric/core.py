@@ -33,8 +33,8 @@ from fid_metric.warn import warn_caller
 class FeatureSumsMetric(StatesAcrossBoundaries):
     """The shared core of ``FrechetInceptionDistance`` and ``InceptionMetrics``; see those for the arguments.
 
-    It registers the FID's ``GaussianSums`` (``"features"``, the first accumulator); a subclass registers any
-    others with ``_register`` and implements ``compute()``.
+    It registers the FID's ``GaussianSums`` (``"features"``, the first accumulator) unless ``fid_sums=False``; a
+    subclass registers any others with ``_register`` and implements ``compute()``.
     """
 
     higher_is_better = False
@@ -55,6 +55,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         real_stats: str | os.PathLike | FeatureStats | None = None,
         dataset_size: int | None = None,
         precision: str = "exact",
+        fid_sums: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -72,7 +73,10 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         elif isinstance(feature, int) and not isinstance(feature, bool):
             self._extractor = Extractor.inception(feature, feature_extractor_weights_path, self.compat)
         else:
-            raise TypeError(f"`feature` must be an int (an Inception layer) or an nn.Module, got {type(feature)}.")
+            raise TypeError(
+                f"Got unknown input to argument `feature`: expected an int (an Inception layer) or an nn.Module, "
+                f"got {type(feature)}."
+            )
         self.used_custom_model = self._extractor.is_custom
         self.num_features = self._extractor.num_features
         self.extractor_id = self._extractor.extractor_id
@@ -89,7 +93,8 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         self._accumulators: list[Any] = []
         self._symmetric_states: set[str] = set()
         self._real_states: list[str] = []
-        self._register(GaussianSums("features", self._extractor.feature_output, self.num_features))
+        if fid_sums:  # off only for the Inception Score alone, which compares nothing with real images
+            self._register(GaussianSums("features", self._extractor.feature_output, self.num_features))
 
     def _register(self, *accumulators: Any) -> None:
         """Add the accumulators' states (``Metric.add_state``) and remember which are symmetric and real."""
@@ -102,8 +107,15 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
 
     @property
     def _gaussian(self) -> GaussianSums:
-        """The FID's features: the first accumulator."""
-        return self._accumulators[0]
+        """The FID's features: the first accumulator.
+
+        Raises:
+            RuntimeError: the metric keeps no FID sums (the Inception Score alone).
+        """
+        first = self._accumulators[0] if self._accumulators else None
+        if not isinstance(first, GaussianSums) or first.name != "features":
+            raise RuntimeError(f"{type(self).__name__} keeps no FID statistics: it scores generated images alone.")
+        return first
 
     @property
     def dataset_size(self) -> int | None:
@@ -247,9 +259,10 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         needed = " and ".join(f"2 {names[side]}" for side in counts)
         got = " and ".join(f"{n} {names[side]}" for side, n in counts.items())
         if min(counts.values()) < 2:
+            both = "More than one sample is required for both the real and fake distributed to compute FID: "
             raise RuntimeError(
-                f"FID needs at least {needed} images to estimate covariances; got {got}. "
-                "Call update(imgs, real=...) first."
+                f"{both if len(counts) == 2 else ''}FID needs at least {needed} images to estimate covariances; got "
+                f"{got}. Call update(imgs, real=...) first."
             )
         if min(counts.values()) < self.num_features:
             warn_caller(

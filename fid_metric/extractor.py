@@ -69,7 +69,9 @@ class Extractor:
             fid_metric.WeightsUnavailableError: no weights file could be found or downloaded.
         """
         if feature not in POOL_FEATURES:
-            raise ValueError(f"`feature` must be one of {POOL_FEATURES} or an nn.Module, got {feature}.")
+            raise ValueError(
+                f"Integer input to argument `feature` must be one of {POOL_FEATURES} (or an nn.Module), got {feature}."
+            )
         path = weights.resolve(weights_path)
         network = _load_inception(path)
         return cls(network, feature, str(feature), f"inception-2015-12-05/{feature}", compat, path, torch.channels_last)
@@ -173,6 +175,11 @@ class FeatureNetwork(nn.Module):
         super().__init__()
         self.extractor = extractor
         self.precision = precision
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FeatureNetwork:
+        """No-op: the network never leaves eval mode (torchmetrics' ``metric.inception.training`` is False)."""
+        return self
 
     def forward(self, imgs: Tensor) -> Tensor:
         self.extractor.check(imgs, normalize=False)

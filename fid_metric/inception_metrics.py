@@ -103,7 +103,7 @@ class InceptionMetrics(FeatureSumsMetric):
                 "fid_groups=0 (sFID and FID-infinity compare with real images)."
             )
         _check_kept_arguments(fid, precision_recall, prc_neighborhood, kid, kid_subsets, kid_subset_size)
-        super().__init__(feature=feature, **kwargs)
+        super().__init__(feature=feature, fid_sums=fid, **kwargs)
         self.fid = fid
         self.precision_recall, self.prc_neighborhood = precision_recall, prc_neighborhood
         self.kid, self.kid_subsets, self.kid_subset_size, self.kid_seed = kid, kid_subsets, kid_subset_size, kid_seed

@@ -94,7 +94,11 @@ def check_images(imgs: object, normalize: bool) -> None:
             )
     elif imgs.dtype != torch.uint8:
         hint = " Floating point images in [0, 1] need normalize=True." if imgs.dtype in _FLOAT_DTYPES else ""
-        raise ImageInputError(f"With normalize=False images must be uint8 in [0, 255], got dtype {imgs.dtype}.{hint}")
+        raise ImageInputError(
+            # torchmetrics' words first, so that code matching its message keeps working
+            f"Expecting image as torch.Tensor with dtype=torch.uint8: with normalize=False images must be uint8 in "
+            f"[0, 255], got dtype {imgs.dtype}.{hint}"
+        )
 
 
 def to_uint8_rgb(imgs: Tensor) -> Tensor:

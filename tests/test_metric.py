@@ -289,7 +289,7 @@ def test_custom_extractor_dimension_inferred_and_checked() -> None:
 def test_constructor_validation(inception_weights) -> None:
     with pytest.raises(ValueError, match="must be one of \\(64, 192, 768, 2048\\)"):
         FrechetInceptionDistance(1000, feature_extractor_weights_path=inception_weights)
-    with pytest.raises(TypeError, match="must be an int"):
+    with pytest.raises(TypeError, match="expected an int \\(an Inception layer\\)"):
         FrechetInceptionDistance("2048")
     with pytest.raises(ValueError, match="contradicts"):
         FrechetInceptionDistance(TinyFeatures(), antialias=True, compat="pytorch-fid")

@@ -16,7 +16,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.wrappers import FeatureShare
 
-from fid_metric import FrechetInceptionDistance, ImageInputError, InceptionMetrics, StatsMismatchError
+from fid_metric import FrechetInceptionDistance, ImageInputError, InceptionMetrics, InceptionScore, StatsMismatchError
 from fid_metric.preprocess import check_images
 
 matplotlib.use("Agg")
@@ -167,3 +167,66 @@ def test_pickle_round_trip_keeps_states_and_result() -> None:
     assert copy.identity() == metric.identity()
     assert torch.equal(copy.real_features_cov_sum, metric.real_features_cov_sum)
     assert float(copy.compute()) == float(metric.compute())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# InceptionScore with torchmetrics' signature
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _torchmetrics_inception_score(weights, splits: int):
+    """torchmetrics' InceptionScore on the suite's weights: its own logits network, given as the feature module
+    (its default would download the weights)."""
+    from torchmetrics.image.fid import NoTrainInceptionV3
+    from torchmetrics.image.inception import InceptionScore as TorchmetricsIS
+
+    network = NoTrainInceptionV3(
+        name="inception-v3-compat", features_list=["logits_unbiased"], feature_extractor_weights_path=str(weights)
+    )
+    with pytest.warns(UserWarning, match="save all extracted features"):
+        return TorchmetricsIS(feature=network, splits=splits)
+
+
+@pytest.mark.filterwarnings("ignore:std\\(\\). degrees of freedom:UserWarning")  # torchmetrics' std of one split
+def test_inception_score_as_torchmetrics(inception_weights) -> None:
+    """``InceptionScore(splits=1, compat="torchmetrics")`` gives torchmetrics' mean (one split: its shuffle changes
+    nothing; its network resizes with antialiasing, which compat="torchmetrics" names) as a tuple; with K splits,
+    the mean and population std over the splits j % K that InceptionMetrics computes."""
+    imgs = smooth_images(12, 32, seed=61)
+    ours = InceptionScore(splits=1, compat="torchmetrics", feature_extractor_weights_path=inception_weights)
+    theirs = _torchmetrics_inception_score(inception_weights, splits=1)
+    for start in (0, 5):
+        ours.update(imgs[start : start + 7 if start else 5])
+        theirs.update(imgs[start : start + 7 if start else 5])
+    (mean, std), (tm_mean, _) = ours.compute(), theirs.compute()
+    assert mean.dtype == torch.float64 and float(std) == 0.0
+    assert relative(mean, tm_mean) <= 1e-6  # torchmetrics: float32 softmax of float32 logits (3e-8 measured)
+
+    three = InceptionScore(splits=3, feature_extractor_weights_path=inception_weights)
+    beside = InceptionMetrics(fid=False, sfid=False, splits=3, feature_extractor_weights_path=inception_weights)
+    for metric in (three, beside):
+        metric.update(imgs[:5], real=False)
+        metric.update(imgs[5:], real=False)
+    values = beside.compute()
+    assert tuple(three.compute()) == (values["inception_score"], values["inception_score_std"])
+    assert {name for name in three.state_dict()} == set()  # no FID sums, and the IS sums reset every epoch
+    assert set(three._defaults) == {"is_plogp_sum", "is_p_sum", "is_num_samples"}
+
+
+def test_inception_score_interface(inception_weights) -> None:
+    metric = InceptionScore(feature_extractor_weights_path=inception_weights)
+    assert (metric.splits, metric.higher_is_better, metric.normalize) == (10, True, False)
+    metric.train()
+    assert not metric.inception.training
+    with pytest.raises(ValueError, match="generated images only"):
+        metric.update(smooth_images(2, 32, seed=0), real=True)
+    with pytest.raises(ValueError, match="Expecting image as torch.Tensor with dtype=torch.uint8"):
+        metric.update(torch.rand(2, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="at least one generated image per split"):
+        metric.compute()
+    with pytest.raises(ValueError, match="Integer input to argument `feature` must be one of"):
+        InceptionScore(feature=2)
+    with pytest.raises(ValueError, match="logits"):
+        InceptionScore(feature=2048)
+    with pytest.raises(TypeError, match="Got unknown input to argument `feature`"):
+        InceptionScore(feature=[1, 2])

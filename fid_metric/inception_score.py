@@ -1,0 +1,83 @@
+"""``InceptionScore``: torchmetrics' ``InceptionScore`` signature over this package's exact Inception Score.
+
+For code written for ``torchmetrics.image.inception.InceptionScore``: ``InceptionScore(feature="logits_unbiased",
+splits=10, normalize=False)``, ``update(imgs)`` with generated images only, ``compute()`` returning the tuple
+``(mean, std)``. The score is ``InceptionMetrics``' (``fid_metric.accumulators.SplitScores``): per-split sums of
+``p log p`` and ``p`` from the 1008 logits without bias, in float64, one all_reduce under DDP, no features kept.
+Two things differ from torchmetrics on purpose, as the original definition (Salimans et al. 2016, as
+torch-fidelity reproduces it) has them: the image at sampler position j belongs to split ``j % splits``
+(torchmetrics shuffles with the global RNG, so its value changes from run to run and with the number of
+processes), and ``std`` is the population standard deviation over splits (``np.std``; torchmetrics' is
+``torch.std``, with Bessel's correction). With ``splits=1`` the mean equals torch-fidelity's ISC.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from fid_metric.accumulators import SplitScores
+from fid_metric.core import FeatureSumsMetric
+from fid_metric.inception import FEATURE_DIMS
+
+_TORCHMETRICS_FEATURES = ("logits_unbiased", 64, 192, 768, 2048)
+
+
+class InceptionScore(FeatureSumsMetric):
+    """The Inception Score of generated images, with torchmetrics' ``InceptionScore`` interface.
+
+    Args:
+        feature: ``"logits_unbiased"``, the only one the Inception Score is defined on (torchmetrics also
+            accepts a pool layer or a module, whose outputs it treats as logits; that is refused here).
+        splits: number of splits (10, as torchmetrics; 1 matches torch-fidelity's ``isc_splits=1``).
+        normalize: images are floats in [0, 1] (True) or uint8 in [0, 255] (False).
+        kwargs: ``compat``, ``feature_extractor_weights_path``, ``precision``, ``dataset_size`` and torchmetrics'
+            ``Metric`` arguments, as for ``FrechetInceptionDistance``.
+
+    Raises:
+        ValueError: ``feature`` is another value that torchmetrics accepts, or one it does not; ``splits`` is not
+            a positive int.
+        TypeError: ``feature`` is not a string, an int or a module.
+    """
+
+    higher_is_better = True
+    plot_lower_bound = 1.0
+
+    def __init__(self, feature: str | int | nn.Module = "logits_unbiased", splits: int = 10, **kwargs: Any) -> None:
+        if not isinstance(feature, (str, int, nn.Module)):
+            raise TypeError(f"Got unknown input to argument `feature`: expected 'logits_unbiased', got {feature!r}.")
+        if feature not in _TORCHMETRICS_FEATURES:
+            raise ValueError(
+                f"Integer input to argument `feature` must be one of {_TORCHMETRICS_FEATURES}, but got {feature!r}."
+            )
+        if feature != "logits_unbiased":
+            raise ValueError(
+                f"fid_metric's InceptionScore is computed from the Inception logits (feature='logits_unbiased'), "
+                f"got feature={feature!r}: the score of pool features or another network's outputs is not the "
+                "Inception Score."
+            )
+        if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
+            raise ValueError(f"`splits` must be a positive int, got {splits!r}.")
+        super().__init__(feature=2048, fid_sums=False, **kwargs)
+        self.splits = splits
+        self._scores = SplitScores(splits, FEATURE_DIMS["logits_unbiased"])
+        self._register(self._scores)
+
+    def update(self, imgs: Tensor, real: bool = False) -> None:
+        """Add generated images (``(N, 3 or 1, H, W)``, as ``FrechetInceptionDistance.update`` takes them)."""
+        if real is not False:
+            raise ValueError("The Inception Score uses generated images only: call update(imgs).")
+        super().update(imgs, real=False)
+
+    def forward(self, imgs: Tensor, real: bool = False) -> None:
+        """Same as ``update``; returns None (no batch-local score)."""
+        super().forward(imgs, real)
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """``(mean, std)`` over the splits, 0-d float64 tensors (all processes under DDP).
+
+        Raises:
+            RuntimeError: a split has no image.
+        """
+        return self._scores.score(self)
