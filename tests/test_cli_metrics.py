@@ -9,12 +9,13 @@ recall exactly. Image sets have odd sizes, so the processes' shares differ.
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import relative, run_python, smooth_images
+from helpers import ForkedPython, relative, run_python, smooth_images
 from PIL import Image
 
 from fid_metric import InceptionMetrics
@@ -139,3 +140,27 @@ def test_bad_metric_options_are_one_line_errors(inputs, inception_weights, capsy
     code, out, err = _run(capsys, *_argv(*inputs, inception_weights, *options))
     assert code == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("fid-metric: error: ") and message in err, err
+
+
+@pytest.mark.slow
+def test_a_process_that_fails_stops_both(images, inputs, inception_weights, tmp_path) -> None:
+    """An image whose header reads but whose pixel data is cut short, at position 1 (process 1's first): both
+    processes exit 2 instead of process 0 waiting in the sync; process 1 names the file."""
+    folder = tmp_path / "b"
+    folder.mkdir()
+    for i, img in enumerate(images[1]):
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    whole = (folder / "001.png").read_bytes()
+    (folder / "001.png").write_bytes(whole[: len(whole) // 2])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
+    ranks = [
+        ForkedPython("-m", "fid_metric", *_argv(inputs[0], folder, inception_weights), RANK=str(r), **launcher)
+        for r in range(2)
+    ]
+    done = [rank.wait(240) for rank in ranks]
+    assert [d.returncode for d in done] == [2, 2], [d.stderr for d in done]
+    assert "another process stopped" in done[0].stderr
+    assert "001.png" in done[1].stderr and "Traceback" not in done[1].stderr
