@@ -93,6 +93,15 @@ def ddp_features() -> TinyFeatures:
     return TinyFeatures(channels=8, dtype=torch.float32)
 
 
+def kept_features_metric(**kwargs: Any) -> Any:
+    """An ``InceptionMetrics`` of FID, precision/recall and KID (5 subsets of 20) on ``TinyFeatures()``: the kept
+    features' bookkeeping without Inception."""
+    from fid_metric import InceptionMetrics
+
+    settings = {"sfid": False, "inception_score": False, "precision_recall": True, "kid": True}
+    return InceptionMetrics(feature=TinyFeatures(), kid_subsets=5, kid_subset_size=20, **settings, **kwargs)
+
+
 def relative(value: Any, reference: Any) -> float:
     """``max |value - reference| / max |reference|``: of numbers, their relative difference; of tensors, the largest
     difference in the scale of the reference's largest entry. On the CPU, in float64."""

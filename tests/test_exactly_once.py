@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import SCRIPTS, TinyFeatures, smooth_images
+from helpers import SCRIPTS, TinyFeatures, kept_features_metric, smooth_images
 
-from fid_metric import FrechetInceptionDistance, InceptionMetrics
+from fid_metric import FrechetInceptionDistance
 
 # Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
@@ -22,15 +22,7 @@ def _single_process_fid(n: int = 67) -> float:
 
 
 def _single_process_kept_features(n: int = 67) -> dict[str, float]:
-    metric = InceptionMetrics(
-        sfid=False,
-        inception_score=False,
-        feature=TinyFeatures(),
-        precision_recall=True,
-        kid=True,
-        kid_subsets=5,
-        kid_subset_size=20,
-    )
+    metric = kept_features_metric()
     metric.update(smooth_images(n, 16, seed=1), real=True)
     metric.update(255 - smooth_images(n, 16, seed=2) // 2, real=False)
     return {k: float(v) for k, v in metric.compute().items() if k != "fid"}

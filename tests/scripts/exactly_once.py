@@ -20,27 +20,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from helpers import TinyFeatures, smooth_images
+from helpers import TinyFeatures, kept_features_metric, smooth_images
 from torch.utils.data import DataLoader, TensorDataset
 
-from fid_metric import FrechetInceptionDistance, InceptionMetrics
+from fid_metric import FrechetInceptionDistance
 from fid_metric.lightning import ExactlyOnce
 
 N_IMAGES = 67
-
-
-def kept_features_metric(**kwargs) -> InceptionMetrics:
-    """Precision/recall and KID, which keep the features and gather them at compute()."""
-    return InceptionMetrics(
-        sfid=False,
-        inception_score=False,
-        feature=TinyFeatures(),
-        precision_recall=True,
-        kid=True,
-        kid_subsets=5,
-        kid_subset_size=20,
-        **kwargs,
-    )
 
 
 class Validator(L.LightningModule):
