@@ -1,9 +1,10 @@
 """The ``fid-metric`` command: FID between image folders and/or statistics files, and reference statistics.
 
-``fid-metric score A B`` prints the FID; ``fid-metric stats FOLDER -o ref.npz`` saves the statistics of a
-folder for later use as A or B. Images are decoded in DataLoader workers (``fid_metric.image_folder``) and
-fed to :class:`fid_metric.FrechetInceptionDistance`; statistics files are read by
-:meth:`fid_metric.FeatureStats.load`.
+``fid-metric score A B`` prints the FID (``--metrics`` adds sFID, IS, precision/recall and KID, through
+:class:`fid_metric.InceptionMetrics`); ``fid-metric stats FOLDER -o ref.npz`` saves the statistics of a folder
+for later use as A or B. Under torchrun each process takes its share of the images (``fid_metric.processes``).
+Images are decoded in DataLoader workers (``fid_metric.image_folder``) and fed to the metric; statistics files
+are read by :meth:`fid_metric.FeatureStats.load`.
 
 Everything that can be checked without the network is checked before the first image is processed: the
 options, both inputs (every image's header), the output file and the weights. Bad input ends the run with
@@ -59,6 +60,13 @@ EPILOG = f"""\
 examples:
   {PROG} score real/ generated/
   {PROG} stats real/ -o real.npz && {PROG} score real.npz generated/ --json
+  {PROG} score ref.npz samples.npz --metrics fid,sfid,is,prc,kid
+  torchrun --nproc_per_node=8 -m fid_metric score real/ generated/ --metrics fid,prc
+
+processes:
+  Started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set), each process scores every
+  WORLD_SIZE-th image of each side on cuda:LOCAL_RANK (or the CPU), the statistics are combined
+  once, and rank 0 prints; the numbers are those of one process.
 
 inputs:
   A folder is searched recursively for {", ".join(IMAGE_EXTENSIONS)} files (any case), following
