@@ -4,8 +4,9 @@
 ``fid_metric.sync`` (the configuration check, the one all_reduce, the gathers of kept features) and
 ``fid_metric.checkpoint`` (states checked and copied, configurations refused). What it reads of the metric above
 it (``fid_metric.core.FeatureSumsMetric``): ``identity()``, ``_sync_fields()``, ``_symmetric_states``,
-``_real_states``, ``reset_real_features``, ``_world_and_rank()`` and the kept features, ``_local_kept()`` and
-``_kept``. The torchmetrics members it overrides or reads are checked by tests/test_torchmetrics_contract.py.
+``_real_states``, ``reset_real_features``, ``_world_and_rank()`` and the kept features, ``_local_kept()``,
+``_kept_home()`` and ``_kept``. The torchmetrics members it overrides or reads are checked by
+tests/test_torchmetrics_contract.py.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ class StatesAcrossBoundaries(Metric):
     _symmetric_states: set[str]
     _real_states: list[str]
     _kept: dict[str, list[Tensor]]  # kept features per side, batches (fid_metric.kept_features); empty if none
-    _kept_on_cpu: bool
     _kept_synced: dict[str, Tensor]  # every process's kept features, gathered by the last sync
 
     def identity(self) -> dict[str, object]:
@@ -46,6 +46,10 @@ class StatesAcrossBoundaries(Metric):
 
     def _local_kept(self) -> dict[str, Tensor]:
         """This process's kept features per side (``fid_metric.kept_features``); empty if none are kept."""
+        raise NotImplementedError
+
+    def _kept_home(self) -> torch.device:
+        """Where the kept features live (``KeptFeatures.home``)."""
         raise NotImplementedError
 
     def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
@@ -117,7 +121,7 @@ class StatesAcrossBoundaries(Metric):
         super().merge_state(merged_states(self, incoming_state))
         if isinstance(incoming_state, StatesAcrossBoundaries):  # its kept features follow ours
             for side, rows in incoming_state._local_kept().items():
-                self._kept[side].append(rows.to("cpu" if self._kept_on_cpu else self.device))
+                self._kept[side].append(rows.to(self._kept_home()))
 
     def _apply(self, fn: Callable, exclude_state: Any = "") -> StatesAcrossBoundaries:
         # Move the states with the module but never change their dtype: Lightning's precision="bf16-true"
@@ -127,8 +131,9 @@ class StatesAcrossBoundaries(Metric):
         for name, default in self._defaults.items():
             self._defaults[name] = default.to(device)  # type: ignore[union-attr]  # tensor states only
             setattr(self, name, getattr(self, name).to(device))
-        if not self._kept_on_cpu:
-            self._kept = {side: [rows.to(device) for rows in batches] for side, batches in self._kept.items()}
+        if self._kept:
+            home = self._kept_home()
+            self._kept = {side: [rows.to(home) for rows in batches] for side, batches in self._kept.items()}
         self._computed = None
         return self
 

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, NoReturn, TextIO, Union, cast
+from typing import Callable, NamedTuple, NoReturn, TextIO, Union, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -51,8 +51,16 @@ from fid_metric.stats import FeatureStats, StatsMismatchError
 from fid_metric.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
 
 PROG = "fid-metric"
-# --metrics names, in the order the papers' tables print them
-METRICS = ("fid", "sfid", "is", "prc", "kid")
+# The score table, in the order the papers print it: --metrics name, label, key of the value (its std: key + "_std")
+_TABLE_ROWS = [
+    ("fid", "FID", "fid"),
+    ("sfid", "sFID", "sfid"),
+    ("is", "Inception Score", "inception_score"),
+    ("prc", "Precision", "precision"),
+    ("prc", "Recall", "recall"),
+    ("kid", "KID", "kid"),
+]
+METRICS = tuple(dict.fromkeys(name for name, _, _ in _TABLE_ROWS))  # --metrics names: fid, sfid, is, prc, kid
 # 65,536 images of 3 x 299 x 299 float32 are 70 GB of network input: a larger batch is a typo.
 MAX_BATCH_SIZE = 65536
 
@@ -106,6 +114,7 @@ class _Folder(NamedTuple):
 
 
 _Side = Union[_Folder, SampleBatch, FeatureStats]
+_Metric = Union[FrechetInceptionDistance, InceptionMetrics]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,20 +136,27 @@ def _run(argv: Sequence[str] | None) -> int:
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already reported
         return exit_.code if isinstance(exit_.code, int) else 2
     try:
-        args.processes = join_process_group(args.device)
-        args.device = args.processes.device
-        args.no_progress = args.no_progress or args.processes.rank != 0
+        args.processes = _join_processes(args)
         args.command(args)
     except InputError as err:
-        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # the launcher's environment
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except WeightsUnavailableError as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _join_processes(args: argparse.Namespace) -> Processes:
+    """The launcher's processes (one without torchrun); ``args.device`` becomes this process's device, and only
+    rank 0 shows progress."""
+    try:
+        processes = join_process_group(args.device)
+    except ValueError as err:  # an incomplete launcher environment
+        raise InputError(err) from err
+    args.device = processes.device
+    args.no_progress = args.no_progress or processes.rank != 0
+    return processes
 
 
 class _Parser(argparse.ArgumentParser):
@@ -219,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("folder", metavar="FOLDER", help="image folder or .npz sample batch (arr_0)")
     stats.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="statistics file to write")
-    stats.set_defaults(command=stats_command)
+    stats.set_defaults(command=stats_command, metrics=["fid"])
     return parser
 
 
@@ -282,7 +298,7 @@ def _score_statistics(
     return {"fid": fid}, a.compat or b.compat or None, a.feature_dim, a.n, b.n
 
 
-def _computed(metric: FrechetInceptionDistance | InceptionMetrics) -> dict[str, float]:
+def _computed(metric: _Metric) -> dict[str, float]:
     """The metric's numbers as floats (a collective call under many processes)."""
     try:
         result = metric.compute()
@@ -292,22 +308,13 @@ def _computed(metric: FrechetInceptionDistance | InceptionMetrics) -> dict[str, 
 
 
 def _table(values: dict[str, float], metrics: list[str]) -> str:
-    """The asked-for numbers, one per line, in the order the papers print them (FID, sFID, IS, Precision,
-    Recall, KID), a standard deviation after "+-"."""
-    rows = [(name, label, values[key], values.get(f"{key}_std")) for name, label, key in _TABLE_ROWS if name in metrics]
-    return "\n".join(
-        f"{label:<16}{value:.6g}" + (f" +- {std:.2g}" if std is not None else "") for _, label, value, std in rows
-    )
-
-
-_TABLE_ROWS = [  # --metrics name, label, key of the value (and of its std, key + "_std")
-    ("fid", "FID", "fid"),
-    ("sfid", "sFID", "sfid"),
-    ("is", "Inception Score", "inception_score"),
-    ("prc", "Precision", "precision"),
-    ("prc", "Recall", "recall"),
-    ("kid", "KID", "kid"),
-]
+    """The asked-for numbers, one per line, in ``_TABLE_ROWS``' order, a standard deviation after "+-"."""
+    lines = []
+    for name, label, key in _TABLE_ROWS:
+        if name in metrics:
+            std = values.get(f"{key}_std")
+            lines.append(f"{label:<16}{values[key]:.6g}" + (f" +- {std:.2g}" if std is not None else ""))
+    return "\n".join(lines)
 
 
 def _metric_names(text: str) -> list[str]:
@@ -462,14 +469,14 @@ def _weights(args: argparse.Namespace) -> Path:
 
 def _build_metric(
     args: argparse.Namespace, weights_path: Path, reference: FeatureStats | None, reference_arg: str | None
-) -> FrechetInceptionDistance | InceptionMetrics:
+) -> _Metric:
     """The metric for ``args`` (``InceptionMetrics`` when ``--metrics`` asks for more than FID), with
     ``reference`` as its fixed real side when given."""
     settings = {"feature_extractor_weights_path": weights_path, "compat": args.compat, "real_stats": reference}
-    metrics = getattr(args, "metrics", ["fid"])
+    metrics = args.metrics
     try:
         if metrics == ["fid"]:
-            metric: FrechetInceptionDistance | InceptionMetrics = FrechetInceptionDistance(args.feature, **settings)
+            metric: _Metric = FrechetInceptionDistance(args.feature, **settings)
         else:
             metric = InceptionMetrics(
                 feature=args.feature,
@@ -504,7 +511,7 @@ def _found(side: _Side) -> int | None:
 
 
 def _feed_sides(
-    metric: FrechetInceptionDistance | InceptionMetrics,
+    metric: _Metric,
     sides: list[tuple[_Images, str, bool]],
     args: argparse.Namespace,
 ) -> list[int]:
@@ -530,7 +537,7 @@ def _feed_sides(
     return totals
 
 
-def _feed_side(metric: Any, side: _Images, label: str, real: bool, args: argparse.Namespace) -> int:
+def _feed_side(metric: _Metric, side: _Images, label: str, real: bool, args: argparse.Namespace) -> int:
     """Update ``metric`` with this process's share of a folder or a sample batch; return how many were used."""
     processes: Processes = args.processes
     if isinstance(side, _Folder):
@@ -548,7 +555,7 @@ def _feed_side(metric: Any, side: _Images, label: str, real: bool, args: argpars
     return used
 
 
-def _feed(metric: Any, files: list[Path], label: str, real: bool, args: argparse.Namespace) -> int:
+def _feed(metric: _Metric, files: list[Path], label: str, real: bool, args: argparse.Namespace) -> int:
     """Decode ``files`` in DataLoader workers and update ``metric`` with them; return how many were used.
 
     A run of consecutive images of one size is one ``update`` call, so folders of mixed sizes work and a

@@ -88,7 +88,6 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             self._reference = FixedReference(stats)
         self._shared_network: nn.Module | None = None
         self._kept: dict[str, list[Tensor]] = {}  # KeptFeatures fills it when registered
-        self._kept_on_cpu = False
         self._kept_synced: dict[str, Tensor] = {}
         self._accumulators: list[Any] = []
         self._symmetric_states: set[str] = set()
@@ -327,10 +326,19 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
                 self._kept[side] = []
         self._kept_synced = {}
 
+    @property
+    def _kept_accumulator(self) -> KeptFeatures | None:
+        """The ``KeptFeatures`` accumulator, if precision/recall or KID asked for one."""
+        return next((a for a in self._accumulators if isinstance(a, KeptFeatures)), None)
+
     def _local_kept(self) -> dict[str, Tensor]:
         """This process's kept features per side, ``(n, d)`` float32; empty if none are kept."""
-        kept = next((a for a in self._accumulators if isinstance(a, KeptFeatures)), None)
+        kept = self._kept_accumulator
         return {} if kept is None else {side: kept.local(self, side) for side in SIDES}
+
+    def _kept_home(self) -> torch.device:
+        kept = self._kept_accumulator
+        return self.device if kept is None else kept.home(self)
 
     def set_dtype(self, dst_type: str | torch.dtype) -> FeatureSumsMetric:
         """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""

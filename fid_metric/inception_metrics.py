@@ -162,7 +162,8 @@ class InceptionMetrics(FeatureSumsMetric):
         return results
 
     def _from_kept_features(self) -> dict[str, Tensor]:
-        kept = next(a for a in self._accumulators if isinstance(a, KeptFeatures))
+        kept = self._kept_accumulator
+        assert kept is not None  # registered whenever precision_recall or kid
         real, fake = kept.features(self, "real"), kept.features(self, "fake")
         results = {}
         if self.precision_recall:

@@ -31,20 +31,22 @@ class KeptFeatures:
 
     def register(self, metric: Any, keep_real: bool) -> Registered:
         metric._kept = {side: [] for side in SIDES}
-        metric._kept_on_cpu = self.on_cpu
         return Registered()
 
+    def home(self, metric: Any) -> torch.device:
+        """Where the features are kept: the CPU with ``on_cpu``, else the metric's device."""
+        return torch.device("cpu") if self.on_cpu else metric.device
+
     def add(self, metric: Any, side: str, outputs: dict[str, Tensor], positions: range) -> None:
-        features = outputs[self.output].to(torch.float32)  # float64 from float32: exact both ways
-        metric._kept[side].append(features.cpu() if self.on_cpu else features)
+        # float64 from float32 features: exact both ways
+        metric._kept[side].append(outputs[self.output].to(self.home(metric), torch.float32))
 
     def local(self, metric: Any, side: str) -> Tensor:
         """This process's ``(n, dim)`` float32 features of ``side``, concatenated once (the batches are then
         replaced by the one tensor, so repeated calls copy nothing)."""
         batches = metric._kept[side]
         if len(batches) != 1:
-            device = torch.device("cpu") if self.on_cpu else metric.device
-            joined = torch.cat(batches) if batches else torch.zeros(0, self.dim, device=device)
+            joined = torch.cat(batches) if batches else torch.zeros(0, self.dim, device=self.home(metric))
             metric._kept[side] = batches = [joined]
         return batches[0]
 
