@@ -192,15 +192,17 @@ class FeatureNetwork(nn.Module):
 
 
 def _load_inception(source: os.PathLike) -> FIDInceptionV3:
-    # float32 whatever torch.set_default_dtype says: the weights file and the network's input are float32.
-    network = FIDInceptionV3().to(torch.float32)
+    with torch.device("meta"):  # no random initialisation of weights that the file replaces (half the load time)
+        network = FIDInceptionV3()
     try:
-        network.load_state_dict(weights.load_state_dict(source), strict=True)
+        network.load_state_dict(weights.load_state_dict(source), strict=True, assign=True)
     except RuntimeError as err:
         raise RuntimeError(
             f"{source} is not a pt_inception-2015-12-05 state dict (as in pytorch-fid's "
             f"pt_inception-2015-12-05-6726825d.pth): {err}"
         ) from err
+    # float32 whatever the file or torch.set_default_dtype says: the network's input is float32.
+    network.to(torch.float32)
     if not all(bool(torch.isfinite(tensor).all()) for tensor in network.state_dict().values()):
         raise ValueError(f"{source} holds NaN or infinite weights.")
     return fold_batch_norm(network).to(memory_format=torch.channels_last)

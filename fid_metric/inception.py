@@ -212,11 +212,9 @@ def fold_batch_norm(network: FIDInceptionV3) -> FIDInceptionV3:
             conv, bn = module.conv, module.bn
             assert bn.running_var is not None and bn.running_mean is not None  # track_running_stats: always here
             scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
-            folded = nn.Conv2d(
-                conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=True
-            ).to(conv.weight.device, conv.weight.dtype)
-            with torch.no_grad():
-                folded.weight.copy_(conv.weight.double() * scale[:, None, None, None])
-                folded.bias.copy_(bn.bias.double() - bn.running_mean.double() * scale)  # type: ignore[union-attr]
-            module.conv, module.bn = folded.requires_grad_(False).eval(), nn.Identity()
+            weight = (conv.weight.double() * scale[:, None, None, None]).to(conv.weight.dtype)
+            bias = (bn.bias.double() - bn.running_mean.double() * scale).to(conv.weight.dtype)  # type: ignore[union-attr]
+            conv.weight = nn.Parameter(weight, requires_grad=False)
+            conv.bias = nn.Parameter(bias, requires_grad=False)
+            module.bn = nn.Identity()
     return network

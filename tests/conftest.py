@@ -71,9 +71,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of a random-init, batch-norm-calibrated ``pt_inception-2015-12-05`` state dict file."""
-    net = build_reference_inception(seed=0)
-    calibration = smooth_images(24, 299, seed=1234).float() / 128 - 1
-    calibrate_batch_norm(net, calibration)
+    net = build_reference_inception(seed=0).to(memory_format=torch.channels_last)  # 3x faster on a CPU
+    calibration = smooth_images(12, 299, seed=1234).float() / 128 - 1
+    calibrate_batch_norm(net, calibration.contiguous(memory_format=torch.channels_last))
+    net.to(memory_format=torch.contiguous_format)  # the file in the usual layout
     path = tmp_path_factory.mktemp("weights") / "pt_inception-random.pth"
     torch.save(net.state_dict(), path)
     return path
