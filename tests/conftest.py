@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import DDPLauncher, smooth_images, start_warm_processes
+from helpers import DDPLauncher, peer_in_channels_last, smooth_images, start_warm_processes
 from pytorch_fid import inception as pfid_inception
 
 from fid_metric import FrechetInceptionDistance
@@ -109,6 +109,7 @@ def pytorch_fid_random_weights(inception_weights: Path, monkeypatch_session: pyt
 @pytest.fixture(scope="session")
 def pytorch_fid_model(pytorch_fid_random_weights: None) -> torch.nn.Module:
     """pytorch-fid's own ``InceptionV3`` (all four blocks) with the random weights."""
+    # In NCHW, as our unfolded network runs in test_inception.py: the same arithmetic, so equal elementwise.
     return pfid_inception.InceptionV3(output_blocks=[0, 1, 2, 3]).eval()
 
 
@@ -116,7 +117,7 @@ def pytorch_fid_model(pytorch_fid_random_weights: None) -> torch.nn.Module:
 def pytorch_fid_model_64(pytorch_fid_random_weights: None) -> torch.nn.Module:
     """pytorch-fid's own ``InceptionV3`` for the 64-d features: its first block only, where it stops (~1/7 of the
     full network's cost per image)."""
-    return pfid_inception.InceptionV3(output_blocks=[0]).eval()
+    return peer_in_channels_last(pfid_inception.InceptionV3(output_blocks=[0]).eval())
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ def test_benchmark_smoke_run_agrees_with_the_peers(inception_weights) -> None:
     bench = _bench()
     args = bench.parser().parse_args(
         [
-            *("--repeats", "1", "--batch", "2", "--dim", "64", "--skip-compile", "--deviation-images", "4"),
+            *("--repeats", "1", "--batch", "1", "--dim", "64", "--skip-compile", "--deviation-images", "2"),
             *("--devices", "cpu", "--precisions", "exact", "--sizes", "32"),
         ]
     )

@@ -23,8 +23,8 @@ from fid_metric.cli import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:FID from")
 
-N_A, N_B = 11, 9
-KID = ("--kid-subsets", "3", "--kid-subset-size", "6")
+N_A, N_B = 7, 5
+KID = ("--kid-subsets", "3", "--kid-subset-size", "4")
 ALL = ("--metrics", "kid,prc,is,sfid,fid", *KID)  # any order; the table has the papers' order
 
 
@@ -73,7 +73,7 @@ def test_the_table_is_inception_metrics_on_the_same_images(images, inputs, incep
         precision_recall=True,
         kid=True,
         kid_subsets=3,
-        kid_subset_size=6,
+        kid_subset_size=4,
     )
     metric.update(images[0], real=True)
     metric.update(images[1], real=False)
@@ -133,7 +133,7 @@ def test_an_adm_reference_batch_gives_its_images_for_prc_and_kid(images, inputs,
         (("--metrics", "fid,pr"), "expected names from fid, sfid, is, prc, kid"),
         (("--metrics", ","), "expected names from"),
         (("--metrics", "kid", "--kid-subset-size", "1"), "expected an integer >= 2"),
-        (("--metrics", "kid", "--kid-subset-size", "10"), "--kid-subset-size 10 is larger than a side (9 images)"),
+        (("--metrics", "kid", "--kid-subset-size", "6"), "--kid-subset-size 6 is larger than a side (5 images)"),
     ],
 )
 def test_bad_metric_options_are_one_line_errors(inputs, inception_weights, capsys, options, message) -> None:

@@ -223,7 +223,7 @@ def test_raw_torch_distributed_two_processes(ddp) -> None:
 
 
 def test_lightning_ddp_two_processes(ddp, tmp_path: Path) -> None:
-    ranks = ddp.run_script(SCRIPTS / "lightning_ddp.py", tmp_path, launches_ranks=True)
+    ranks = ddp.run_script(SCRIPTS / "lightning_ddp.py", tmp_path)
     assert [r["rank"] for r in ranks] == [0, 1]
     assert [r["world_size"] for r in ranks] == [2, 2]
 

@@ -1,7 +1,7 @@
 """examples/gan_digits.py end to end, as a subprocess with tiny settings and the random-init Inception weights.
 
-Each run trains for a few batches, computes the reference statistics of 32 real digits and evaluates 16
-generated digits per epoch at ``--feature 64`` (about 10 s on one CPU thread).
+Each run trains for two batches per epoch, computes the reference statistics of 16 real digits and evaluates 8
+generated digits per epoch at ``--feature 64`` (a few seconds on one CPU thread).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fid_metric import FeatureStats
 
 pytestmark = pytest.mark.slow
 
-TINY = "--val-samples 16 --batch-size 8 --max-train-batches 4 --feature 64 --reference-images 32 --accelerator cpu"
+TINY = "--val-samples 8 --batch-size 8 --max-train-batches 2 --feature 64 --reference-images 16 --accelerator cpu"
 
 
 def run_example(args: list[str], weights: Path, logdir: Path, **env_vars: str) -> subprocess.CompletedProcess:
@@ -56,7 +56,7 @@ def test_gan_example_logs_fid_each_epoch_to_tensorboard(inception_weights: Path,
     assert [event.value for event in events] == pytest.approx(printed, rel=1e-5, abs=1e-4)  # printed: 4 decimals
 
     reference = FeatureStats.load(tmp_path / "digits_ref_64.npz")
-    assert reference.n == 32
+    assert reference.n == 16
     assert reference.feature_dim == 64
     assert reference.extractor == "inception-2015-12-05/64"
     assert reference.weights_sha256  # recorded, so statistics made with other weights are refused

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import BAD_INPUTS, TinyFeatures, feed, relative, smooth_images
+from helpers import BAD_INPUTS, TinyFeatures, feed, peer_in_channels_last, relative, smooth_images
 from pytorch_fid.fid_score import calculate_frechet_distance
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 
@@ -56,7 +56,9 @@ def ours(images, inception_fid) -> dict[str, FrechetInceptionDistance]:
 def _torchmetrics_fid(feature: int, weights, real: torch.Tensor, fake: torch.Tensor, **kwargs) -> torch.Tensor:
     """torchmetrics' FID, float32 as its users run it (set_dtype(torch.float64) would run its network in float64,
     4x slower here, and move its FID by ~1e-7 of itself: nothing next to the 1e-4 these tests demand)."""
-    return _fid(TorchmetricsFID(feature, feature_extractor_weights_path=str(weights), **kwargs), real, fake)
+    metric = TorchmetricsFID(feature, feature_extractor_weights_path=str(weights), **kwargs)
+    peer_in_channels_last(metric.inception)
+    return _fid(metric, real, fake)
 
 
 def _pytorch_fid(model, real: torch.Tensor, fake: torch.Tensor) -> float:
@@ -79,12 +81,31 @@ def test_tensorflow_mode_matches_torchmetrics_tf1_resize(ours, images, inception
     assert relative(value, reference) <= 1e-4
 
 
+def _few_sample_fid(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """FID of the rows of ``x`` and ``y`` (float64, fewer rows than columns) in closed form.
+
+    With ``A = (x - mean) / sqrt(n - 1)`` the covariance is ``A^T A``; the nonzero eigenvalues of ``A^T A B^T B``
+    are those of ``(A B^T)(A B^T)^T``, so ``tr sqrt(S_x S_y)`` is the nuclear norm of the small ``A B^T``.
+    """
+    a = (x - x.mean(0)) / (len(x) - 1) ** 0.5
+    b = (y - y.mean(0)) / (len(y) - 1) ** 0.5
+    mean_term = (x.mean(0) - y.mean(0)).square().sum()
+    return mean_term + a.square().sum() + b.square().sum() - 2 * torch.linalg.matrix_norm(a @ b.T, "nuc")
+
+
 def test_tensorflow_mode_matches_torchmetrics_at_2048_and_299_px(inception_weights, inception_fid) -> None:
     """The same at the full network's 2048-d pool features, on 299 x 299 images (TF1 resize of the input size).
-    A few images: torchmetrics' network runs at ~2 images/s here."""
-    real, fake = _images(299, n_real=8, n_fake=6)
+
+    The reference is the FID of torchmetrics' network's features (``antialias=False``), in closed form
+    (``_few_sample_fid``: a few images, n < d): torchmetrics' own compute is an eigendecomposition of a 2048 x 2048
+    product (4 s here) and is compared with ours at 64-d above.
+    """
+    real, fake = _images(299, n_real=5, n_fake=4)
     value = _fid(inception_fid(2048), real, fake)
-    reference = _torchmetrics_fid(2048, inception_weights, real, fake, antialias=False)
+    peer = TorchmetricsFID(2048, feature_extractor_weights_path=str(inception_weights), antialias=False)
+    network = peer_in_channels_last(peer.inception)
+    with torch.inference_mode():
+        reference = _few_sample_fid(network(real).double(), network(fake).double())
     assert value.dtype == torch.float64
     assert reference > 1e-3, "degenerate features: the test would prove nothing"
     assert relative(value, reference) <= 1e-4
@@ -138,7 +159,7 @@ def test_grey_images_equal_rgb_repeated(inception_fid) -> None:
 
 
 def test_batch_size_does_not_change_fid(inception_fid) -> None:
-    real, fake = _images(48)
+    real, fake = _images(48, n_real=7, n_fake=6)
     metric = inception_fid(192)
     whole = _fid(metric, real, fake, batch=len(real))
     metric.reset()
@@ -299,7 +320,7 @@ def test_constructor_validation(inception_weights) -> None:
 
 def test_fast_modes(inception_fid) -> None:
     """bf16 changes the features a little and nothing else; tf32 is exact off CUDA; unknown modes fail."""
-    real, fake = _images(64)
+    real, fake = _images(64, n_real=6, n_fake=5)
     exact = _fid(inception_fid(64), real, fake)
     fast = inception_fid(64, precision="bf16")
     approx = _fid(fast, real, fake)

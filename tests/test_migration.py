@@ -11,7 +11,7 @@ import logging
 import matplotlib
 import pytest
 import torch
-from helpers import BAD_INPUTS, TinyFeatures, feed, relative, smooth_images
+from helpers import BAD_INPUTS, TinyFeatures, feed, peer_in_channels_last, relative, smooth_images
 from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.wrappers import FeatureShare
@@ -183,6 +183,7 @@ def _torchmetrics_inception_score(weights, splits: int):
     network = NoTrainInceptionV3(
         name="inception-v3-compat", features_list=["logits_unbiased"], feature_extractor_weights_path=str(weights)
     )
+    peer_in_channels_last(network)
     with pytest.warns(UserWarning, match="save all extracted features"):
         return TorchmetricsIS(feature=network, splits=splits)
 
@@ -192,21 +193,24 @@ def test_inception_score_as_torchmetrics(inception_weights) -> None:
     """``InceptionScore(splits=1, compat="torchmetrics")`` gives torchmetrics' mean (one split: its shuffle changes
     nothing; its network resizes with antialiasing, which compat="torchmetrics" names) as a tuple; with K splits,
     the mean and population std over the splits j % K that InceptionMetrics computes."""
-    imgs = smooth_images(12, 32, seed=61)
+    imgs = smooth_images(7, 32, seed=61)
     ours = InceptionScore(splits=1, compat="torchmetrics", feature_extractor_weights_path=inception_weights)
     theirs = _torchmetrics_inception_score(inception_weights, splits=1)
-    for start in (0, 5):
-        ours.update(imgs[start : start + 7 if start else 5])
-        theirs.update(imgs[start : start + 7 if start else 5])
+    for batch in (imgs[:3], imgs[3:]):
+        ours.update(batch)
+        theirs.update(batch)
     (mean, std), (tm_mean, _) = ours.compute(), theirs.compute()
     assert mean.dtype == torch.float64 and float(std) == 0.0
-    assert relative(mean, tm_mean) <= 1e-6  # torchmetrics: float32 softmax of float32 logits (1.9e-7 measured)
+    # The two networks' logits differ by round-off (BN folding, summation order): 2.4e-5 of the largest logit on
+    # these weights and images, which moves the score 4.7e-6 relative (both measured; 1.9e-6 with torchmetrics'
+    # network in NCHW). Another resize is a real difference: 8e-3 without antialiasing, 1.2e-2 with pytorch-fid's.
+    assert relative(mean, tm_mean) <= 2e-5
 
     three = InceptionScore(splits=3, feature_extractor_weights_path=inception_weights)
     beside = InceptionMetrics(fid=False, sfid=False, splits=3, feature_extractor_weights_path=inception_weights)
     for metric in (three, beside):
-        metric.update(imgs[:5], real=False)
-        metric.update(imgs[5:], real=False)
+        metric.update(imgs[:3], real=False)
+        metric.update(imgs[3:], real=False)
     values = beside.compute()
     assert tuple(three.compute()) == (values["inception_score"], values["inception_score_std"])
     assert {name for name in three.state_dict()} == set()  # no FID sums, and the IS sums reset every epoch

@@ -1,7 +1,8 @@
 """A real Lightning run with FID logged from ``validation_step``; every rank writes what it logged to JSON.
 
-Run by tests/test_ddp.py as ``python lightning_ddp.py OUT_DIR`` (``helpers.DDPLauncher``). Lightning's "ddp"
-strategy starts rank 1 by re-running this script (``sys.argv``), which is why this is a script and not a test.
+Run by tests/test_ddp.py as ``python lightning_ddp.py OUT_DIR`` in two processes started as torchrun starts
+them (``helpers.DDPLauncher.run_script``): ``Trainer(accelerator="cpu", devices=2, strategy="ddp")`` finds its
+ranks in the environment. A script and not a test, as under torchrun.
 
 Two epochs, each followed by validation (after a sanity check of 2 batches). The generated images change
 with the epoch. Two metrics are logged:
