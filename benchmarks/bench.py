@@ -21,12 +21,12 @@ Measures, on identical inputs and identical (random-init, pt_inception layout) I
   graph; unless ``--skip-compile``, ``torch.compile`` (and on CUDA ``mode="reduce-overhead"``), with the
   compile time;
 * FID moved by the fast modes (and, on CUDA, by torchmetrics' default TF32 convolutions) relative to exact
-  mode, on ``--deviation-images`` smooth images per side;
+  mode, on ``--deviation-images`` smooth images per side, at ``--dim`` features;
 * the bytes each process sends per DDP sync, from the state sizes.
 
 Timings are medians of ``--repeats`` rounds after one warm-up run, the contenders taking turns within each
 round (pytorch-fid's 10 s ``sqrtm`` and the one-off compile times are timed once); the weights' values do
-not affect them. ``--repeats 1 --batch 4 --dim 64 --skip-compile`` is a quick smoke run
+not affect them. ``--repeats 1 --batch 1 --dim 64 --skip-compile`` is a quick smoke run
 (tests/test_bench.py).
 """
 
@@ -283,8 +283,10 @@ def _cuda_graph(fn: Callable[[], Tensor], device: torch.device) -> Callable[[], 
     return replay
 
 
-def fid_deviation(weights: Path, device: torch.device, n: int, batch: int, precisions: list[str]) -> dict:
-    """FID of n smooth real vs n darker generated images at 299 px, d = 2048, in each arithmetic.
+def fid_deviation(
+    weights: Path, device: torch.device, n: int, batch: int, precisions: list[str], dim: int = 2048
+) -> dict:
+    """FID of n smooth real vs n darker generated images at 299 px, ``dim``-d features, in each arithmetic.
 
     fid_metric in each of ``precisions`` (exact first); on CUDA also torchmetrics with PyTorch's default flags (TF32
     convolutions, what published GPU numbers use) and with TF32 off. Relative deviations are from exact.
@@ -292,12 +294,12 @@ def fid_deviation(weights: Path, device: torch.device, n: int, batch: int, preci
     real, fake = smooth_images(n, 299, seed=2), smooth_images(n, 299, seed=3) // 2 + 40
     real, fake = real.to(device), fake.to(device)
     modes: dict[str, Callable[[], torchmetrics.Metric]] = {
-        p: lambda p=p: FrechetInceptionDistance(2048, feature_extractor_weights_path=weights, precision=p)
+        p: lambda p=p: FrechetInceptionDistance(dim, feature_extractor_weights_path=weights, precision=p)
         for p in precisions
     }
     if device.type == "cuda":
         modes["torchmetrics"] = modes["torchmetrics_tf32_off"] = lambda: TorchmetricsFID(
-            2048, feature_extractor_weights_path=str(weights), antialias=False
+            dim, feature_extractor_weights_path=str(weights), antialias=False
         )
     values = {}
     for name, make in modes.items():
@@ -311,6 +313,7 @@ def fid_deviation(weights: Path, device: torch.device, n: int, batch: int, preci
             values[name] = float(metric.compute())
     return {
         "images_per_side": n,
+        "dim": dim,
         "fid": values,
         "relative_deviation": {k: abs(v - values["exact"]) / values["exact"] for k, v in values.items()},
     }
@@ -414,7 +417,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=csv_ints, default=None, help="images per update(); default 16 CPU, 64 CUDA")
     p.add_argument("--sizes", type=csv_ints, default=[299, 32], help="input px of the update() rows")
     p.add_argument("--skip-compute", action="store_true", help="skip the distance timings")
-    p.add_argument("--dim", type=int, default=2048, choices=(64, 192, 768, 2048), help="compute()'s features")
+    p.add_argument(
+        "--dim", type=int, default=2048, choices=(64, 192, 768, 2048), help="compute() and FID-deviation features"
+    )
     p.add_argument("--skip-compile", action="store_true", help="skip the torch.compile timings")
     p.add_argument("--deviation-images", type=int, default=64, help="images per side, fast-mode FID deviation")
     p.add_argument("--precisions", default="exact,tf32,bf16", help="fid_metric's, where they differ on a device")
@@ -434,7 +439,7 @@ def run(args: argparse.Namespace, weights: Path, results: dict, checkpoint: Call
                 results.setdefault("update", []).append({"device": device.type, **row})
                 checkpoint()
         del metrics
-        deviation = fid_deviation(weights, device, args.deviation_images, batches[0], precisions)
+        deviation = fid_deviation(weights, device, args.deviation_images, batches[0], precisions, args.dim)
         results.setdefault("fid_deviation", []).append({"device": device.type, **deviation})
         checkpoint()
         if not args.skip_compute:
@@ -484,7 +489,7 @@ def report(results: dict) -> str:
                 f"{r['max_rel_feature_diff'][name]:.1e}" + ("" if compile_s is None else f", {compile_s:.0f} s compile")
             )
     for r in results.get("fid_deviation", []):
-        lines += ["", f"FID on {r['device']}, {r['images_per_side']} images per side at 299 px, d = 2048:"]
+        lines += ["", f"FID on {r['device']}, {r['images_per_side']} images per side at 299 px, d = {r['dim']}:"]
         for name, value in r["fid"].items():
             lines.append(f"- {name}: {value:.6f} ({100 * r['relative_deviation'][name]:.4f}% from exact)")
     for c in results.get("compute", []):

@@ -213,7 +213,7 @@ def fold_batch_norm(network: FIDInceptionV3) -> FIDInceptionV3:
             assert bn.running_var is not None and bn.running_mean is not None  # track_running_stats: always here
             scale = bn.weight.double() / (bn.running_var.double() + bn.eps).sqrt()
             weight = (conv.weight.double() * scale[:, None, None, None]).to(conv.weight.dtype)
-            bias = (bn.bias.double() - bn.running_mean.double() * scale).to(conv.weight.dtype)  # type: ignore[union-attr]
+            bias = (bn.bias.double() - bn.running_mean.double() * scale).to(conv.weight.dtype)
             conv.weight = nn.Parameter(weight, requires_grad=False)
             conv.bias = nn.Parameter(bias, requires_grad=False)
             module.bn = nn.Identity()

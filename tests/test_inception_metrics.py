@@ -170,11 +170,7 @@ def test_two_process_ddp_equals_one_process(ddp, inception_weights) -> None:
     synced, other_rank = ddp.run(_suite_on_shard, str(inception_weights))
     assert other_rank == synced
     single = _suite_on_shard(0, 1, str(inception_weights))
-    assert (
-        set(synced)
-        == set(single)
-        == {"fid", "inception_score", "inception_score_std", "fid_infinity", "fid_stderr"}
-    )
+    assert set(synced) == set(single) == {"fid", "inception_score", "inception_score_std", "fid_infinity", "fid_stderr"}
     # The spreads are differences of nearly equal split scores and group FIDs: float32 round-off in the
     # features (the worker processes run one thread, so oneDNN may sum in another order) is relative to the
     # scores, not to their small spread (the std moved 1.8e-5 of itself, 3e-7 of the score, on an AMD EPYC).
