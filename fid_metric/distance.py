@@ -34,23 +34,61 @@ class CovarianceFactor:
         return CovarianceFactor(self.matrix.to(device), self.lower_triangular)
 
 
-def sqrt_factor(sigma: Tensor) -> CovarianceFactor:
+def sqrt_factor(sigma: Tensor, rank_bound: int | None = None) -> CovarianceFactor:
     """A float64 factor A of a symmetric PSD ``(d, d)`` ``sigma`` (``A @ A.T == sigma``).
 
     The ``(d, d)`` Cholesky factor when ``sigma`` is positive definite. Otherwise (fewer samples than
-    dimensions) ``V_r diag(sqrt(w_r))`` from ``eigh``, keeping the r eigenvalues above ``d * eps * max(w)``:
-    the dropped directions hold only round-off, whose square roots (~1e-8 each) would otherwise add up in
-    the trace term. Like LAPACK, reads only the lower triangle of ``sigma``. Compute it once for a fixed
-    reference and pass it to :func:`frechet_distance` as ``sigma1_factor``.
+    dimensions) ``V_r diag(sqrt(w_r))`` of its eigendecomposition, keeping the r eigenvalues above
+    ``d * eps * max(w)``: the dropped directions hold only round-off, whose square roots (~1e-8 each) would
+    otherwise add up in the trace term. Like LAPACK, reads only the lower triangle of ``sigma``. Compute it
+    once for a fixed reference and pass it to :func:`frechet_distance` as ``sigma1_factor``.
+
+    ``rank_bound``: an upper bound on the rank, e.g. ``n - 1`` for the covariance of n samples. Where it is
+    well below d, the eigendecomposition is of ``sigma`` restricted to its range (``_low_rank_factor``,
+    O(d^2 r) instead of ``eigh``'s O(d^3): 1.4 s -> milliseconds at d = 2023, r = 11 on 2 CPU cores); a
+    bound that does not hold is detected and ``eigh`` used instead.
     """
     sigma = sigma.to(torch.float64)
     factor, info = torch.linalg.cholesky_ex(sigma)
     if int(info) == 0:
         return CovarianceFactor(factor, lower_triangular=True)
+    if rank_bound is not None and 4 * (max(rank_bound, 0) + _OVERSAMPLING) <= sigma.shape[0]:
+        low_rank = _low_rank_factor(sigma, max(rank_bound, 0))
+        if low_rank is not None:
+            return CovarianceFactor(low_rank, lower_triangular=False)
     eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
     _check_psd(eigenvalues, "sigma1")
     keep = eigenvalues > eigenvalues.max().clamp_min(0) * sigma.shape[0] * torch.finfo(torch.float64).eps
     return CovarianceFactor(eigenvectors[:, keep] * eigenvalues[keep].sqrt(), lower_triangular=False)
+
+
+_OVERSAMPLING = 8  # probe directions beyond the rank bound
+_RESIDUAL_TOLERANCE = 16  # times d * eps * max(w): the round-off of a factor whose bound held is ~eps * max(w)
+
+
+def _low_rank_factor(sigma: Tensor, rank_bound: int) -> Tensor | None:
+    """``(d, r)`` A with ``A @ A.T == sigma`` for a PSD ``sigma`` of rank at most ``rank_bound``, or None if
+    ``sigma`` is further from ``A @ A.T`` than round-off (the bound did not hold).
+
+    ``Q``: an orthonormal basis of ``sigma @ P`` for ``rank_bound + 8`` fixed random probe directions P, which
+    spans the range of ``sigma`` when the rank is within the bound. ``Q^T sigma Q = V diag(w) V^T`` (small), and
+    ``A = Q V_r diag(sqrt(w_r))`` with the eigenvalue cut of ``eigh``'s path. The probes come from a seeded
+    generator: the same factor on every run and device.
+    """
+    d = sigma.shape[0]
+    lower = sigma.tril()
+    symmetric = lower + lower.tril(-1).T  # the lower triangle, as LAPACK reads it
+    probes = torch.randn(d, rank_bound + _OVERSAMPLING, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    basis, _ = torch.linalg.qr(symmetric @ probes.to(sigma.device))
+    eigenvalues, eigenvectors = torch.linalg.eigh(basis.T @ symmetric @ basis)
+    _check_psd(eigenvalues, "sigma1")
+    largest = eigenvalues.max().clamp_min(0)
+    keep = eigenvalues > largest * d * torch.finfo(torch.float64).eps
+    factor = basis @ (eigenvectors[:, keep] * eigenvalues[keep].sqrt())
+    residual = (symmetric - factor @ factor.T).abs().max()
+    if bool(residual > _RESIDUAL_TOLERANCE * d * torch.finfo(torch.float64).eps * largest):
+        return None
+    return factor
 
 
 def trace_sqrt_product(sigma1_factor: CovarianceFactor, sigma2: Tensor) -> Tensor:

@@ -41,8 +41,14 @@ class FixedReference:
     def on(self, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """Mean ``(d,)``, covariance ``(d, d)`` and its factor on ``device``, float64."""
         if self._factor is None or self._factor.device != device:
-            self._factor = sqrt_factor(self.stats.covariance.to(device))
+            self._factor = sqrt_factor(self.stats.covariance.to(device), rank_bound=self.rank_bound)
         return self.stats.mean.to(device), self.stats.covariance.to(device), self._factor
+
+    @property
+    def rank_bound(self) -> int | None:
+        """``n - 1``, which bounds the rank of the covariances of n samples; None for files without n."""
+        n = self.stats.n
+        return n - 1 if n is not None and n > 1 else None
 
     def extra_on(self, mean: str, covariance: str, device: torch.device) -> tuple[Tensor, Tensor]:
         """Another mean/covariance pair the file held (ADM's ``mu_s``, ``sigma_s``) on ``device``."""

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from fid_metric import frechet_distance
-from fid_metric.distance import _lower_congruence, sqrt_factor, trace_sqrt_product
+from fid_metric.distance import _low_rank_factor, _lower_congruence, sqrt_factor, trace_sqrt_product
 
 
 def _orthogonal(d: int, seed: int) -> torch.Tensor:
@@ -102,6 +102,46 @@ def test_rank_deficient_covariances_are_finite_and_exact() -> None:
     got = frechet_distance(mu, s1, mu, s2)
     expected = (a + b - 2 * (a * b).sqrt()).sum()
     assert torch.isfinite(got) and abs(got - expected) / expected <= 1e-8
+
+
+def _rank_deficient_pair(d: int, r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Commuting rank-r covariances ``Q diag(a) Q^T``, ``Q diag(b) Q^T`` and their closed-form
+    ``tr sqrt(S1 S2) = sum sqrt(a b)``; the eigenvalues span 4 orders of magnitude."""
+    q = _orthogonal(d, seed=seed)
+    a = torch.cat([torch.logspace(-2, 2, r, dtype=torch.float64), torch.zeros(d - r, dtype=torch.float64)])
+    b = torch.cat([torch.linspace(1, 3, r, dtype=torch.float64), torch.zeros(d - r, dtype=torch.float64)])
+    return (q * a) @ q.T, (q * b) @ q.T, (a * b).sqrt().sum()
+
+
+def test_rank_bound_gives_the_closed_form_without_eigh_of_sigma() -> None:
+    """With ``rank_bound`` >= the rank (a covariance of n samples: n - 1), the factor comes from sigma restricted
+    to its range: the closed form to 1e-12, the eigh factor's value to 1e-13, and no (d, d) eigendecomposition.
+    Only the lower triangle is read, as LAPACK's eigh reads it."""
+    d, r = 256, 12
+    s1, s2, expected = _rank_deficient_pair(d, r, seed=21)
+    eigh_calls = []
+    real_eigh = torch.linalg.eigh
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.linalg, "eigh", lambda m: eigh_calls.append(m.shape[0]) or real_eigh(m))
+        for bound in (r, r + 5, 3 * r):
+            factor = sqrt_factor(s1, rank_bound=bound)
+            assert factor.matrix.shape == (d, r) and not factor.lower_triangular
+            assert abs(trace_sqrt_product(factor, s2) - expected) <= 1e-12 * expected
+            garbage_above = s1.tril() + torch.full_like(s1, 7.0).triu(1)
+            assert torch.equal(sqrt_factor(garbage_above, rank_bound=bound).matrix, factor.matrix)
+    assert eigh_calls and max(eigh_calls) < d, "the (d, d) eigh ran"
+    assert abs(trace_sqrt_product(sqrt_factor(s1), s2) - trace_sqrt_product(factor, s2)) <= 1e-13 * expected
+
+
+def test_a_rank_bound_that_does_not_hold_falls_back_to_eigh() -> None:
+    """A bound below the rank (beyond the 8 spare probe directions) is detected by the residual; the result is
+    the eigh path's, exact."""
+    d, r = 256, 40
+    s1, s2, expected = _rank_deficient_pair(d, r, seed=22)
+    assert _low_rank_factor(s1, rank_bound=r - 9) is None
+    factor = sqrt_factor(s1, rank_bound=r - 9)
+    assert factor.matrix.shape == (d, r)
+    assert abs(trace_sqrt_product(factor, s2) - expected) <= 1e-12 * expected
 
 
 def test_sqrt_factor_reuse_gives_the_same_value() -> None:
