@@ -4,7 +4,8 @@
 
 The trace term is computed from a factor A of S1 (A A^T = S1): the eigenvalues of the symmetric positive
 semi-definite matrix A^T S2 A are those of S1 S2, so tr sqrt(S1 S2) = sum_i sqrt(lambda_i(A^T S2 A)). One
-Cholesky (or, for a singular S1, one ``eigh``), a triangular product pair and one ``eigvalsh``: no iterative
+Cholesky (or, for a singular S1, an eigendecomposition: of S1 restricted to its range where the number of
+samples bounds its rank, else ``eigh``), a triangular product pair and one ``eigvalsh``: no iterative
 ``scipy.linalg.sqrtm`` (pytorch-fid) and no non-symmetric ``eigvals`` of S1 S2 (torchmetrics), both slower
 and both able to return complex round-off that has to be thrown away. Round-off negatives among the
 eigenvalues are clamped to zero. Tests hold it to a closed form (commuting covariances) at 1e-9 relative and
