@@ -87,8 +87,8 @@ def _low_rank_factor(sigma: Tensor, rank_bound: int) -> Tensor | None:
     keep = eigenvalues > largest * d * torch.finfo(torch.float64).eps
     factor = basis @ (eigenvectors[:, keep] * eigenvalues[keep].sqrt())
     residual = (symmetric - factor @ factor.T).abs().max()
-    if bool(residual > _RESIDUAL_TOLERANCE * d * torch.finfo(torch.float64).eps * largest):
-        return None
+    if not bool(residual <= _RESIDUAL_TOLERANCE * d * torch.finfo(torch.float64).eps * largest):
+        return None  # also for NaN: the eigh path and the callers' checks handle what is not a covariance
     return factor
 
 
