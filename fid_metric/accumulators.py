@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from fid_metric.distance import CovarianceFactor, sqrt_factor
 from fid_metric.stats import mean_and_covariance
 
 SIDES = ("real", "fake")
@@ -92,6 +93,12 @@ class GaussianSums:
     def mean_and_covariance(self, metric: Metric, side: str) -> tuple[Tensor, Tensor]:
         """``(d,)`` mean and ``(d, d)`` covariance of ``side``, float64."""
         return mean_and_covariance(*self.sums(metric, side))
+
+    def factored(self, metric: Metric, side: str) -> tuple[Tensor, Tensor, CovarianceFactor]:
+        """Mean, covariance and its ``sqrt_factor``, whose rank n samples bound by n - 1."""
+        n, total, outer = self.sums(metric, side)
+        mu, sigma = mean_and_covariance(n, total, outer)
+        return mu, sigma, sqrt_factor(sigma, rank_bound=n - 1)
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,14 @@ from torch import Tensor, nn
 
 from fid_metric.accumulators import SIDES, GaussianSums, Registered
 from fid_metric.boundaries import StatesAcrossBoundaries
-from fid_metric.distance import CovarianceFactor, frechet_distance, sqrt_factor
+from fid_metric.distance import CovarianceFactor, frechet_distance
 from fid_metric.exactly_once import SamplerQuota, sampler_positions
 from fid_metric.extractor import Extractor, FeatureNetwork
 from fid_metric.kept_features import KeptFeatures
 from fid_metric.precision import PRECISIONS
 from fid_metric.preprocess import resolve_compat, to_uint8_rgb
 from fid_metric.reference import FixedReference
-from fid_metric.stats import FeatureStats, mean_and_covariance
+from fid_metric.stats import FeatureStats
 from fid_metric.warn import warn_caller
 
 
@@ -276,9 +276,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         across epochs) or the accumulated statistics' (factored once per compute)."""
         if self._reference is not None:
             return self._reference.on(self._state_device)
-        n, total, outer = self._gaussian.sums(self, "real")
-        mu, sigma = mean_and_covariance(n, total, outer)
-        return mu, sigma, sqrt_factor(sigma, rank_bound=n - 1)
+        return self._gaussian.factored(self, "real")
 
     def _fid(self, mu_real: Tensor, sigma_real: Tensor, factor: CovarianceFactor) -> Tensor:
         """FID of the accumulated generated statistics against the given real side."""

@@ -54,7 +54,7 @@ def sqrt_factor(sigma: Tensor, rank_bound: int | None = None) -> CovarianceFacto
     if int(info) == 0:
         return CovarianceFactor(factor, lower_triangular=True)
     if rank_bound is not None and 4 * (max(rank_bound, 0) + _OVERSAMPLING) <= sigma.shape[0]:
-        low_rank = _low_rank_factor(sigma, max(rank_bound, 0))
+        low_rank = _low_rank_factor(sigma, max(rank_bound, 0))  # n = 0 samples: bound 0
         if low_rank is not None:
             return CovarianceFactor(low_rank, lower_triangular=False)
     eigenvalues, eigenvectors = torch.linalg.eigh(sigma)

@@ -178,12 +178,9 @@ class InceptionMetrics(FeatureSumsMetric):
         mu_fake, sigma_fake = _SFID.mean_and_covariance(self, "fake")
         if self._reference is not None:
             mu_real, sigma_real = self._reference.extra_on("mu_s", "sigma_s", mu_fake.device)
-            bound = self._reference.rank_bound
+            factor = sqrt_factor(sigma_real, rank_bound=self._reference.rank_bound)
         else:
-            n, total, outer = _SFID.sums(self, "real")
-            mu_real, sigma_real = mean_and_covariance(n, total, outer)
-            bound = n - 1
-        factor = sqrt_factor(sigma_real, rank_bound=bound)  # 2023-d: singular below 2024 images
+            mu_real, sigma_real, factor = _SFID.factored(self, "real")  # 2023-d: singular below 2024 images
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
 
 
