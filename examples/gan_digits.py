@@ -18,6 +18,7 @@ Run it (from the repository root, with ``pip install -e .[examples]``):
     python examples/gan_digits.py --feature 2048 --val-samples 5000 --epochs 30 \
         --devices 4 --strategy ddp_find_unused_parameters_true                    # 4 GPUs
     python examples/gan_digits.py --logger wandb --wandb-offline    # then: wandb sync runs/wandb/offline-run-*
+    python examples/gan_digits.py --logger tensorboard,wandb        # both: the same val/fid to each
     tensorboard --logdir runs                                       # the val/fid scalar
 
 Several devices: Lightning wraps the whole module, generator and discriminator, in one
@@ -245,7 +246,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-train-batches", type=int, default=None, help="per epoch (default: all)")
     parser.add_argument("--logdir", default="runs")
-    parser.add_argument("--logger", default="tensorboard", choices=("tensorboard", "wandb"))
+    parser.add_argument(
+        "--logger",
+        default="tensorboard",
+        type=logger_names,
+        help='"tensorboard", "wandb", or both, comma-separated (Lightning logs val/fid to each)',
+    )
     parser.add_argument("--wandb-offline", action="store_true", help="as WANDB_MODE=offline; `wandb sync` later")
     parser.add_argument("--plot", default=None, help="the PNG written at the end (default: <logdir>/fid_curve.png)")
     parser.add_argument("--accelerator", default="auto")
@@ -255,10 +261,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_logger(args: argparse.Namespace) -> Logger:
-    if args.logger == "wandb":
-        return WandbLogger(project="fid-metric-digits", save_dir=args.logdir, offline=args.wandb_offline)
-    return TensorBoardLogger(save_dir=args.logdir, name="gan_digits")
+def logger_names(text: str) -> list[str]:
+    """``--logger``'s value: "tensorboard", "wandb", or both, comma-separated."""
+    names = [name.strip() for name in text.split(",")]
+    unknown = sorted(set(names) - {"tensorboard", "wandb"})
+    if unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected tensorboard, wandb or tensorboard,wandb; got {text!r}")
+    return names
+
+
+def make_loggers(args: argparse.Namespace) -> list[Logger]:
+    loggers: list[Logger] = []
+    for name in args.logger:
+        if name == "wandb":
+            loggers.append(WandbLogger(project="fid-metric-digits", save_dir=args.logdir, offline=args.wandb_offline))
+        else:
+            loggers.append(TensorBoardLogger(save_dir=args.logdir, name="gan_digits"))
+    return loggers
 
 
 def main(argv: list[str] | None = None) -> list[float]:
@@ -278,7 +297,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         reference_images=args.reference_images,
         seed=args.seed,
     )
-    logger = make_logger(args)
+    loggers = make_loggers(args)
     history = FIDHistory()
     trainer = L.Trainer(
         max_epochs=args.epochs,
@@ -286,7 +305,7 @@ def main(argv: list[str] | None = None) -> list[float]:
         accelerator=args.accelerator,
         devices=args.devices,
         strategy=args.strategy,
-        logger=logger,
+        logger=loggers,
         callbacks=[ExactlyOnce(), history],
         num_sanity_val_steps=0,  # its FID (two batches) is not logged; the first epoch takes a second
         log_every_n_steps=10,
@@ -305,11 +324,12 @@ def main(argv: list[str] | None = None) -> list[float]:
         for epoch, value in enumerate(history.values):
             print(f"  epoch {epoch}: {value:.4f}")
         print(f"Curve: {path}")
-        if isinstance(logger, WandbLogger):
-            print(f"W&B run: {Path(logger.experiment.dir).parent}")
-            logger.experiment.finish()
-        else:
-            print(f"TensorBoard event files: {logger.log_dir} (tensorboard --logdir {args.logdir})")
+        for logger in loggers:
+            if isinstance(logger, WandbLogger):
+                print(f"W&B run: {Path(logger.experiment.dir).parent}")
+                logger.experiment.finish()
+            else:
+                print(f"TensorBoard event files: {logger.log_dir} (tensorboard --logdir {args.logdir})")
     return history.values
 
 
