@@ -11,6 +11,8 @@ What the test modules share besides fixtures (images, extractors, launchers) is 
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import torchvision
 from helpers import DDPLauncher, peer_in_channels_last, smooth_images, start_warm_processes
 from pytorch_fid import inception as pfid_inception
 
+import fid_metric.extractor
 from fid_metric import FrechetInceptionDistance
 
 torch.set_num_threads(2)
@@ -84,9 +87,9 @@ def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def inception_fid(inception_weights: Path) -> Callable[..., FrechetInceptionDistance]:
     """``inception_fid(feature, **kwargs)``: a new ``FrechetInceptionDistance`` on the random weights.
 
-    Loading the network takes about a second, so each configuration is built once per session and each call
-    returns a clone: fresh states, and the same frozen network, which a metric's copies share by design.
-    Tests of what the constructor itself does build their metrics directly.
+    Each configuration is built once per session and each call returns a clone: fresh states, and the same
+    frozen network, which a metric's copies share by design. Tests of what the constructor itself does build
+    their metrics directly.
     """
     built: dict[tuple, FrechetInceptionDistance] = {}
 
@@ -126,6 +129,31 @@ def ddp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DDPLauncher]:
     launcher = DDPLauncher(tmp_path_factory.mktemp("ddp"))
     yield launcher
     launcher.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def inception_file_loaded_once(monkeypatch_session: pytest.MonkeyPatch) -> None:
+    """Each metric built in this process gets a deep copy of the network ``_load_inception`` made the first time
+    it read that file, instead of reading and folding the 92 MB again (the suite's ~70 constructions from one
+    file spent 30 s there: as long as all our Inception forward passes).
+
+    The key is what the result depends on: the file (path, inode, size, modification time: a file rewritten or
+    replaced loads afresh) and the default dtype and device around the call (a test that constructs under
+    ``torch.set_default_dtype(torch.float64)`` gets its own real load). A failed load is not remembered: every
+    refused file raises again. Subprocesses load for real.
+    """
+    load = fid_metric.extractor._load_inception
+    loaded: dict[tuple, torch.nn.Module] = {}
+
+    def load_once(source: os.PathLike) -> torch.nn.Module:
+        info = os.stat(source)
+        key = (os.path.realpath(source), info.st_ino, info.st_size, info.st_mtime_ns)
+        key += (torch.get_default_dtype(), torch.get_default_device())
+        if key not in loaded:
+            loaded[key] = load(source)
+        return copy.deepcopy(loaded[key])
+
+    monkeypatch_session.setattr(fid_metric.extractor, "_load_inception", load_once)
 
 
 @pytest.fixture(scope="session")
