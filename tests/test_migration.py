@@ -109,11 +109,11 @@ def test_inception_metrics_refuses_a_shared_network(inception_weights) -> None:
         metric.inception = TinyFeatures()
 
 
-def _torchmetrics_checkpoint(inception_weights, real, **kwargs) -> dict:
-    """The state dict of a module holding torchmetrics' FID (persistent states) fed ``real``: what a Lightning
-    checkpoint of a migrated module holds under ``state_dict``."""
+def _torchmetrics_checkpoint(fid: TorchmetricsFID, real: torch.Tensor) -> dict:
+    """The state dict of a module holding torchmetrics' FID ``fid`` (persistent states) once fed ``real``: what a
+    Lightning checkpoint of a migrated module holds under ``state_dict``."""
     module = torch.nn.Module()
-    module.fid = TorchmetricsFID(64, feature_extractor_weights_path=str(inception_weights), **kwargs)
+    module.fid = fid
     module.fid.persistent(True)
     module.fid.update(real, real=True)
     return module.state_dict()
@@ -124,7 +124,8 @@ def test_torchmetrics_checkpoint_loads_with_strict_true(inception_fid, inception
     with strict=True: the network entries are recognised and skipped with one message, the sums kept; FID
     continues as torchmetrics' own does."""
     real, fake = smooth_images(12, 40, seed=6), smooth_images(10, 40, seed=7)
-    torch.save(_torchmetrics_checkpoint(inception_weights, real, reset_real_features=False), tmp_path / "ckpt.pt")
+    reference = TorchmetricsFID(64, feature_extractor_weights_path=str(inception_weights), reset_real_features=False)
+    torch.save(_torchmetrics_checkpoint(reference, real), tmp_path / "ckpt.pt")
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert sum(key.startswith("fid.inception.") for key in state) == 566
 
@@ -137,15 +138,14 @@ def test_torchmetrics_checkpoint_loads_with_strict_true(inception_fid, inception
     assert torch.equal(module.fid.real_features_sum, state["fid.real_features_sum"])
     assert int(module.fid.real_features_num_samples) == 12
 
-    reference = TorchmetricsFID(64, feature_extractor_weights_path=str(inception_weights), reset_real_features=False)
-    reference.update(real, real=True)
-    reference.update(fake, real=False)
+    reference.update(fake, real=False)  # torchmetrics' FID continues from the state it checkpointed
     module.fid.update(fake, real=False)
     assert relative(module.fid.compute(), reference.compute()) < 1e-4
 
 
 def test_torchmetrics_checkpoint_refused_where_it_does_not_belong(inception_fid, inception_weights) -> None:
-    state = _torchmetrics_checkpoint(inception_weights, smooth_images(4, 40, seed=8))
+    peer = TorchmetricsFID(64, feature_extractor_weights_path=str(inception_weights))
+    state = _torchmetrics_checkpoint(peer, smooth_images(4, 40, seed=8))
     other = torch.nn.Module()
     other.fid = inception_fid(64, compat="pytorch-fid")
     with pytest.raises(StatsMismatchError, match="torchmetrics' FrechetInceptionDistance"):
