@@ -107,7 +107,7 @@ def test_tensorflow_mode_matches_torchmetrics_at_2048_and_299_px(inception_weigh
     (``_few_sample_fid``: a few images, n < d): torchmetrics' own compute is an eigendecomposition of a 2048 x 2048
     product (4 s here) and is compared with ours at 64-d above.
     """
-    real, fake = _images(299, n_real=5, n_fake=4)
+    real, fake = _images(299, n_real=3, n_fake=3)
     value = _fid(inception_fid(2048), real, fake)
     peer = TorchmetricsFID(2048, feature_extractor_weights_path=str(inception_weights), antialias=False)
     network = peer_in_channels_last(peer.inception)
