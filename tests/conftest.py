@@ -11,6 +11,11 @@ What the test modules share besides fixtures (images, extractors, launchers) is 
 
 from __future__ import annotations
 
+from warm_processes import start_warm_processes
+
+# First: the forkserver's imports then run beside this process's own (below), before the first test.
+start_warm_processes()
+
 import copy
 import os
 from collections.abc import Callable, Iterator
@@ -19,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from helpers import DDPLauncher, peer_in_channels_last, smooth_images, start_warm_processes
+from helpers import DDPLauncher, peer_in_channels_last, smooth_images
 from pytorch_fid import inception as pfid_inception
 
 import fid_metric.extractor
@@ -54,11 +59,6 @@ def calibrate_batch_norm(net: torch.nn.Module, images: torch.Tensor) -> None:
     with torch.no_grad():
         net(images)
     net.eval()
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """The forkserver of ``helpers.run_python`` and ``DDPLauncher`` imports its libraries while the first tests run."""
-    start_warm_processes()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import json
 import multiprocessing
-import multiprocessing.forkserver
 import os
 import queue
 import socket
@@ -131,30 +130,7 @@ def feed(metric: Any, real: Tensor, fake: Tensor, batch: int = 8) -> Any:
     return metric
 
 
-# What the forkserver imports once per session, so that a process forked from it starts in milliseconds instead of
-# the 8-10 s that torch, torchmetrics (which imports torchvision and SciPy) and Lightning take here.
-WARM_MODULES = [
-    "torch",
-    "torchvision",
-    "torchmetrics",
-    "lightning",
-    "pytorch_lightning",
-    "fid_metric",
-    "fid_metric.lightning",
-    "helpers",
-    "tensorboard",
-    "wandb",
-    "wandb.sdk.launch",  # wandb.init() imports it (1.3 s here)
-    "sklearn.datasets",  # the digits of examples/gan_digits.py
-]
 _LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
-
-
-def start_warm_processes() -> None:
-    """Start multiprocessing's forkserver, which imports ``WARM_MODULES`` in the background (conftest calls this
-    at the session's start, so the imports overlap the first tests)."""
-    multiprocessing.set_forkserver_preload(WARM_MODULES)
-    multiprocessing.forkserver.ensure_running()
 
 
 def run_python(
@@ -214,7 +190,7 @@ def _child_env(env_vars: dict[str, str]) -> dict[str, str]:
 
 class ForkedPython:
     """``python *command`` (a script and its arguments, ``-m module ...`` or ``-c code ...``) from the repository
-    root, in a process forked from the session's forkserver (``start_warm_processes``): a new process with its own
+    root, in a process forked from the session's forkserver (``warm_processes``): a new process with its own
     state, whose libraries are already imported. It runs the program as ``python`` would: ``__main__``,
     ``sys.argv``, the script's folder first on ``sys.path``, atexit handlers, the exit status of ``SystemExit``.
     Its environment is ``_child_env(env_vars)``; its output goes to files, read by ``stdout()`` and ``wait()``.
