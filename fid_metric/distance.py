@@ -58,9 +58,7 @@ def sqrt_factor(sigma: Tensor, rank_bound: int | None = None) -> CovarianceFacto
         if low_rank is not None:
             return CovarianceFactor(low_rank, lower_triangular=False)
     eigenvalues, eigenvectors = torch.linalg.eigh(sigma)
-    _check_psd(eigenvalues, "sigma1")
-    keep = eigenvalues > eigenvalues.max().clamp_min(0) * sigma.shape[0] * torch.finfo(torch.float64).eps
-    return CovarianceFactor(eigenvectors[:, keep] * eigenvalues[keep].sqrt(), lower_triangular=False)
+    return CovarianceFactor(_eigen_factor(eigenvalues, eigenvectors, sigma.shape[0]), lower_triangular=False)
 
 
 _OVERSAMPLING = 8  # probe directions beyond the rank bound
@@ -82,14 +80,21 @@ def _low_rank_factor(sigma: Tensor, rank_bound: int) -> Tensor | None:
     probes = torch.randn(d, rank_bound + _OVERSAMPLING, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     basis, _ = torch.linalg.qr(symmetric @ probes.to(sigma.device))
     eigenvalues, eigenvectors = torch.linalg.eigh(basis.T @ symmetric @ basis)
-    _check_psd(eigenvalues, "sigma1")
-    largest = eigenvalues.max().clamp_min(0)
-    keep = eigenvalues > largest * d * torch.finfo(torch.float64).eps
-    factor = basis @ (eigenvectors[:, keep] * eigenvalues[keep].sqrt())
+    factor = basis @ _eigen_factor(eigenvalues, eigenvectors, d)
     residual = (symmetric - factor @ factor.T).abs().max()
+    largest = eigenvalues.max().clamp_min(0)
     if not bool(residual <= _RESIDUAL_TOLERANCE * d * torch.finfo(torch.float64).eps * largest):
         return None  # also for NaN: the eigh path and the callers' checks handle what is not a covariance
     return factor
+
+
+def _eigen_factor(eigenvalues: Tensor, eigenvectors: Tensor, d: int) -> Tensor:
+    """``V_r diag(sqrt(w_r))`` from the eigendecomposition ``(w, V)`` of a PSD matrix, over the r eigenvalues above
+    ``d * eps * max(w)`` (d: the covariance's dimension; the rest is round-off); raises if ``w`` is clearly
+    negative."""
+    _check_psd(eigenvalues, "sigma1")
+    keep = eigenvalues > eigenvalues.max().clamp_min(0) * d * torch.finfo(torch.float64).eps
+    return eigenvectors[:, keep] * eigenvalues[keep].sqrt()
 
 
 def trace_sqrt_product(sigma1_factor: CovarianceFactor, sigma2: Tensor) -> Tensor:

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from fid_metric.accumulators import GaussianSums, GroupSums, SplitScores
 from fid_metric.core import FeatureSumsMetric
-from fid_metric.distance import frechet_distance, sqrt_factor
+from fid_metric.distance import frechet_distance
 from fid_metric.inception import FEATURE_DIMS
 from fid_metric.kept_features import KeptFeatures
 from fid_metric.kid import kernel_inception_distance
@@ -177,8 +177,7 @@ class InceptionMetrics(FeatureSumsMetric):
     def _sfid(self) -> Tensor:
         mu_fake, sigma_fake = _SFID.mean_and_covariance(self, "fake")
         if self._reference is not None:
-            mu_real, sigma_real = self._reference.extra_on("mu_s", "sigma_s", mu_fake.device)
-            factor = sqrt_factor(sigma_real, rank_bound=self._reference.rank_bound)
+            mu_real, sigma_real, factor = self._reference.extra_on("mu_s", "sigma_s", mu_fake.device)
         else:
             mu_real, sigma_real, factor = _SFID.factored(self, "real")  # 2023-d: singular below 2024 images
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)

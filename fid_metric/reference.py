@@ -15,9 +15,9 @@ from fid_metric.stats import FeatureStats
 class FixedReference:
     """The real side of a metric built with ``real_stats=``.
 
-    The statistics are copied, so that later changes to the caller's object cannot reach the metric; the
-    covariance's factor (Cholesky, or ``eigh`` for a singular one) is computed once per device and reused by
-    every ``compute()``.
+    The statistics are copied, so that later changes to the caller's object cannot reach the metric; each
+    covariance's factor (Cholesky, or an eigendecomposition for a singular one) is computed once per device and
+    reused by every ``compute()``.
 
     Attributes:
         stats: the private copy.
@@ -37,19 +37,25 @@ class FixedReference:
             digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
         self.fingerprint = digest.hexdigest()
         self._factor: CovarianceFactor | None = None
+        self._extra_factors: dict[str, CovarianceFactor] = {}
 
     def on(self, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """Mean ``(d,)``, covariance ``(d, d)`` and its factor on ``device``, float64."""
-        if self._factor is None or self._factor.device != device:
-            self._factor = sqrt_factor(self.stats.covariance.to(device), rank_bound=self.rank_bound)
+        self._factor = self._factor_on(self.stats.covariance, self._factor, device)
         return self.stats.mean.to(device), self.stats.covariance.to(device), self._factor
 
-    @property
-    def rank_bound(self) -> int | None:
-        """``n - 1``, which bounds the rank of the covariances of n samples; None for files without n."""
-        n = self.stats.n
-        return n - 1 if n is not None and n > 1 else None
+    def extra_on(self, mean: str, covariance: str, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
+        """Another mean/covariance pair the file held (ADM's ``mu_s``, ``sigma_s``) and the covariance's factor,
+        on ``device``; the factor is cached as the main pair's is."""
+        sigma = self.stats.extra[covariance]
+        factor = self._factor_on(sigma, self._extra_factors.get(covariance), device)
+        self._extra_factors[covariance] = factor
+        return self.stats.extra[mean].to(device), sigma.to(device), factor
 
-    def extra_on(self, mean: str, covariance: str, device: torch.device) -> tuple[Tensor, Tensor]:
-        """Another mean/covariance pair the file held (ADM's ``mu_s``, ``sigma_s``) on ``device``."""
-        return self.stats.extra[mean].to(device), self.stats.extra[covariance].to(device)
+    def _factor_on(self, sigma: Tensor, cached: CovarianceFactor | None, device: torch.device) -> CovarianceFactor:
+        """``cached`` if it is on ``device``, else ``sigma``'s factor there; n - 1 bounds the rank of the
+        covariance of n samples (files without n: no bound)."""
+        if cached is not None and cached.device == device:
+            return cached
+        n = self.stats.n
+        return sqrt_factor(sigma.to(device), rank_bound=n - 1 if n is not None and n > 1 else None)

@@ -8,6 +8,7 @@ the PYTHONPATH that ``run_python`` sets. Fixtures live in conftest.py.
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -119,6 +121,16 @@ def peer_in_channels_last(network: nn.Module) -> nn.Module:
     the 1e-4 demanded. Elementwise comparisons of deep features keep the peer's own layout.
     """
     return network.to(memory_format=torch.channels_last)
+
+
+def script_module(path: str, name: str) -> ModuleType:
+    """The repository's script at ``path`` (from the root, e.g. ``"benchmarks/bench.py"``) imported as module
+    ``name``: its functions, without running its ``__main__`` block."""
+    spec = importlib.util.spec_from_file_location(name, REPO / path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def feed(metric: Any, real: Tensor, fake: Tensor, batch: int = 8) -> Any:

@@ -12,25 +12,17 @@ random weights: a fresh interpreter would spend longer importing torch and the p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
-from helpers import REPO
+from helpers import script_module
 
 pytestmark = pytest.mark.slow
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench", REPO / "benchmarks" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_smoke_run_agrees_with_the_peers(inception_weights) -> None:
-    bench = _bench()
+    bench = script_module("benchmarks/bench.py", "bench")
     args = bench.parser().parse_args(
         [
             *("--repeats", "1", "--batch", "1", "--dim", "64", "--skip-compile", "--deviation-images", "2"),
@@ -59,9 +51,7 @@ def test_benchmark_smoke_run_agrees_with_the_peers(inception_weights) -> None:
 
 
 def test_kept_features_benchmark_smoke_run() -> None:
-    spec = importlib.util.spec_from_file_location("bench_kept", REPO / "benchmarks" / "bench_kept_features.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = script_module("benchmarks/bench_kept_features.py", "bench_kept")
     result = module.run(n=1200, d=16, device=torch.device("cpu"), subsets=2)
     assert set(result["seconds"]) == {"fid_from_sums", "precision_recall_k3", "kid_2x1000", "kid_all_pairs"}
     assert all(seconds > 0 for seconds in result["seconds"].values())

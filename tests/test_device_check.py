@@ -6,7 +6,6 @@ tests/test_bench.py; ``--dry-run`` runs every step tiny on the CPU by hand).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,14 +13,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, script_module
 
 
 def _device_check():
-    spec = importlib.util.spec_from_file_location("device_check", REPO / "benchmarks" / "device_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("benchmarks/device_check.py", "device_check")
 
 
 def test_arguments_and_their_defaults(tmp_path: Path) -> None:

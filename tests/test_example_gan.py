@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import REPO, run_python
+from helpers import REPO, run_python, script_module
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -93,9 +93,7 @@ def test_gan_example_logs_fid_each_epoch_to_tensorboard_and_wandb(inception_weig
 
 def test_logger_names() -> None:
     """``--logger`` takes tensorboard, wandb or both; anything else is an argparse error naming the choices."""
-    spec = importlib.util.spec_from_file_location("gan_digits", REPO / "examples" / "gan_digits.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = script_module("examples/gan_digits.py", "gan_digits")
     assert module.parse_args([]).logger == ["tensorboard"]
     assert module.parse_args(["--logger", "wandb,tensorboard"]).logger == ["wandb", "tensorboard"]
     for bad in ("tensorbord", "wandb,wandb"):
