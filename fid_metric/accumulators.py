@@ -39,6 +39,11 @@ def add_outer_products(total: Tensor, outer: Tensor, x: Tensor) -> None:
     outer.addmm_(x.T, x)
 
 
+def as_float64(x: Tensor, like: Tensor) -> Tensor:
+    """A network output as float64 on the device of the state ``like`` (exact from every real dtype up to 53 bits)."""
+    return x.to(like.device, _F64)
+
+
 def state(metric: Metric, name: str) -> Tensor:
     """The metric's state ``name`` (``Metric.add_state`` makes it an attribute)."""
     return cast(Tensor, getattr(metric, name))
@@ -80,8 +85,9 @@ class GaussianSums:
         return Registered(frozenset(f"{side}_{self.name}_cov_sum" for side in SIDES), tuple(real))
 
     def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
-        x = outputs[self.output]
-        add_outer_products(state(metric, f"{side}_{self.name}_sum"), state(metric, f"{side}_{self.name}_cov_sum"), x)
+        total = state(metric, f"{side}_{self.name}_sum")
+        x = as_float64(outputs[self.output], total)
+        add_outer_products(total, state(metric, f"{side}_{self.name}_cov_sum"), x)
         if self.count_of is None:
             state(metric, f"{side}_{self.name}_num_samples").add_(x.shape[0])
 
@@ -120,7 +126,7 @@ class SplitScores:
     def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
         if side != "fake":
             return
-        log_p = outputs[self.output].log_softmax(dim=1)
+        log_p = as_float64(outputs[self.output], state(metric, "is_p_sum")).log_softmax(dim=1)
         p = log_p.exp()
         split = _index([j % self.splits for j in positions], p.device)
         state(metric, "is_plogp_sum").index_add_(0, split, (p * log_p).sum(1))
@@ -165,7 +171,7 @@ class GroupSums:
     def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
         if side != "fake":
             return
-        features = outputs[self.output]
+        features = as_float64(outputs[self.output], state(metric, "fake_group_sum"))
         groups = [j % self.groups for j in positions]
         for g in sorted(set(groups)):
             rows = features.index_select(0, _index([i for i, h in enumerate(groups) if h == g], features.device))

@@ -6,6 +6,9 @@ torch's extra-state key, and loading refuses a checkpoint of another identity (`
 statistics files are refused. Every state that enters a metric from outside goes through ``checked_state``:
 the shape of this metric's state, float64 sums or int64 counts (other float dtypes converted, non-integral
 counts refused), finite values, and a copy, so that two metrics loaded from one dict never share a tensor.
+A list state (kept features) is checked as ``(n, d)`` rows of real numbers, kept in float32 or float64 (the
+dtype that holds them exactly), and its rows must be as many as the side's count. States without a reduction
+(``update_configuration``) describe the metric, not its data: never loaded or merged.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from torch import Tensor
 
 from fid_metric.inception import FIDInceptionV3
+from fid_metric.kept_features import kept_dtype
 from fid_metric.stats import StatsMismatchError
 
 
@@ -26,9 +30,13 @@ class FeatureSumsMetricLike(Protocol):
 
     _defaults: dict[str, Any]
     _persistent: dict[str, bool]
+    _reductions: dict[str, Any]
     _symmetric_states: set[str]
 
     def identity(self) -> dict[str, object]: ...
+
+    @property
+    def _templates(self) -> dict[str, Tensor]: ...
 
 
 _log = logging.getLogger("fid_metric")
@@ -99,6 +107,48 @@ def checked_state(name: str, value: object, template: Tensor, symmetric: bool, w
     return checked
 
 
+def checked_rows(name: str, value: object, template: Tensor, what: str) -> list[Tensor]:
+    """A list state's incoming value (a list of ``(n_i, d)`` tensors, or one tensor) as one checked copy of its
+    rows, in a list, on ``template``'s device and in the dtype that holds them exactly.
+
+    Raises:
+        StatsMismatchError: rows of another width than ``template``'s d.
+        ValueError: not a list of tensors, not 2-d, a non-numeric dtype, or NaN or infinite values.
+    """
+    where = f"{what}: state {name!r}"
+    parts = [value] if isinstance(value, Tensor) else value
+    if not isinstance(parts, (list, tuple)) or not all(isinstance(part, Tensor) for part in parts):
+        raise ValueError(f"{where} is a {type(value).__name__}, expected a list of (n, d) feature tensors.")
+    d = template.shape[1]
+    for part in parts:
+        if part.ndim != 2 or part.shape[1] != d:
+            raise StatsMismatchError(
+                f"{where} holds features of shape {tuple(part.shape)}, this metric's are (n, {d}): they were made "
+                "with another feature dimension."
+            )
+        if part.is_complex() or not (part.is_floating_point() or part.dtype in _INTEGER_DTYPES):
+            raise ValueError(f"{where} has dtype {part.dtype}, expected real numbers.")
+        if part.is_floating_point() and not bool(torch.isfinite(part).all()):
+            raise ValueError(f"{where} holds NaN or infinite values.")
+    if not parts:
+        return []
+    dtype = torch.float64 if any(kept_dtype(part.dtype) == torch.float64 for part in parts) else torch.float32
+    return [torch.cat([part.detach().to(template.device, dtype) for part in parts])]
+
+
+def _check_rows_match_counts(states: Mapping[str, object], what: str) -> None:
+    """Raise ``ValueError`` where a side's kept features are not as many as its count says."""
+    for side in ("real", "fake"):
+        rows, count = states.get(f"{side}_features"), states.get(f"{side}_features_num_samples")
+        if isinstance(rows, list) and isinstance(count, Tensor):
+            n = sum(len(part) for part in rows)
+            if n != int(count):
+                raise ValueError(
+                    f"{what} holds {n} {side} feature rows but counts {int(count)} {side} images: its features "
+                    "and its sums do not belong together, so nothing was loaded or merged."
+                )
+
+
 def _is_outer_product_sum(matrices: Tensor) -> bool:
     """Symmetric to round-off (1e-10 of the largest entry) with a non-negative diagonal, over the last two dims."""
     scale = matrices.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(matrices.dtype).tiny)
@@ -128,8 +178,9 @@ def load_states(
         check_same_identity(metric.identity(), record, what)
     if _pop_torchmetrics_network(state_dict, prefix, what) and record is None:
         _check_torchmetrics_compatible(metric.identity(), what)
-    incoming = {name: state_dict.pop(prefix + name) for name in metric._defaults if prefix + name in state_dict}
-    missing = [name for name in metric._defaults if metric._persistent[name] and name not in incoming]
+    names = _data_states(metric)
+    incoming = {name: state_dict.pop(prefix + name) for name in names if prefix + name in state_dict}
+    missing = [name for name in names if metric._persistent[name] and name not in incoming]
     if missing and not incoming:  # torch passes strict=True to modules and drops these itself under strict=False
         missing_keys.extend(prefix + name for name in missing)
     elif missing:
@@ -137,10 +188,25 @@ def load_states(
             f"{what} holds {sorted(incoming)} but not {missing}: loading part of the statistics would give a "
             "wrong FID, so nothing was loaded."
         )
-    return {
-        name: checked_state(name, value, metric._defaults[name], name in metric._symmetric_states, what)
-        for name, value in incoming.items()
+    return _checked(metric, incoming, what)
+
+
+def _data_states(metric: FeatureSumsMetricLike) -> list[str]:
+    """The states that hold data (all but those without a reduction, which describe the metric)."""
+    return [name for name in metric._defaults if metric._reductions[name] is not None]
+
+
+def _checked(metric: FeatureSumsMetricLike, states: Mapping[str, object], what: str) -> dict[str, Any]:
+    """Checked copies of ``states`` (a subset of the metric's data states), rows and counts consistent."""
+    templates = metric._templates
+    checked: dict[str, Any] = {
+        name: checked_rows(name, value, templates[name], what)
+        if isinstance(metric._defaults[name], list)
+        else checked_state(name, value, templates[name], name in metric._symmetric_states, what)
+        for name, value in states.items()
     }
+    _check_rows_match_counts(checked, what)
+    return checked
 
 
 TORCHMETRICS_NETWORK_KEY = "inception."  # torchmetrics' FrechetInceptionDistance keeps its network's weights here
@@ -209,12 +275,8 @@ def merged_states(metric: FeatureSumsMetricLike, incoming: object) -> dict[str, 
                 "first): their statistics cannot be added."
             )
         states = incoming.metric_state  # type: ignore[attr-defined]
-    missing = [name for name in metric._defaults if name not in states]
+    names = _data_states(metric)
+    missing = [name for name in names if name not in states]
     if missing:
         raise ValueError(f"merge_state's dict lacks the states {missing}.")
-    return {
-        name: checked_state(
-            name, states[name], metric._defaults[name], name in metric._symmetric_states, "merge_state's input"
-        )
-        for name in metric._defaults
-    }
+    return _checked(metric, {name: states[name] for name in names}, "merge_state's input")

@@ -11,8 +11,12 @@ are siblings on top, each with its own ``compute()``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from typing import Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -26,7 +30,7 @@ from fid_metric.kept_features import KeptFeatures
 from fid_metric.precision import PRECISIONS
 from fid_metric.preprocess import resolve_compat, to_uint8_rgb
 from fid_metric.reference import FixedReference
-from fid_metric.stats import FeatureStats
+from fid_metric.stats import CANCELLATION_REMEDY, FeatureStats, cancellation_note
 from fid_metric.warn import warn_caller
 
 
@@ -87,13 +91,14 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             stats.check_compatible(ours, "real_stats", "this metric")
             self._reference = FixedReference(stats)
         self._shared_network: nn.Module | None = None
-        self._kept: dict[str, list[Tensor]] = {}  # KeptFeatures fills it when registered
-        self._kept_synced: dict[str, Tensor] = {}
+        self._derived: dict[str, Any] = {}  # results derived from the states; _state_changed() empties it
         self._accumulators: list[Any] = []
         self._symmetric_states: set[str] = set()
         self._real_states: list[str] = []
+        self.add_state(UPDATE_CONFIGURATION, _fingerprint({}), dist_reduce_fx=None)
         if fid_sums:  # off only for the Inception Score alone, which compares nothing with real images
             self._register(GaussianSums("features", self._extractor.feature_output, self.num_features))
+        self._refresh_update_configuration()
 
     def _register(self, *accumulators: Any) -> None:
         """Add the accumulators' states (``Metric.add_state``) and remember which are symmetric and real."""
@@ -103,6 +108,32 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             self._symmetric_states |= registered.symmetric
             self._real_states += registered.real
         self._accumulators += accumulators
+        self._refresh_update_configuration()
+
+    def _update_configuration(self) -> dict[str, str]:
+        """What decides how ``update()`` and ``reset()`` change the states: the identity, the input convention, the
+        real side's life and reference, ``dataset_size`` and the accumulators (their dimensions, splits, groups)."""
+        reference = "" if self._reference is None else self._reference.fingerprint
+        fields = {
+            **self.identity(),
+            "normalize": self.normalize,
+            "reset_real_features": self.reset_real_features,
+            "real_stats": reference,
+            "dataset_size": self.dataset_size,
+            "accumulators": ";".join(map(repr, self.__dict__.get("_accumulators", []))),
+        }
+        return {name: str(value) for name, value in fields.items()}
+
+    def _refresh_update_configuration(self) -> None:
+        """Set the ``update_configuration`` state (and its default) to the fingerprint of the configuration.
+
+        torchmetrics' ``MetricCollection`` (``compute_groups=True``, its default) lets metrics whose states are
+        equal after the first batch share their states, updating only one of them. This state makes two of our
+        metrics' states equal only where sharing is right: where update() and reset() treat them alike.
+        """
+        fingerprint = _fingerprint(self._update_configuration()).to(self._defaults[UPDATE_CONFIGURATION].device)
+        self._defaults[UPDATE_CONFIGURATION] = fingerprint
+        setattr(self, UPDATE_CONFIGURATION, fingerprint.clone())
 
     @property
     def _gaussian(self) -> GaussianSums:
@@ -124,6 +155,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
     @dataset_size.setter
     def dataset_size(self, value: int | None) -> None:
         self._quota.dataset_size = value
+        self._refresh_update_configuration()
 
     def update(self, imgs: Tensor, real: bool) -> None:
         """Add a batch to the real or the generated statistics.
@@ -146,6 +178,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             )
         side = "real" if real else "fake"
         self._extractor.check(imgs, self.normalize)
+        self._state_changed()  # the accumulators add in place
         world, rank = self._world_and_rank()
         keep = self._quota.counted(side, imgs.shape[0], world, rank)
         if keep:
@@ -226,11 +259,11 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         return self._plot(val, ax)
 
     def _accumulate(self, side: str, outputs: dict[str, Tensor], positions: range) -> None:
-        """Add a batch's outputs to the accumulators of ``side``; ``positions``: its images' positions in the
-        sampler's order (``sampler_positions``), which fix split and group."""
-        as_state = {name: value.to(self._state_device, torch.float64) for name, value in outputs.items()}
+        """Add a batch's outputs (as the extractor gave them) to the accumulators of ``side``, each of which takes
+        them in its own dtype; ``positions``: the images' positions in the sampler's order (``sampler_positions``),
+        which fix split and group."""
         for accumulator in self._accumulators:
-            accumulator.add(self, side, as_state, positions)
+            accumulator.add(self, side, outputs, positions)
 
     def _world_and_rank(self) -> tuple[int, int]:
         """Size of the metric's process group and this process's rank in it; (1, 0) without DDP."""
@@ -270,6 +303,27 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
                 "usually reported on 10k-50k) or a smaller `feature`."
             )
         self._quota.warn_if_not_covered(counts)
+
+    @contextmanager
+    def _cancellation_named(self) -> Iterator[None]:
+        """Re-raise "... is not a covariance" with its cause where that is cancellation in the metric's own sums
+        (features with a large mean against their spread), which the data's covariance cannot have."""
+        try:
+            yield
+        except ValueError as err:
+            if "is not a covariance" not in str(err):
+                raise
+            notes = [
+                f"{'real' if side == 'real' else 'generated'} {accumulator.name}: {note}"
+                for accumulator in self._accumulators
+                if isinstance(accumulator, GaussianSums)
+                for side in SIDES
+                if accumulator.sums(self, side)[0] >= 2
+                and (note := cancellation_note(*accumulator.sums(self, side))) is not None
+            ]
+            if not notes:
+                raise
+            raise ValueError(f"{err} Its cause is cancellation: {'; '.join(notes)}. {CANCELLATION_REMEDY}") from err
 
     def _real_side(self) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """Real mean ``(d,)``, covariance ``(d, d)`` and its factor, float64: the fixed reference's (factor cached
@@ -315,39 +369,59 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
 
     def reset(self) -> None:
         """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
-        kept = {} if self.reset_real_features else {name: getattr(self, name) for name in self._real_states}
+        kept = {} if self.reset_real_features else {name: _copy(getattr(self, name)) for name in self._real_states}
         super().reset()
         for name, value in kept.items():
             setattr(self, name, value)
         self._quota.reset(keep_real=not self.reset_real_features)
-        for side in self._kept:
-            if side == "fake" or self.reset_real_features:
-                self._kept[side] = []
-        self._kept_synced = {}
+        self._state_changed()
 
     @property
     def _kept_accumulator(self) -> KeptFeatures | None:
         """The ``KeptFeatures`` accumulator, if precision/recall or KID asked for one."""
         return next((a for a in self._accumulators if isinstance(a, KeptFeatures)), None)
 
-    def _local_kept(self) -> dict[str, Tensor]:
-        """This process's kept features per side, ``(n, d)`` float32; empty if none are kept."""
+    @property
+    def _templates(self) -> dict[str, Tensor]:
         kept = self._kept_accumulator
-        return {} if kept is None else {side: kept.local(self, side) for side in SIDES}
+        return {
+            name: default if isinstance(default, Tensor) else cast(KeptFeatures, kept).template(self)
+            for name, default in self._defaults.items()
+        }
 
-    def _kept_home(self) -> torch.device:
+    @property
+    def _row_states(self) -> dict[str, Tensor]:
         kept = self._kept_accumulator
-        return self.device if kept is None else kept.home(self)
+        return {} if kept is None else {kept.state(side): kept.local(self, side) for side in SIDES}
 
     def set_dtype(self, dst_type: str | torch.dtype) -> FeatureSumsMetric:
         """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""
         return self
 
     def _sync_fields(self) -> dict[str, str]:
-        """What every process must share for its sums to be added: the identity, the states' shapes, the fixed
-        reference and ``dataset_size``."""
-        shapes = ";".join(f"{name}{tuple(getattr(self, name).shape)}" for name in self._defaults)
-        reference = "" if self._reference is None else self._reference.fingerprint
-        fields = {"metric": type(self).__name__, **self.identity(), "states": shapes, "real_stats": reference}
-        fields["kept_features"] = ",".join(self._kept)
-        return {name: str(value) for name, value in {**fields, "dataset_size": self.dataset_size}.items()}
+        """What every process must share for its states to be combined: the update configuration (which includes
+        the identity, the fixed reference and ``dataset_size``), every state's shape and what ``compute()`` does
+        with the states (``_compute_configuration``)."""
+        shapes = ";".join(
+            f"{name}{tuple(value.shape)}" for name, value in self._templates.items() if name != UPDATE_CONFIGURATION
+        )
+        fields = {"metric": type(self).__name__, **self._update_configuration(), "states": shapes}
+        return {**fields, **{name: str(value) for name, value in self._compute_configuration().items()}}
+
+    def _compute_configuration(self) -> dict[str, object]:
+        """The arguments that change what ``compute()`` makes of the states (none here; see ``InceptionMetrics``)."""
+        return {}
+
+
+UPDATE_CONFIGURATION = "update_configuration"
+
+
+def _fingerprint(fields: dict[str, str]) -> Tensor:
+    """The SHA-256 of ``fields`` as ``(32,)`` float64 byte values (0-255: ``allclose`` tells any two apart)."""
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
+    return torch.tensor(list(digest), dtype=torch.float64)
+
+
+def _copy(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    """A state's value that ``Metric.reset`` cannot reach (it clears list states in place)."""
+    return list(value) if isinstance(value, list) else value

@@ -107,8 +107,8 @@ def trace_sqrt_product(sigma1_factor: CovarianceFactor, sigma2: Tensor) -> Tenso
     else:
         # An eigh factor (d, r), or autograd, which cannot follow _lower_congruence's writes into out=.
         congruent = a.T @ sigma2 @ a
+    # (d, 0) for a zero S1 (identical samples): no eigenvalue, trace 0. S2 is checked whole by the caller.
     eigenvalues = torch.linalg.eigvalsh(congruent)
-    _check_psd(eigenvalues, "sigma2")  # A^T S2 A has a clearly negative eigenvalue only if S2 does
     return eigenvalues.clamp_min(0).sqrt().sum()
 
 
@@ -117,13 +117,29 @@ _SYMMETRY_TOLERANCE = 1e-6  # relative to the largest entry; float64 round-off i
 
 
 def _check_psd(eigenvalues: Tensor, name: str) -> None:
-    """Raise if the eigenvalues of a covariance (or of ``A^T S A``) go clearly below zero, beyond round-off."""
+    """Raise if the eigenvalues of a covariance go clearly below zero, beyond round-off."""
     lowest, highest = eigenvalues.min(), eigenvalues.max().clamp_min(0)
     if bool(lowest < -_PSD_TOLERANCE * highest):
         raise ValueError(
             f"{name} is not a covariance: it has the eigenvalue {lowest.item():.3g} against a largest of "
             f"{highest.item():.3g} (positive semi-definite matrices have none below zero beyond round-off)."
         )
+
+
+def check_covariance(sigma: Tensor, name: str) -> None:
+    """Raise unless the symmetric ``(d, d)`` float64 ``sigma`` is positive semi-definite up to round-off (no
+    eigenvalue below -1e-6 times the largest), seeing the whole matrix.
+
+    One Cholesky of ``sigma + tau I``, ``tau = 1e-6 * max(diag(sigma))``: it succeeds when no eigenvalue is
+    below -tau, and tau is at most 1e-6 times the largest eigenvalue (a PSD matrix's diagonal is below it)
+    and above float64 round-off (d * eps * max eigenvalue, since the largest eigenvalue is at most d times
+    the largest diagonal entry). Only where it fails are the eigenvalues computed, to decide and to say by
+    how much.
+    """
+    shift = 1e-6 * sigma.diagonal().max().clamp_min(0)
+    shifted = sigma + shift * torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device)
+    if int(torch.linalg.cholesky_ex(shifted)[1]) != 0:
+        _check_psd(torch.linalg.eigvalsh(sigma), name)
 
 
 def _as_float64(value: object, name: str, device: torch.device | None) -> Tensor:
@@ -137,7 +153,8 @@ def _as_float64(value: object, name: str, device: torch.device | None) -> Tensor
     return tensor
 
 
-def _check_symmetric(sigma: Tensor, name: str) -> None:
+def check_symmetric(sigma: Tensor, name: str) -> None:
+    """Raise unless the ``(d, d)`` ``sigma`` is symmetric up to 1e-6 of its largest entry (float32 round-off)."""
     asymmetry = (sigma - sigma.T).abs().max()
     if bool(asymmetry > _SYMMETRY_TOLERANCE * sigma.abs().max()):
         raise ValueError(
@@ -163,7 +180,8 @@ def frechet_distance(
     Raises:
         ValueError: the shapes are not ``(d,)``, ``(d, d)`` with one ``d``; a value is NaN or infinite; a
             covariance is not symmetric (beyond 1e-6 of its largest entry) or has an eigenvalue below
-            -1e-6 times its largest (not positive semi-definite beyond round-off).
+            -1e-6 times its largest (not positive semi-definite beyond round-off). Each covariance is checked
+            whole, whichever is singular.
 
     Example:
         Closed forms: equal covariances leave ``|mu1 - mu2|^2``; equal means and ``S1 = 4 I``, ``S2 = I`` in
@@ -186,10 +204,11 @@ def frechet_distance(
             "Expected mu1, mu2 of shape (d,) and sigma1, sigma2 of shape (d, d) with one d; got "
             f"{tuple(mu1.shape)}, {tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)}."
         )
-    _check_symmetric(sigma1, "sigma1")
-    _check_symmetric(sigma2, "sigma2")
+    check_symmetric(sigma1, "sigma1")
+    check_symmetric(sigma2, "sigma2")
     if sigma1_factor is None:
-        sigma1_factor = sqrt_factor(sigma1)
+        sigma1_factor = sqrt_factor(sigma1)  # checks sigma1 whole: a Cholesky, or its eigenvalues, or a residual
+    check_covariance(sigma2, "sigma2")
     mean_term = (mu1 - mu2).square().sum()
     trace_term = sigma1.trace() + sigma2.trace() - 2 * trace_sqrt_product(sigma1_factor.to(device), sigma2)
     return (mean_term + trace_term).clamp_min(0)

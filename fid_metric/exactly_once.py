@@ -46,17 +46,19 @@ class SamplerQuota:
         """How many of the next ``batch`` images of ``side`` count on ``rank`` of ``world``.
 
         Raises:
-            ValueError: the process was given more images than ``dataset_size`` allows it (plus one repeat).
+            ValueError: the process was given more images than a ``DistributedSampler`` deals it for
+                ``dataset_size`` (``ceil(N / W)``, the padding repeat included; on one process exactly N).
         """
         if self.dataset_size is None:
             return batch
         quota = (self.dataset_size - rank + world - 1) // world
+        dealt = (self.dataset_size + world - 1) // world  # what the sampler gives every rank, padding included
         seen = self.seen[side]
-        if seen + batch > quota + 1:
+        if seen + batch > dealt:
+            padding = f" (of which {dealt - quota} padding repeat)" if dealt > quota else ""
             raise ValueError(
-                f"dataset_size={self.dataset_size} over {world} process(es) gives rank {rank} at most {quota} "
-                f"{_NAMES[side]} images per epoch (plus at most one padding repeat), but it has been given "
-                f"{seen + batch}. "
+                f"dataset_size={self.dataset_size} over {world} process(es) gives rank {rank} {dealt} "
+                f"{_NAMES[side]} images per epoch{padding}, but it has been given {seen + batch}. "
                 "Is dataset_size the size of the validation set, is reset() called each epoch, and is each "
                 "batch passed to update() once per side?"
             )

@@ -214,8 +214,8 @@ def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tupl
     if num_features is not None:
         if isinstance(num_features, Tensor):
             num_features = int(num_features.item())
-        if not isinstance(num_features, int):
-            raise TypeError(f"The custom extractor's `num_features` must be an int, got {num_features!r}.")
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(f"The custom extractor's `num_features` must be a positive int, got {num_features!r}.")
         return num_features
     if normalize:
         dummy = torch.rand(1, *input_img_size)
@@ -223,4 +223,11 @@ def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tupl
         dummy = torch.randint(0, 256, (1, *input_img_size), dtype=torch.uint8)
     device = next(module.parameters(), dummy).device
     with torch.inference_mode():
-        return int(module(dummy.to(device)).shape[-1])
+        output = module(dummy.to(device))
+    if not isinstance(output, Tensor) or output.ndim != 2 or output.shape[1] < 1:
+        shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+        raise ValueError(
+            f"The custom extractor must map a batch of images to (N, d) features with d >= 1; for one dummy image of "
+            f"shape {input_img_size} it returned {shape}. Give the module a `num_features` attribute or fix its output."
+        )
+    return int(output.shape[1])

@@ -113,7 +113,6 @@ class InceptionMetrics(FeatureSumsMetric):
                 "covariance. Feed the real images (update(imgs, real=True)) instead."
             )
         self.sfid, self.inception_score, self.splits, self.fid_groups = sfid, inception_score, splits, fid_groups
-        self.fid_by_size: tuple[Tensor, Tensor] | None = None
         if sfid and self._reference is not None and not {"mu_s", "sigma_s"} <= set(self._reference.stats.extra):
             raise ValueError("sfid=True with `real_stats` needs a file holding 'mu_s' and 'sigma_s' (ADM's format).")
         if sfid:
@@ -125,6 +124,27 @@ class InceptionMetrics(FeatureSumsMetric):
         if precision_recall or kid:
             self._register(KeptFeatures(self._extractor.feature_output, self.num_features, on_cpu=features_on_cpu))
 
+    @property
+    def fid_by_size(self) -> tuple[Tensor, Tensor] | None:
+        """The ``(sample sizes, FID)`` pairs behind ``fid_infinity``, from the last ``compute()``; None before it
+        and after any change of the states (``update``, ``reset``, ``merge_state``, ``load_state_dict``, ...)."""
+        return self._derived.get("fid_by_size")
+
+    def _compute_configuration(self) -> dict[str, object]:
+        return {
+            "fid": self.fid,
+            "sfid": self.sfid,
+            "inception_score": self.inception_score,
+            "splits": self.splits,
+            "fid_groups": self.fid_groups,
+            "precision_recall": self.precision_recall,
+            "prc_neighborhood": self.prc_neighborhood,
+            "kid": self.kid,
+            "kid_subsets": self.kid_subsets,
+            "kid_subset_size": self.kid_subset_size,
+            "kid_seed": self.kid_seed,
+        }
+
     def update(self, imgs: Tensor, real: bool) -> None:
         """As ``FrechetInceptionDistance.update``; with ``fid=False`` only generated images (``real=False``)."""
         if real and not self.fid:
@@ -135,6 +155,10 @@ class InceptionMetrics(FeatureSumsMetric):
 
     def compute(self) -> dict[str, Tensor]:
         """The requested metrics over everything accumulated (all processes under DDP), 0-d float64 tensors."""
+        with self._cancellation_named():
+            return self._computed_metrics()
+
+    def _computed_metrics(self) -> dict[str, Tensor]:
         if not self.fid:
             scores = next(a for a in self._accumulators if isinstance(a, SplitScores))
             mean, std = scores.score(self)
@@ -154,7 +178,7 @@ class InceptionMetrics(FeatureSumsMetric):
                 mu, sigma = mean_and_covariance(count, total, outer)
                 return frechet_distance(real[0], real[1], mu, sigma, sigma1_factor=real[2])
 
-            results["fid_infinity"], results["fid_stderr"], self.fid_by_size = groups.extrapolate(
+            results["fid_infinity"], results["fid_stderr"], self._derived["fid_by_size"] = groups.extrapolate(
                 self, fid_of, results["fid"]
             )
         if self.precision_recall or self.kid:

@@ -37,7 +37,7 @@ class InceptionScore(FeatureSumsMetric):
 
     Raises:
         ValueError: ``feature`` is another value that torchmetrics accepts, or one it does not; ``splits`` is not
-            a positive int.
+            a positive int; ``real_stats`` or ``reset_real_features`` is given (there is no real side).
         TypeError: ``feature`` is not a string, an int or a module.
     """
 
@@ -59,6 +59,12 @@ class InceptionScore(FeatureSumsMetric):
             )
         if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
             raise ValueError(f"`splits` must be a positive int, got {splits!r}.")
+        real_side = sorted(set(kwargs) & {"real_stats", "reset_real_features"})
+        if real_side:
+            raise ValueError(
+                f"The Inception Score uses generated images only: {', '.join(real_side)} would be ignored. Use "
+                "FrechetInceptionDistance or InceptionMetrics for a comparison with real images."
+            )
         super().__init__(feature=2048, fid_sums=False, **kwargs)
         self.splits = splits
         self._scores = SplitScores(splits, FEATURE_DIMS["logits_unbiased"])

@@ -1,12 +1,19 @@
 """``KeptFeatures``: the accumulator of what needs the features themselves (Precision/Recall, KID), not their sums.
 
-Registered only when such a number is asked for. Each side's features are kept in float32 (the network's own
-dtype, so nothing is rounded), on the metric's device or, with ``on_cpu``, in host memory: ``N * d * 4`` bytes
-per side (50,000 x 2048: 410 MB). They are not metric states: a checkpoint holds the sums, not the features
-(``compute()`` then refuses, since the kept features no longer match the counts), and the one all_reduce of the
-sums carries only how many each process holds. Under DDP ``fid_metric.sync.gather_rows`` gathers them at
-``compute()`` in one all_gather per side, in the sampler's order, so that every process (and one process over
-the same data) sees the same sequence: row i of rank r is sample ``r + i * W`` (``fid_metric.exactly_once``).
+Registered only when such a number is asked for. Its states are torchmetrics list states, ``real_features`` and
+``fake_features`` (the names of torchmetrics' ``KernelInceptionDistance``): per side, the batches of features in
+the order this process was given them. Being states, they follow the metric's life cycle like its sums:
+``reset()`` clears them (the real ones stay with ``reset_real_features=False``), ``merge_state`` appends the
+other metric's, ``load_state_dict`` replaces them (the real ones are in ``state_dict()`` exactly when the real
+sums are), a compute group of torchmetrics' ``MetricCollection`` shares them. Each batch is kept in the dtype
+that holds it exactly: float32 for the Inception network's float32 features (and half-precision or small-integer
+outputs), float64 for a custom module's float64 or wide-integer outputs. Memory: ``N * d * 4`` bytes per side in
+float32 (50,000 x 2048: 410 MB), on the metric's device or, with ``on_cpu``, in host memory.
+
+Under DDP the metric's one all_reduce carries how many rows each process holds, then one all_gather per side
+(``fid_metric.sync.gather_rows``, in float64) puts every process's rows in the sampler's order, so that every
+process (and one process over the same data) sees the same sequence: row i of rank r is sample ``r + i * W``
+(``fid_metric.exactly_once``).
 """
 
 from __future__ import annotations
@@ -19,52 +26,66 @@ from torch import Tensor
 
 from fid_metric.accumulators import SIDES, Registered
 
+# Output dtypes whose every value a float32 holds exactly; anything else (float64, int32, int64) is kept in float64.
+_EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int8, torch.int16, torch.bool)
+
+
+def kept_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype that keeps features of ``dtype`` exactly: float32 where that suffices, else float64."""
+    return torch.float32 if dtype in _EXACT_IN_FLOAT32 else torch.float64
+
 
 @dataclass(frozen=True)
 class KeptFeatures:
-    """Per side, the ``(n, dim)`` float32 features of ``output``, in the order this process was given them
-    (``metric._kept[side]``: a list of batches)."""
+    """Per side, the list state ``{side}_features`` of ``(n_i, dim)`` batches of ``output``, float32 or float64."""
 
     output: str
     dim: int
     on_cpu: bool = False
 
+    @staticmethod
+    def state(side: str) -> str:
+        return f"{side}_features"
+
     def register(self, metric: Any, keep_real: bool) -> Registered:
-        metric._kept = {side: [] for side in SIDES}
-        return Registered()
+        for side in SIDES:
+            metric.add_state(self.state(side), [], "cat", persistent=keep_real and side == "real")
+        return Registered(real=(self.state("real"),))
 
     def home(self, metric: Any) -> torch.device:
         """Where the features are kept: the CPU with ``on_cpu``, else the metric's device."""
         return torch.device("cpu") if self.on_cpu else metric.device
 
+    def template(self, metric: Any) -> Tensor:
+        """An empty ``(0, dim)`` float32 tensor where the features live: what incoming rows are checked against."""
+        return torch.zeros(0, self.dim, device=self.home(metric))
+
     def add(self, metric: Any, side: str, outputs: dict[str, Tensor], positions: range) -> None:
-        # float64 from float32 features: exact both ways
-        metric._kept[side].append(outputs[self.output].to(self.home(metric), torch.float32))
+        x = outputs[self.output]
+        getattr(metric, self.state(side)).append(x.to(self.home(metric), kept_dtype(x.dtype)))
 
     def local(self, metric: Any, side: str) -> Tensor:
-        """This process's ``(n, dim)`` float32 features of ``side``, concatenated once (the batches are then
-        replaced by the one tensor, so repeated calls copy nothing)."""
-        batches = metric._kept[side]
+        """The ``(n, dim)`` features of ``side`` that the state holds now (after a sync: every process's, gathered),
+        concatenated once: the list is then that one tensor, changed in place so that nothing else changes."""
+        batches: list[Tensor] = getattr(metric, self.state(side))
         if len(batches) != 1:
-            joined = torch.cat(batches) if batches else torch.zeros(0, self.dim, device=self.home(metric))
-            metric._kept[side] = batches = [joined]
+            joined = torch.cat(batches) if batches else self.template(metric)
+            batches[:] = [joined]
         return batches[0]
 
     def features(self, metric: Any, side: str) -> Tensor:
-        """The ``(N, dim)`` float32 features of ``side`` over all processes (gathered by the metric's last sync;
-        this process's alone when it did not sync), in the sampler's order.
+        """The ``(N, dim)`` features of ``side``, over all processes when the metric is synced, in the sampler's order.
 
         Raises:
-            RuntimeError: they are not as many as the metric's statistics count (sums loaded from a checkpoint
-                or merged from a dict, which hold no features).
+            RuntimeError: they are not as many as the FID statistics count, which only a state assembled by hand
+                (a ``merge_state`` dict or a checkpoint whose rows and counts disagree) can cause.
         """
-        synced = metric._is_synced and side in metric._kept_synced
-        rows = metric._kept_synced[side] if synced else self.local(metric, side)
+        rows = self.local(metric, side)
         counted = metric._gaussian.sums(metric, side)[0]
         if len(rows) != counted:
             raise RuntimeError(
                 f"{len(rows)} {'real' if side == 'real' else 'generated'} features are kept but the statistics "
-                f"count {counted} images: checkpoints and merge_state dicts carry the sums, not the features "
-                "that precision/recall and KID need. Feed those images to update() again."
+                f"count {counted} images: the states were assembled from parts that do not belong together (a "
+                "merge_state dict or a checkpoint whose features and sums differ). Feed the images to update() again."
             )
         return rows

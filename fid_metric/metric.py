@@ -107,4 +107,5 @@ class FrechetInceptionDistance(FeatureSumsMetric):
             RuntimeError: fewer than 2 real or 2 generated images.
         """
         self._check_counts()
-        return self._fid(*self._real_side())
+        with self._cancellation_named():
+            return self._fid(*self._real_side())

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from fid_metric._version import __version__
 from fid_metric.atomic_file import atomic_write
+from fid_metric.distance import check_symmetric
 from fid_metric.npz import ArrayHeader, NpzArchive
 from fid_metric.warn import warn_caller
 
@@ -75,6 +76,13 @@ def mean_and_covariance(n: int | Tensor, feature_sum: Tensor, outer_sum: Tensor)
         UserWarning: some feature lost more than 8 digits; the message names the worst one and says when no
             correct digit is left (more than 13.95 lost).
     """
+    if not (bool(torch.isfinite(feature_sum).all()) and bool(torch.isfinite(outer_sum).all())):
+        largest = outer_sum.diagonal().abs().max().item() if outer_sum.numel() else 0.0
+        raise ValueError(
+            f"The feature sums hold infinite or NaN values (largest sum of squares {largest:.3g}): features whose "
+            "squares, summed over the images, exceed float64's 1.8e308 (|x| around 1e154 or more) cannot give a "
+            "covariance. Scale the features down in the extractor, for real and generated images alike."
+        )
     n = torch.as_tensor(n, dtype=torch.float64, device=feature_sum.device)
     mean = feature_sum.to(torch.float64) / n
     covariance = torch.outer(mean, mean).mul_(-n).add_(outer_sum).div_(n - 1)
@@ -99,6 +107,33 @@ def _digits_lost(n: Tensor, outer_sum: Tensor, covariance: Tensor) -> Tensor:
     return torch.where(mean_square > 0, lost, 0.0)
 
 
+CANCELLATION_REMEDY = (
+    "Subtract a fixed offset (e.g. the real features' approximate mean) from the features in the extractor, "
+    "for real and generated images alike: FID does not change, and the sums keep their digits. (A feature "
+    "that is constant over all samples, e.g. identical images, looks the same from the sums.)"
+)
+
+
+def cancellation_note(n: int, feature_sum: Tensor, outer_sum: Tensor) -> str | None:
+    """What cancellation cost the covariance of these sums, as a sentence, if more than 8 digits; else None.
+
+    For an error whose cause may be cancellation (a covariance computed from sums that is not positive
+    semi-definite): the worst feature, its mean and the digits lost.
+    """
+    count = torch.as_tensor(n, dtype=torch.float64, device=feature_sum.device)
+    mean = feature_sum.to(torch.float64) / count
+    covariance = (outer_sum - count * torch.outer(mean, mean)) / (count - 1)
+    lost = _digits_lost(count, outer_sum, covariance)
+    worst = int(lost.argmax())
+    if not float(lost[worst]) > _WARN_DIGITS_LOST:
+        return None
+    digits = "all" if math.isinf(float(lost[worst])) else f"{float(lost[worst]):.1f}"
+    return (
+        f"feature {worst} (mean {mean[worst].item():.3g}) lost {digits} of float64's {_FLOAT64_DIGITS:.2f} digits to "
+        "cancellation in the one-pass covariance (outer_sum - n mean mean^T) / (n - 1)"
+    )
+
+
 def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: Tensor) -> None:
     """Warn when a variance lost more than 8 of float64's 15.95 digits, naming the worst feature.
 
@@ -117,11 +152,6 @@ def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: 
         f"computed variance {covariance[worst, worst].item():.3g}; {affected} of {len(lost)} features lost more "
         f"than {_WARN_DIGITS_LOST:.0f} digits) in the one-pass covariance (outer_sum - n mean mean^T) / (n - 1)"
     )
-    remedy = (
-        "Subtract a fixed offset (e.g. the real features' approximate mean) from the features in the extractor, "
-        "for real and generated images alike: FID does not change, and the sums keep their digits. (A feature "
-        "that is constant over all samples, e.g. identical images, looks the same from the sums.)"
-    )
     if worst_lost > _NO_DIGIT_LEFT:
         lost_text = "all" if math.isinf(worst_lost) else f"{worst_lost:.1f}"
         consequence = (
@@ -133,7 +163,7 @@ def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: 
         consequence = f"the covariance keeps at most {_FLOAT64_DIGITS - worst_lost:.1f} correct digits, and FID fewer"
     warn_caller(
         f"Covariance cancellation: feature {worst} lost {lost_text} of float64's {_FLOAT64_DIGITS:.2f} significant "
-        f"digits {detail}; {consequence}. {remedy}"
+        f"digits {detail}; {consequence}. {CANCELLATION_REMEDY}"
     )
 
 
@@ -364,8 +394,15 @@ def _from_arrays(path: Path, arrays: dict[str, np.ndarray]) -> FeatureStats:
         tensors[key] = torch.from_numpy(np.asarray(array, dtype=np.float64))
         if not torch.isfinite(tensors[key]).all():
             raise ValueError(f"{path}: '{key}' holds NaN or infinite values.")
-    # Symmetrised once, here: the distance reads one triangle of one covariance and all of the other, so
-    # another tool's round-off asymmetry would otherwise make FID(a, b) differ from FID(b, a).
+    # Symmetric beyond round-off, or refused: a file holding one triangle is not a covariance. Then symmetrised
+    # once, here: the distance reads one triangle of one covariance and all of the other, so another tool's
+    # round-off asymmetry would otherwise make FID(a, b) differ from FID(b, a).
+    for key in ("sigma", "outer_sum", "sigma_s"):
+        if key in tensors:
+            try:
+                check_symmetric(tensors[key], f"'{key}'")
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}") from None
     mean, covariance = tensors["mu"], (tensors["sigma"] + tensors["sigma"].T) / 2
     metadata = {key: str(arrays[key][()]) for key in _METADATA if key in arrays}
     n = feature_sum = outer_sum = None

@@ -171,6 +171,7 @@ def test_raw_torch_distributed_two_processes(ddp) -> None:
     # The three data sets differ, so a wrong sync (double counting, a missing shard) cannot pass by accident.
     assert len({round(v, 12) for v in expected.values()}) == 3
 
+    config_fields = FrechetInceptionDistance(feature=ddp_features())._sync_fields()
     d_ = ddp_features().num_features
     packed_numel = 2 * (d_ + d_ * (d_ + 1) // 2 + 1)
 
@@ -193,11 +194,12 @@ def test_raw_torch_distributed_two_processes(ddp) -> None:
             assert got["fid"] == ranks[0][epoch]["fid"]
             assert got["fid_again"] == got["fid"]
             # Per compute() (the second call is served from the cache): the configuration check, one all_reduce
-            # of 2 x 10 int64 hashes (160 bytes), then one all_reduce of the packed float64 buffer; no gathers,
-            # no broadcasts.
+            # of 2 int64 hashes per field (12 fields: 192 bytes), then one all_reduce of the packed float64 buffer;
+            # no gathers, no broadcasts.
             names = [call["name"] for call in got["calls"]]
             assert names == ["all_reduce", "all_reduce"], (epoch, rank, got["calls"])
-            assert (got["calls"][0]["dtype"], got["calls"][0]["numel"]) == ("torch.int64", 20)
+            assert len(config_fields) == 12
+            assert (got["calls"][0]["dtype"], got["calls"][0]["numel"]) == ("torch.int64", 2 * len(config_fields))
             assert got["calls"][1]["dtype"] == "torch.float64"
             assert got["calls"][1]["numel"] == packed_numel == 1122
             assert got["calls"][1]["shape"] == [packed_numel]

@@ -9,6 +9,7 @@ import torch
 from helpers import SCRIPTS, TinyFeatures, kept_features_metric, smooth_images
 
 from fid_metric import FrechetInceptionDistance
+from fid_metric.exactly_once import SamplerQuota
 
 # Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
@@ -49,10 +50,13 @@ def test_quota_errors_and_coverage_warning() -> None:
     metric = FrechetInceptionDistance(TinyFeatures(), dataset_size=10)
     metric.update(smooth_images(8, 16, seed=0), real=True)
     before = metric.real_features_cov_sum.clone()
-    with pytest.raises(ValueError, match="at most 10 real images per epoch .* given 13"):
+    with pytest.raises(ValueError, match="gives rank 0 10 real images per epoch, but it has been given 13"):
         metric.update(smooth_images(5, 16, seed=1), real=True)
     assert torch.equal(metric.real_features_cov_sum, before)
-    metric.update(smooth_images(3, 16, seed=2), real=True)  # 11 = 10 + one padding repeat: the last is dropped
+    metric.update(smooth_images(2, 16, seed=2), real=True)
+    # One process: a sampler pads nothing, so an 11th image is a mistake, not a repeat to drop silently.
+    with pytest.raises(ValueError, match="given 11"):
+        metric.update(smooth_images(1, 16, seed=4), real=True)
     assert int(metric.real_features_num_samples) == 10
     metric.update(smooth_images(7, 16, seed=3), real=False)
     with pytest.warns(UserWarning, match="dataset_size=10, but 7 generated images were counted"):
@@ -64,3 +68,13 @@ def test_quota_errors_and_coverage_warning() -> None:
 def test_rejects_bad_dataset_size() -> None:
     with pytest.raises(ValueError, match="positive int"):
         FrechetInceptionDistance(TinyFeatures(), dataset_size=0)
+
+
+def test_a_rank_counts_its_quota_and_takes_exactly_its_padding_repeat() -> None:
+    """N = 5 over W = 2: a DistributedSampler deals each rank 3 positions; rank 0's are 0, 2, 4 (all counted),
+    rank 1's are 1, 3 and a repeat of 0 (dropped). A fourth image on either rank is an error."""
+    quota = SamplerQuota(5)
+    assert [quota.counted("real", 3, 2, rank) for rank in (0, 1)] == [3, 2]
+    for rank in (0, 1):
+        with pytest.raises(ValueError, match=f"gives rank {rank} 3 real images per epoch"):
+            quota.counted("real", 4, 2, rank)

@@ -99,22 +99,31 @@ def test_merge_state_appends_the_other_metrics_features() -> None:
     assert {k: float(v) for k, v in first.compute().items() if k != "fid"} == _expected()
 
 
-def test_sums_without_their_features_are_refused() -> None:
-    """A checkpoint holds the sums, not the features: the loaded metric must not compute precision or KID from
-    an empty or partial set."""
+def test_kept_real_features_survive_a_checkpoint_that_matches_its_counts() -> None:
+    """With reset_real_features=False the real features are part of the state dict, beside the real sums: a
+    resumed metric computes precision/recall and KID from them. A checkpoint whose rows and counts disagree is
+    refused before anything loads."""
     real, fake = _images()
     fed = feed(_metric(reset_real_features=False), real, fake)
+    state = fed.state_dict()
+    assert sum(len(rows) for rows in state["real_features"]) == N_REAL and "fake_features" not in state
     resumed = _metric(reset_real_features=False)
-    resumed.load_state_dict(fed.state_dict())
+    resumed.load_state_dict(state)
     feed(resumed, real[:0], fake)
-    with pytest.raises(RuntimeError, match="0 real features are kept but the statistics count 23 images"):
-        resumed.compute()
+    assert {k: float(v) for k, v in resumed.compute().items() if k != "fid"} == _expected()
+
+    state["real_features"] = [torch.cat(state["real_features"])[:-1]]
+    target = _metric(reset_real_features=False)
+    with pytest.raises(ValueError, match="22 real feature rows but counts 23 real images"):
+        target.load_state_dict(state)
+    assert target.real_features == [] and int(target.real_features_num_samples) == 0
 
 
 def test_features_on_cpu_stay_on_the_cpu() -> None:
     real, fake = _images()
     metric = feed(_metric(features_on_cpu=True), real, fake)
-    assert all(rows.device.type == "cpu" and rows.dtype == torch.float32 for rows in metric._local_kept().values())
+    kept = [*metric.real_features, *metric.fake_features]
+    assert all(rows.device.type == "cpu" and rows.dtype == torch.float32 for rows in kept)
     assert {k: float(v) for k, v in metric.compute().items() if k != "fid"} == _expected()
 
 
@@ -147,7 +156,7 @@ def _shard_worker(rank: int, world: int) -> dict:
             setattr(torch.distributed, name, original)
     values["collectives"] = calls
     # After compute() the states are this process's own again, the gathered features gone from the local lists.
-    values["local_real"] = len(metric._local_kept()["real"])
+    values["local_real"] = sum(len(rows) for rows in metric.real_features)
     return values
 
 
