@@ -14,8 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any, cast
 
 import torch
@@ -30,7 +28,7 @@ from fid_metric.kept_features import KeptFeatures
 from fid_metric.precision import PRECISIONS
 from fid_metric.preprocess import resolve_compat, to_uint8_rgb
 from fid_metric.reference import FixedReference
-from fid_metric.stats import CANCELLATION_REMEDY, FeatureStats, cancellation_note
+from fid_metric.stats import FeatureStats
 from fid_metric.warn import warn_caller
 
 
@@ -131,7 +129,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         equal after the first batch share their states, updating only one of them. This state makes two of our
         metrics' states equal only where sharing is right: where update() and reset() treat them alike.
         """
-        fingerprint = _fingerprint(self._update_configuration()).to(self._defaults[UPDATE_CONFIGURATION].device)
+        fingerprint = _fingerprint(self._update_configuration()).to(self._state_device)
         self._defaults[UPDATE_CONFIGURATION] = fingerprint
         setattr(self, UPDATE_CONFIGURATION, fingerprint.clone())
 
@@ -303,27 +301,6 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
                 "usually reported on 10k-50k) or a smaller `feature`."
             )
         self._quota.warn_if_not_covered(counts)
-
-    @contextmanager
-    def _cancellation_named(self) -> Iterator[None]:
-        """Re-raise "... is not a covariance" with its cause where that is cancellation in the metric's own sums
-        (features with a large mean against their spread), which the data's covariance cannot have."""
-        try:
-            yield
-        except ValueError as err:
-            if "is not a covariance" not in str(err):
-                raise
-            notes = [
-                f"{'real' if side == 'real' else 'generated'} {accumulator.name}: {note}"
-                for accumulator in self._accumulators
-                if isinstance(accumulator, GaussianSums)
-                for side in SIDES
-                if accumulator.sums(self, side)[0] >= 2
-                and (note := cancellation_note(*accumulator.sums(self, side))) is not None
-            ]
-            if not notes:
-                raise
-            raise ValueError(f"{err} Its cause is cancellation: {'; '.join(notes)}. {CANCELLATION_REMEDY}") from err
 
     def _real_side(self) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """Real mean ``(d,)``, covariance ``(d, d)`` and its factor, float64: the fixed reference's (factor cached

@@ -155,10 +155,6 @@ class InceptionMetrics(FeatureSumsMetric):
 
     def compute(self) -> dict[str, Tensor]:
         """The requested metrics over everything accumulated (all processes under DDP), 0-d float64 tensors."""
-        with self._cancellation_named():
-            return self._computed_metrics()
-
-    def _computed_metrics(self) -> dict[str, Tensor]:
         if not self.fid:
             scores = next(a for a in self._accumulators if isinstance(a, SplitScores))
             mean, std = scores.score(self)

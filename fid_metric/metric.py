@@ -107,5 +107,4 @@ class FrechetInceptionDistance(FeatureSumsMetric):
             RuntimeError: fewer than 2 real or 2 generated images.
         """
         self._check_counts()
-        with self._cancellation_named():
-            return self._fid(*self._real_side())
+        return self._fid(*self._real_side())

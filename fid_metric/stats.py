@@ -70,7 +70,11 @@ def mean_and_covariance(n: int | Tensor, feature_sum: Tensor, outer_sum: Tensor)
 
     The one-pass formula cancels digits when a feature's mean is large against its spread: about
     ``2 log10(|mean| / std)`` of float64's 15.95 (see :func:`_digits_lost`). Inception features (mean ~ std)
-    lose less than one; features with mean 1e8 and unit spread lose all of them.
+    lose less than one; features with mean 1e8 and unit spread lose all of them. A feature with no correct digit
+    left (more than 13.95 lost) has a variance indistinguishable from 0, and what the formula gives for its row
+    and column is round-off, which can make the matrix look indefinite: they are set to 0. For a feature that is
+    constant over the samples (identical images) that is exact; otherwise the warning says that FID has lost
+    its meaning.
 
     Warns:
         UserWarning: some feature lost more than 8 digits; the message names the worst one and says when no
@@ -86,7 +90,12 @@ def mean_and_covariance(n: int | Tensor, feature_sum: Tensor, outer_sum: Tensor)
     n = torch.as_tensor(n, dtype=torch.float64, device=feature_sum.device)
     mean = feature_sum.to(torch.float64) / n
     covariance = torch.outer(mean, mean).mul_(-n).add_(outer_sum).div_(n - 1)
-    _check_cancellation(n, mean, covariance, outer_sum)
+    lost = _digits_lost(n, outer_sum, covariance)
+    _check_cancellation(n, mean, covariance, outer_sum, lost)
+    no_digit = lost > _NO_DIGIT_LEFT
+    if bool(no_digit.any()):
+        covariance[no_digit, :] = 0
+        covariance[:, no_digit] = 0
     return mean, covariance
 
 
@@ -107,41 +116,20 @@ def _digits_lost(n: Tensor, outer_sum: Tensor, covariance: Tensor) -> Tensor:
     return torch.where(mean_square > 0, lost, 0.0)
 
 
-CANCELLATION_REMEDY = (
+_CANCELLATION_REMEDY = (
     "Subtract a fixed offset (e.g. the real features' approximate mean) from the features in the extractor, "
     "for real and generated images alike: FID does not change, and the sums keep their digits. (A feature "
     "that is constant over all samples, e.g. identical images, looks the same from the sums.)"
 )
 
 
-def cancellation_note(n: int, feature_sum: Tensor, outer_sum: Tensor) -> str | None:
-    """What cancellation cost the covariance of these sums, as a sentence, if more than 8 digits; else None.
-
-    For an error whose cause may be cancellation (a covariance computed from sums that is not positive
-    semi-definite): the worst feature, its mean and the digits lost.
-    """
-    count = torch.as_tensor(n, dtype=torch.float64, device=feature_sum.device)
-    mean = feature_sum.to(torch.float64) / count
-    covariance = (outer_sum - count * torch.outer(mean, mean)) / (count - 1)
-    lost = _digits_lost(count, outer_sum, covariance)
-    worst = int(lost.argmax())
-    if not float(lost[worst]) > _WARN_DIGITS_LOST:
-        return None
-    digits = "all" if math.isinf(float(lost[worst])) else f"{float(lost[worst]):.1f}"
-    return (
-        f"feature {worst} (mean {mean[worst].item():.3g}) lost {digits} of float64's {_FLOAT64_DIGITS:.2f} digits to "
-        "cancellation in the one-pass covariance (outer_sum - n mean mean^T) / (n - 1)"
-    )
-
-
-def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: Tensor) -> None:
+def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: Tensor, lost: Tensor) -> None:
     """Warn when a variance lost more than 8 of float64's 15.95 digits, naming the worst feature.
 
     A feature that is constant across all samples (e.g. every generated image the same) reads as lost too:
     its variance is 0, what the formula returns is round-off, and from the sums alone it cannot be told from
     a large mean with a small spread.
     """
-    lost = _digits_lost(n, outer_sum, covariance)
     largest = lost.max(0)
     worst_lost, worst = float(largest.values), int(largest.indices)
     if not worst_lost > _WARN_DIGITS_LOST:  # also false for NaN
@@ -163,7 +151,7 @@ def _check_cancellation(n: Tensor, mean: Tensor, covariance: Tensor, outer_sum: 
         consequence = f"the covariance keeps at most {_FLOAT64_DIGITS - worst_lost:.1f} correct digits, and FID fewer"
     warn_caller(
         f"Covariance cancellation: feature {worst} lost {lost_text} of float64's {_FLOAT64_DIGITS:.2f} significant "
-        f"digits {detail}; {consequence}. {CANCELLATION_REMEDY}"
+        f"digits {detail}; {consequence}. {_CANCELLATION_REMEDY}"
     )
 
 
