@@ -45,7 +45,7 @@ from fid_metric.inception import POOL_FEATURES
 from fid_metric.inception_metrics import InceptionMetrics
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.preprocess import COMPAT_MODES
-from fid_metric.processes import Processes, join_process_group, leave_process_group
+from fid_metric.processes import JOIN_TIMEOUT, Processes, join_process_group, leave_process_group
 from fid_metric.sample_batch import SampleBatch, holds_images
 from fid_metric.stats import FeatureStats, StatsMismatchError
 from fid_metric.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
@@ -74,7 +74,9 @@ examples:
 processes:
   Started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set), each process scores every
   WORLD_SIZE-th image of each side on cuda:LOCAL_RANK (or the CPU), the statistics are combined
-  once, and rank 0 prints; the numbers are those of one process.
+  once, and rank 0 prints; the numbers are those of one process. The launcher's variables are
+  checked first (0 <= RANK < WORLD_SIZE), and a process whose peers have not all started within
+  --join-timeout seconds stops with exit code 2.
 
 inputs:
   A folder is searched recursively for {", ".join(IMAGE_EXTENSIONS)} files (any case), following
@@ -86,7 +88,10 @@ inputs:
   reference batch. It must match --feature, --compat and the weights; when A and B are both
   statistics files, the FID comes from them alone and those options are not used. A .npz
   holding arr_0 and no mu is a sample batch (guided-diffusion, DiT, EDM): (N, H, W, 3) uint8
-  images, read --batch-size at a time; `{PROG} stats` takes one too.
+  images, read --batch-size at a time; `{PROG} stats` takes one too. An ADM reference batch holds
+  both: its stored mu/sigma (and mu_s/sigma_s) serve FID and sFID, as in ADM's evaluator, unless
+  --metrics asks for prc or kid, which need its images: then every number, FID included, comes
+  from its images, and stderr says so. --metrics is scores B's images (B must hold images).
 
 exit codes:
   0    success
@@ -96,8 +101,9 @@ exit codes:
        error (e.g. --batch-size above {MAX_BATCH_SIZE}, a --device that cannot run), a missing path, a
        path that is neither a folder nor a .npz file, a folder that cannot be listed or holds fewer
        than 2 images, an unreadable image (unless --skip-bad-images), a corrupt statistics file, one
-       made with another --feature, --compat or weights file, or an -o file that cannot be written;
-       an image whose pixel data is cut short is found only when it is decoded
+       made with another --feature, --compat or weights file, an -o file that cannot be written or
+       that is the input, launcher variables that do not fit together, or peers that did not start
+       within --join-timeout; an image whose pixel data is cut short is found only when it is decoded
   130  interrupted (Ctrl-C), reported as one line "{PROG}: interrupted"
 """
 
@@ -151,7 +157,7 @@ def _join_processes(args: argparse.Namespace) -> Processes:
     """The launcher's processes (one without torchrun); ``args.device`` becomes this process's device, and only
     rank 0 shows progress."""
     try:
-        processes = join_process_group(args.device)
+        processes = join_process_group(args.device, args.join_timeout)
     except ValueError as err:  # an incomplete launcher environment
         raise InputError(err) from err
     args.device = processes.device
@@ -195,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--skip-bad-images", action="store_true", help="leave out files that cannot be read, with a warning each"
     )
     common.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    common.add_argument(
+        "--join-timeout",
+        type=_seconds,
+        default=JOIN_TIMEOUT,
+        metavar="SECONDS",
+        help=f"under torchrun, how long each process waits for the others to start; default: {JOIN_TIMEOUT:g}",
+    )
 
     parser = _Parser(
         prog=PROG, description="Exact Fréchet Inception Distance.", epilog=EPILOG, formatter_class=formatter
@@ -255,6 +268,11 @@ def score_command(args: argparse.Namespace) -> None:
         reference = real if isinstance(real, FeatureStats) else None
         if needs_images and reference is not None:
             raise InputError(f"--metrics prc and kid need images on both sides; {real_arg} holds statistics only")
+        if "is" in args.metrics and swapped:
+            raise InputError(
+                f"--metrics is scores the images of B, and B ({args.b}) holds statistics; to score the images of "
+                f"{args.a}, pass it as B"
+            )
         if "kid" in args.metrics:
             smaller = min(
                 len(side.files) if isinstance(side, _Folder) else cast(SampleBatch, side).n for side in (a, b)
@@ -292,9 +310,13 @@ def _score_statistics(
         a.check_compatible(b, args.a, args.b)
     except StatsMismatchError as err:
         raise InputError(err) from err
+    try:
+        fid = float(frechet_distance(a.mean, a.covariance, b.mean, b.covariance))
+    except ValueError as err:  # e.g. a covariance that is not positive semi-definite: name the file, not the argument
+        message = str(err).replace("sigma1", f"the sigma of {args.a}").replace("sigma2", f"the sigma of {args.b}")
+        raise InputError(message) from err
     if args.processes.rank == 0:
         _print_counts(("A", args.a, a), ("B", args.b, b))
-    fid = float(frechet_distance(a.mean, a.covariance, b.mean, b.covariance))
     return {"fid": fid}, a.compat or b.compat or None, a.feature_dim, a.n, b.n
 
 
@@ -330,7 +352,8 @@ def stats_command(args: argparse.Namespace) -> None:
     """Write the statistics of the images in ``args.folder`` to ``args.output`` (``.npz``)."""
     output = Path(args.output)
     _check_writable(output)
-    _is_folder(args.folder)
+    if not _is_folder(args.folder) and output.exists() and output.samefile(args.folder):
+        raise InputError(f"the output file {output} is the input {args.folder}: writing it would destroy the input")
     images = _open_input(args.folder, args)
     if isinstance(images, FeatureStats):
         raise InputError(
@@ -385,6 +408,12 @@ def _open_input(text: str, args: argparse.Namespace, images: bool = False) -> _S
             batch = SampleBatch(text)
             if batch.n < 2:
                 raise InputError(f"{text} holds {batch.n} image(s) in arr_0; FID needs at least 2")
+            if not holds_images(text) and args.processes.rank == 0:  # an ADM reference batch: mu beside arr_0
+                print(
+                    f"{PROG}: note: {text} holds images and statistics (an ADM reference batch); --metrics prc/kid "
+                    "need its images, so every number, FID included, comes from them, not from its stored mu/sigma",
+                    file=sys.stderr,
+                )
             return batch
         return FeatureStats.load(text)
     except ValueError as err:
@@ -472,7 +501,12 @@ def _build_metric(
 ) -> _Metric:
     """The metric for ``args`` (``InceptionMetrics`` when ``--metrics`` asks for more than FID), with
     ``reference`` as its fixed real side when given."""
-    settings = {"feature_extractor_weights_path": weights_path, "compat": args.compat, "real_stats": reference}
+    settings = {
+        "feature_extractor_weights_path": weights_path,
+        "compat": args.compat,
+        "real_stats": reference,
+        "process_group": args.processes.group,
+    }
     metrics = args.metrics
     try:
         if metrics == ["fid"]:
@@ -605,6 +639,17 @@ def _device(text: str) -> torch.device:
     except Exception as err:  # each backend fails its own way: RuntimeError, NotImplementedError (meta), ...
         raise argparse.ArgumentTypeError(f"cannot use {text!r}: {_one_line(err).split('. ')[0]}") from err
     return device
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _existing_file(text: str) -> Path:

@@ -7,7 +7,9 @@ import json
 import os
 import re
 import runpy
+import socket
 import sys
+import time
 import tracemalloc
 import warnings
 import zipfile
@@ -16,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import relative, smooth_images
+from helpers import ForkedPython, relative, smooth_images
 from PIL import EpsImagePlugin, Image
 from pytorch_fid import inception as pfid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
@@ -546,3 +548,95 @@ def test_sample_batch_is_streamed_one_batch_at_a_time(tmp_path) -> None:
         short.writestr("arr_0.npy", stored.read("arr_0.npy")[:-3072])  # one image short
     with pytest.raises(ValueError, match="truncated or corrupt"):
         SampleBatch(tmp_path / "short.npz")
+
+
+def test_stats_refuses_to_overwrite_its_input_batch(images, tmp_path, capsys) -> None:
+    """`stats X.npz -o X.npz` replaced the sample batch by its statistics (also through a link), exit 0."""
+    batch = _sample_batch(tmp_path / "samples.npz", images[1])
+    before = batch.read_bytes()
+    (tmp_path / "link.npz").symlink_to(batch)
+    for output in (batch, tmp_path / "link.npz"):
+        code, _, err = _run(capsys, "stats", batch, "-o", output)
+        assert code == 2
+        _assert_one_line_error(err, "is the input", "would destroy the input")
+    assert batch.read_bytes() == before
+
+
+def test_inception_score_of_b_needs_images_in_b(folders, tmp_path, capsys) -> None:
+    """--metrics is printed A's score under "inception_score" when B was a statistics file."""
+    stats = FeatureStats.from_features(torch.randn(10, 64, dtype=torch.float64))
+    stats.save(tmp_path / "b.npz")
+    code, _, err = _run(capsys, "score", folders[0], tmp_path / "b.npz", "--metrics", "fid,is", "--feature", "64")
+    assert code == 2
+    _assert_one_line_error(err, "--metrics is scores the images of B", "pass it as B")
+
+
+@pytest.mark.parametrize("singular_first", [True, False])
+def test_a_broken_statistics_file_is_a_one_line_error_in_either_position(singular_first, tmp_path, capsys) -> None:
+    """A from fewer images than dimensions (singular sigma), B with a negative eigenvalue: FID printed 0.0 with
+    exit 0 in one order and a traceback in the other."""
+    mu = np.zeros(4)
+    np.savez(tmp_path / "singular.npz", mu=mu, sigma=np.diag([1.0, 0, 0, 0]))
+    np.savez(tmp_path / "broken.npz", mu=mu, sigma=np.diag([1.0, 1, 1, -5]))
+    a, b = ("singular.npz", "broken.npz") if singular_first else ("broken.npz", "singular.npz")
+    code, out, err = _run(capsys, "score", tmp_path / a, tmp_path / b)
+    assert code == 2 and out == ""
+    _assert_one_line_error(err, f"the sigma of {tmp_path / 'broken.npz'} is not a covariance", "eigenvalue -5")
+
+
+def test_identical_images_on_either_side_give_one_fid(folders, images, inception_weights, tmp_path, capsys) -> None:
+    """A folder of identical images (a zero covariance) on side A crashed ("min(): Expected reduction dim"); on
+    side B it gave the FID. Both orders now give the same number."""
+    blank = _write(tmp_path / "blank", [images[0][0]] * 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the constant features read as cancellation; harmless here
+        forward = _score(capsys, blank, folders[1], inception_weights, "--feature", "64")["fid"]
+        backward = _score(capsys, folders[1], blank, inception_weights, "--feature", "64")["fid"]
+    assert forward > 0 and relative(forward, backward) < 1e-9
+
+
+def test_an_adm_batch_read_for_its_images_says_so(folders, images, inception_weights, tmp_path, capsys) -> None:
+    mu, sigma = np.zeros(64), np.eye(64)
+    adm = _sample_batch(tmp_path / "adm.npz", images[1], mu=mu, sigma=sigma)
+    result = _run(
+        capsys, "score", folders[0], adm, "--metrics", "fid,prc", "--feature", "64", "--no-progress",
+        weights=inception_weights,
+    )  # fmt: skip
+    code, _, err = result
+    assert code == 0, err
+    assert "holds images and statistics (an ADM reference batch)" in err and "FID included, comes from them" in err
+
+
+@pytest.mark.parametrize(
+    ("launcher", "fragment"),
+    [
+        ({"WORLD_SIZE": "2", "RANK": "-1"}, "RANK='-1' is not an integer from 0 to 1"),
+        ({"WORLD_SIZE": "2", "RANK": "5"}, "RANK='5' is not an integer from 0 to 1"),
+        ({"WORLD_SIZE": "-1", "RANK": "0"}, "WORLD_SIZE='-1' is not an integer >= 1"),
+        ({"WORLD_SIZE": "two", "RANK": "0"}, "WORLD_SIZE='two'"),
+        ({"WORLD_SIZE": "1", "RANK": "3"}, "RANK='3' is not an integer from 0 to 0"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_PORT": "99999"}, "MASTER_PORT='99999'"),
+    ],
+)
+def test_inconsistent_launcher_variables_exit_2_at_once(launcher, fragment, monkeypatch, capsys) -> None:
+    """RANK=-1 hung for torch's 30 minutes, RANK=5 and WORLD_SIZE=-1 ended in a gloo traceback."""
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999", **launcher}.items():
+        monkeypatch.setenv(name, value)
+    code, _, err = _run(capsys, "score", "a", "b")
+    assert code == 2
+    _assert_one_line_error(err, fragment)
+
+
+@pytest.mark.slow
+def test_a_process_without_peers_stops_after_the_join_timeout() -> None:
+    """WORLD_SIZE=2 RANK=0 with no second process waited for torch's default 30 minutes; now --join-timeout (60 s by
+    default, 2 s here) bounds it: exit 2, one line, the time well under the join timeout plus the start."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
+    start = time.monotonic()
+    done = ForkedPython("-m", "fid_metric", "score", "a", "b", "--join-timeout", "2", RANK="0", **launcher).wait(60)
+    assert time.monotonic() - start < 30
+    assert done.returncode == 2, done.stderr
+    _assert_one_line_error(done.stderr, "could not join the others", "within 2 s")
