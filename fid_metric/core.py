@@ -192,7 +192,8 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         return tuple(dict.fromkeys(accumulator.output for accumulator in self._accumulators))
 
     def _outputs(self, imgs: Tensor) -> dict[str, Tensor]:
-        """Checked images -> the extractor's outputs, float32 on the metric's device."""
+        """Checked images -> the extractor's outputs on the metric's device: float32 from the Inception network, a
+        custom or shared module's in their own dtype."""
         if self._shared_network is not None:
             return {self._extractor.feature_output: self._shared_features(imgs)}
         return self._extractor.outputs(imgs, self._network_outputs, self.device, self.precision)
@@ -242,7 +243,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
                 f"The shared feature network must return (N, {self.num_features}) features for a batch of "
                 f"N = {imgs.shape[0]}, got {shape}."
             )
-        return features.to(self.device, torch.float32)
+        return features.to(self.device)  # in its own dtype: the accumulators take what holds it exactly
 
     def plot(self, val: Any = None, ax: Any = None) -> Any:
         """Plot a value of the metric, or a sequence of them, as torchmetrics' metrics do (needs matplotlib).

@@ -14,7 +14,8 @@ all sums, so that the one all_reduce combines them across processes:
   then evaluates 2 G + 1 Fréchet distances.
 
 Precision/Recall (``fid_metric.precision_recall``) and KID (``fid_metric.kid``) need the FID features themselves,
-so asking for them keeps those (``fid_metric.kept_features``: float32, gathered once per side at ``compute()``).
+so asking for them keeps those (``fid_metric.kept_features``: list states, float32 for the Inception network's
+features, gathered once per side at ``compute()``).
 """
 
 from __future__ import annotations
