@@ -57,8 +57,11 @@ class FrechetInceptionDistance(FeatureSumsMetric):
     Under DDP the six states are combined by one ``all_reduce`` of a single float64 buffer holding the
     sums, the upper triangles of the symmetric outer-product sums and the counts:
     ``2 * (d + d (d + 1) / 2 + 1) * 8`` bytes, 33.6 MB for d = 2048, whatever the number of images or
-    processes (torchmetrics all_gathers ``world_size * 67 MB``), after one of 160 bytes that checks every
-    process built the same metric. ``dist_sync_fn`` is not used.
+    processes (torchmetrics all_gathers ``world_size * 67 MB``), after one of 16 bytes per configuration field
+    that checks every process built the same metric. ``dist_sync_fn`` is not used. ``compute()`` is a
+    collective: every process must call it. A seventh state, ``update_configuration`` (a fingerprint of the
+    configuration, never synced or saved), keeps torchmetrics' ``MetricCollection`` from sharing states between
+    metrics that update them differently.
 
     With ``reset_real_features=False`` the real statistics are part of ``state_dict()``, so they survive a
     checkpoint and resume (the Inception weights never enter it). Under DDP, each ``compute()`` leaves the
