@@ -136,8 +136,8 @@ def check_covariance(sigma: Tensor, name: str) -> None:
     the largest diagonal entry). Only where it fails are the eigenvalues computed, to decide and to say by
     how much.
     """
-    shift = 1e-6 * sigma.diagonal().max().clamp_min(0)
-    shifted = sigma + shift * torch.eye(sigma.shape[0], dtype=sigma.dtype, device=sigma.device)
+    shifted = sigma.clone()
+    shifted.diagonal().add_(1e-6 * sigma.diagonal().max().clamp_min(0))
     if int(torch.linalg.cholesky_ex(shifted)[1]) != 0:
         _check_psd(torch.linalg.eigvalsh(sigma), name)
 

@@ -1,9 +1,12 @@
 """The private torchmetrics members fid_metric relies on, each checked where it can change.
 
-fid_metric overrides ``Metric._sync_dist`` (one all_reduce instead of an all_gather per state) and
-``Metric._apply`` (float64 states under ``module.to(torch.bfloat16)``), reads ``_defaults`` (the states and
-their templates), ``_persistent`` (which states ``state_dict`` writes), ``_cache`` (the local states that
-``unsync()`` restores), ``_is_synced`` and ``_computed``, and calls ``_plot`` (the figure behind ``plot()``).
+fid_metric overrides ``Metric._sync_dist`` (one all_reduce instead of an all_gather per state),
+``Metric._apply`` (float64 states under ``module.to(torch.bfloat16)``) and ``Metric._copy_state_dict`` (what
+``sync()`` caches for ``unsync()``), reads ``_defaults`` (the states and their templates), ``_reductions``
+(None: a state that describes the metric), ``_persistent`` (which states ``state_dict`` writes), ``_cache``
+(the local states that ``unsync()`` restores), ``_is_synced`` (True while ``unsync()`` restores the states:
+not a change of them) and ``_computed``, and calls ``_plot`` (the figure behind ``plot()``). It also relies on
+``MetricCollection`` sharing states only between metrics whose states compare equal.
 torchmetrics does not promise these, so ``pyproject.toml`` bounds it below 2 and each is checked here: a
 torchmetrics release that changes one fails this module, not a user's FID.
 """
@@ -79,3 +82,67 @@ def test_plot_draws_through_underscore_plot() -> None:
     assert list(inspect.signature(Metric._plot).parameters)[1:] == ["val", "ax"]
     figure, axis = metric._plot(torch.tensor(1.5), None)
     assert figure is axis.figure
+
+
+class _Rows(_Sum):
+    """_Sum plus a list state and a state without a reduction; records ``_is_synced`` at every state assignment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("rows", [], "cat")
+        self.add_state("tag", torch.zeros(2), dist_reduce_fx=None)
+        self.assigned: list[tuple[str, bool]] = []
+
+    def __setattr__(self, name: str, value: object) -> None:
+        super().__setattr__(name, value)
+        if name in self.__dict__.get("_defaults", ()):
+            self.__dict__.setdefault("assigned", []).append((name, self._is_synced))
+
+    def _copy_state_dict(self) -> dict:
+        self.assigned.append(("_copy_state_dict", self._is_synced))
+        return super()._copy_state_dict()
+
+
+def test_reductions_and_list_states_on_reset() -> None:
+    metric = _Rows()
+    assert metric._reductions["tag"] is None and metric._reductions["total"] is not None
+    rows = metric.rows
+    rows.append(torch.ones(2, 3))
+    metric.reset()
+    assert metric.rows is rows and rows == []  # reset() clears a list state in place: keep a copy to restore
+
+
+def test_sync_caches_through_copy_state_dict_and_unsync_assigns_while_synced() -> None:
+    """fid_metric's state-change hook counts assignments made while ``_is_synced`` is False (a sync's global
+    states) and ignores those made while it is True (unsync restoring the local ones)."""
+    metric = _Rows()
+    metric.update(torch.ones(3, dtype=torch.float64))
+    metric.assigned.clear()
+    metric.sync(distributed_available=lambda: True)
+    assert metric.assigned == [("_copy_state_dict", False), ("total", False)]
+    metric.assigned.clear()
+    metric.unsync()
+    assert metric.assigned and all(synced for _, synced in metric.assigned)
+
+
+def test_compute_caches_after_unsync() -> None:
+    """The compute wrapper stores ``_computed`` after ``unsync()``: assignments during unsync cannot drop it."""
+    metric = _Rows()
+    metric.update(torch.ones(3, dtype=torch.float64))
+    metric.distributed_available_fn = lambda: True
+    value = metric.compute()
+    assert metric._computed is not None and torch.equal(metric._computed, value)
+
+
+def test_metric_collection_shares_states_only_between_metrics_whose_states_are_equal() -> None:
+    from torchmetrics import MetricCollection
+
+    first, second = _Rows(), _Rows()
+    second.tag = torch.ones(2)
+    second._defaults["tag"] = torch.ones(2)
+    collection = MetricCollection({"a": first, "b": second})
+    collection.update(torch.ones(3, dtype=torch.float64))
+    assert collection.compute_groups == {0: ["a"], 1: ["b"]}
+    same = MetricCollection({"a": _Rows(), "b": _Rows()})
+    same.update(torch.ones(3, dtype=torch.float64))
+    assert same.compute_groups == {0: ["a", "b"]}
