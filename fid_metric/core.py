@@ -236,7 +236,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         uint8 RGB (the very tensor, so that FeatureShare's cache recognises it), else as uint8 RGB."""
         assert self._shared_network is not None
         plain = self._extractor.is_custom or (imgs.dtype == torch.uint8 and imgs.shape[1] == 3)
-        features = self._shared_network(imgs if plain else to_uint8_rgb(imgs))
+        features = self._shared_network(imgs if plain else to_uint8_rgb(imgs, self.compat))
         if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
             shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
             raise ValueError(

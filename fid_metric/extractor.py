@@ -137,7 +137,7 @@ class Extractor:
         layout = network_memory_format(device, precision)
         network = self.on(device, layout)
         with network_math(device, "exact"):
-            x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True)), self.compat)
+            x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True), self.compat), self.compat)
         with network_math(device, precision):
             return network(x.contiguous(memory_format=layout), names)
 

@@ -21,14 +21,16 @@ class FrechetInceptionDistance(FeatureSumsMetric):
             (as in torchmetrics); ``compat`` and the image checks apply to the Inception network only.
         reset_real_features: if False, ``reset()`` keeps the real statistics, so the real images are fed once.
         normalize: False: images are uint8 in [0, 255]. True: floats in [0, 1], rounded to uint8 as
-            ``floor(255 x + 0.5)`` (``torchvision.utils.save_image``'s rounding).
+            ``floor(255 x + 0.5)`` (``torchvision.utils.save_image``'s rounding); with
+            ``compat="torchmetrics"`` truncated as torchmetrics does, ``(x * 255).byte()``.
         input_img_size: ``(C, H, W)`` of the dummy image used to find a custom module's feature dimension
             when it has no ``num_features`` attribute.
         feature_extractor_weights_path: a local ``pt_inception-2015-12-05`` weights file. Default: the
             ``FID_METRIC_WEIGHTS`` environment variable, else torch hub's cache, else a verified download.
         antialias: torchmetrics' flag: True is ``compat="torchmetrics"``, False is ``compat="tensorflow"``.
         compat: ``"tensorflow"`` (default; the original TF definition as torch-fidelity reproduces it),
-            ``"pytorch-fid"`` or ``"torchmetrics"``; see ``fid_metric.preprocess``.
+            ``"pytorch-fid"``, ``"torchmetrics"`` or ``"clean-fid"`` (clean-fid's default ``mode="clean"``); see
+            ``fid_metric.preprocess``.
         real_stats: fixed reference statistics for the real side: a ``FeatureStats`` or a file that
             ``FeatureStats.load`` reads (ours, pytorch-fid, clean-fid, ADM). ``update(..., real=True)`` is
             then an error, and the reference's matrix factor is computed once and reused by every

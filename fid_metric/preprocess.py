@@ -13,7 +13,15 @@ compat          resize to 299x299                            network input      
                 False, no antialias, on x / 255
 "torchmetrics"  ``F.interpolate`` bilinear, align_corners=      ``(x - 128) / 128``   torchmetrics >= 1.8
                 False, antialias=True, on 0..255 floats                            default (antialias=True)
+"clean-fid"     PIL ``Image.resize(BICUBIC)`` of each channel  ``(x - 128) / 128``   clean-fid's default
+                in float mode ``F`` (antialiased), clipped to                      ``mode="clean"``
+                [0, 255] (``resize_pil_bicubic``)
 =============== ============================================ ===================== =======================
+
+All four feed the same network (the TensorFlow FID graph's weights). clean-fid's other modes are two of these:
+its ``legacy_pytorch`` is "pytorch-fid" (``F.interpolate`` bilinear on 0..255 floats, then ``x / 255`` into
+pytorch-fid's network: the same arithmetic but for float32 round-off), and its ``legacy_tensorflow`` resizes
+inside NVIDIA's TorchScript network to reproduce TensorFlow's, which is what "tensorflow" reproduces.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-COMPAT_MODES = ("tensorflow", "pytorch-fid", "torchmetrics")
+COMPAT_MODES = ("tensorflow", "pytorch-fid", "torchmetrics", "clean-fid")
 INCEPTION_SIZE = 299
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -101,15 +109,19 @@ def check_images(imgs: object, normalize: bool) -> None:
         )
 
 
-def to_uint8_rgb(imgs: Tensor) -> Tensor:
+def to_uint8_rgb(imgs: Tensor, compat: str = "tensorflow") -> Tensor:
     """Checked images ``(N, 1|3, H, W)`` -> ``(N, 3, H, W)`` uint8.
 
     Floats in [0, 1] are rounded as ``floor(255 * x + 0.5)``, exactly what ``torchvision.utils.save_image``
-    does before writing a PNG, so the metric sees the 8-bit image a file-based evaluation would read
-    (torchmetrics truncates with ``(x * 255).byte()`` instead, which darkens every image by half a level).
-    Grey images are repeated to RGB, as PIL's ``convert("RGB")`` does in pytorch-fid and clean-fid.
+    does before writing a PNG, so the metric sees the 8-bit image a file-based evaluation would read. With
+    ``compat="torchmetrics"`` they are truncated as torchmetrics' ``normalize=True`` does, ``(x * 255).byte()``
+    in the input's own dtype (which darkens every image by half a level on average): that mode exists to give
+    torchmetrics' number. Grey images are repeated to RGB, as PIL's ``convert("RGB")`` does in pytorch-fid and
+    clean-fid.
     """
-    if imgs.dtype != torch.uint8:
+    if imgs.dtype != torch.uint8 and compat == "torchmetrics":
+        imgs = (imgs * 255).byte()
+    elif imgs.dtype != torch.uint8:
         imgs = imgs.float().mul(255).add_(0.5).floor_().to(torch.uint8)
     if imgs.shape[1] == 1:
         imgs = imgs.expand(-1, 3, -1, -1)
@@ -144,6 +156,30 @@ def resize_tf1_bilinear(x: Tensor, size: int) -> Tensor:
     return top + (rows.index_select(2, y_hi) - top) * dy.view(-1, 1)
 
 
+def resize_pil_bicubic(x: Tensor, size: int) -> Tensor:
+    """Pillow's ``Image.resize((size, size), Image.BICUBIC)`` of each channel of ``(N, C, H, W)`` floats, as an
+    image of mode ``F``; returns ``(N, C, size, size)`` float32.
+
+    What clean-fid's ``make_resizer("PIL", quantize_after=False, "bicubic", (299, 299))`` does per channel.
+    Pillow's ``ImagingResample`` is separable: a horizontal pass, then a vertical one (each skipped when that
+    side keeps its size), each an antialiased convolution with the bicubic kernel of a = -0.5 whose support
+    grows with the downscaling factor, weights normalised over the pixels inside the image, computed and
+    accumulated in double and stored as float32 between and after the passes. ``F.interpolate(mode="bicubic",
+    antialias=True)`` is that same convolution (a port of Pillow's); it runs here in float64 (float32 on Apple's
+    MPS, which has no float64) with the float32 rounding after each pass. Held to Pillow through clean-fid's
+    own resizer in tests/test_preprocess.py.
+    """
+    compute = torch.float32 if x.device.type == "mps" else torch.float64
+    y = x.to(compute)
+    height, width = x.shape[-2:]
+    if width != size:
+        y = F.interpolate(y, size=(height, size), mode="bicubic", align_corners=False, antialias=True)
+        y = y.float().to(compute)
+    if height != size:
+        y = F.interpolate(y, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+    return y.float()
+
+
 def inception_input(imgs: Tensor, compat: str) -> Tensor:
     """``(N, 3, H, W)`` uint8 -> ``(N, 3, 299, 299)`` float32 network input, as the ``compat`` reference makes it."""
     x = imgs.float()
@@ -158,5 +194,9 @@ def inception_input(imgs: Tensor, compat: str) -> Tensor:
         x = F.interpolate(
             x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False, antialias=True
         )
+        return x.sub_(128).div_(128)
+    if compat == "clean-fid":
+        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):  # Pillow returns a copy at the same size
+            x = resize_pil_bicubic(x, INCEPTION_SIZE).clamp_(0, 255)
         return x.sub_(128).div_(128)
     raise ValueError(f"`compat` must be one of {COMPAT_MODES}, got {compat!r}.")

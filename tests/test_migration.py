@@ -74,6 +74,55 @@ def test_inception_attribute_is_the_network_torchmetrics_users_call(inception_fi
     assert FrechetInceptionDistance(module).inception is module
 
 
+def _torchmetrics_on_our_network(inception_fid, weights, *images: torch.Tensor) -> TorchmetricsFID:
+    """torchmetrics' FID with ``normalize=True``, its ``inception`` replaced by our 64-d network in the torchmetrics
+    compat mode (uint8 images -> features), fed ``images`` (real, generated): only its own step before the
+    network, ``(x * 255).byte()``, differs from running our metric."""
+    theirs = TorchmetricsFID(64, normalize=True, antialias=True, feature_extractor_weights_path=str(weights))
+    theirs.inception = inception_fid(64, compat="torchmetrics").inception
+    return feed(theirs, *images)
+
+
+@pytest.mark.parametrize(
+    ("size", "dtype"), [(32, torch.float32), (32, torch.float64), (32, torch.float16), (299, torch.float32)]
+)
+def test_float_input_in_torchmetrics_mode_is_truncated_as_torchmetrics_does(
+    size, dtype, inception_fid, inception_weights
+) -> None:
+    """normalize=True: torchmetrics feeds ``(x * 255).byte()`` (truncation, in the input's dtype) to its network;
+    compat='torchmetrics' does the same, so torchmetrics' float64 sums, on our network, equal ours to the bit.
+    The other modes round, as a saved PNG would: there the images, hence the sums, differ."""
+    real, fake = ((imgs.to(dtype) + 0.7) / 255.7 for imgs in _migration_images(size))
+    ours = feed(inception_fid(64, compat="torchmetrics", normalize=True), real, fake)
+    theirs = _torchmetrics_on_our_network(inception_fid, inception_weights, real, fake)
+    for name in ("real_features_sum", "real_features_cov_sum", "fake_features_sum", "fake_features_cov_sum"):
+        assert torch.equal(getattr(ours, name), getattr(theirs, name)), name
+    if size == 32 and dtype == torch.float32:
+        rounded = feed(inception_fid(64, compat="torchmetrics"), *(_to_uint8(x) for x in (real, fake)))
+        assert not torch.equal(rounded.fake_features_sum, theirs.fake_features_sum)
+
+
+def test_torchmetrics_mode_fid_of_float_input_equals_torchmetrics(inception_fid, inception_weights) -> None:
+    """The FID itself, full rank (70 + 66 images at 64-d, where torchmetrics' eigvals of S1 S2 is accurate):
+    within 1e-6 of torchmetrics' float32 result."""
+    real, fake = (
+        (imgs.float() + 0.7) / 255.7 for imgs in (smooth_images(70, 32, seed=33), smooth_images(66, 32, seed=34))
+    )
+    ours = feed(inception_fid(64, compat="torchmetrics", normalize=True), real, fake, batch=35).compute()
+    reference = _torchmetrics_on_our_network(inception_fid, inception_weights, real, fake).compute()
+    assert reference > 1e-3, "degenerate features: the test would prove nothing"
+    assert relative(ours, reference) <= 1e-6
+
+
+def _to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """``floor(255 x + 0.5)``: what torchvision's save_image writes to a PNG."""
+    return (x.double() * 255 + 0.5).floor().to(torch.uint8)
+
+
+def _migration_images(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return smooth_images(6, size, seed=31), smooth_images(5, size, seed=32)
+
+
 @pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save all extracted features")
 def test_feature_share_runs_one_network_pass_for_our_fid_and_torchmetrics_metrics(inception_fid, monkeypatch) -> None:
     """torchmetrics' FeatureShare of our FID, torchmetrics' KID and torchmetrics' FID: one forward pass of our

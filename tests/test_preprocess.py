@@ -1,4 +1,5 @@
-"""Preprocessing against its references: torch-fidelity's TF1 resize, save_image's rounding, PIL's grey->RGB."""
+"""Preprocessing against its references: torch-fidelity's TF1 resize, clean-fid's resizers, save_image's rounding,
+PIL's grey->RGB."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from helpers import BAD_INPUTS, smooth_images
+from cleanfid.resize import build_resizer
 from PIL import Image
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
@@ -29,6 +31,33 @@ def test_tensorflow_input_equals_torch_fidelity_pipeline() -> None:
     resized = interpolate_bilinear_2d_like_tensorflow1x(imgs.float(), size=(299, 299), align_corners=False)
     reference = (resized - 128) / 128
     assert torch.allclose(inception_input(imgs, "tensorflow"), reference, rtol=0, atol=1e-6)
+
+
+def _clean_fid_resized(imgs: torch.Tensor, mode: str) -> torch.Tensor:
+    """clean-fid's own resizer of ``mode`` on each ``(3, H, W)`` uint8 image as its dataset hands it (HWC uint8
+    numpy): ``(N, 3, 299, 299)`` float32 in [0, 255]."""
+    resize = build_resizer(mode)
+    return torch.stack([torch.from_numpy(resize(img.permute(1, 2, 0).numpy())).permute(2, 0, 1) for img in imgs])
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (48, 64), (299, 299), (320, 400), (600, 300), (17, 1000)])
+def test_clean_fid_input_equals_clean_fids_pil_resize(shape: tuple[int, int]) -> None:
+    """compat='clean-fid': up-, down-, one-sided and non-square resizes equal clean-fid's PIL float-mode bicubic
+    to two float32 ulps of the 0..255 values (2 * 2^-16 / 128 = 2.4e-7 after (x - 128) / 128; measured: 0 at
+    most sizes)."""
+    imgs = smooth_images(3, shape, seed=sum(shape))
+    ours = inception_input(imgs, "clean-fid")
+    assert ours.shape == (3, 3, 299, 299) and ours.dtype == torch.float32
+    theirs = (_clean_fid_resized(imgs, "clean") - 128) / 128  # clean-fid's TorchScript network's first step
+    assert (ours - theirs).abs().max() <= 2 * 2.0**-16 / 128
+
+
+def test_clean_fid_legacy_pytorch_is_the_pytorch_fid_mode() -> None:
+    """clean-fid's legacy_pytorch resizes 0..255 floats bilinearly and divides by 255 in the network; our
+    pytorch-fid mode divides first: the same network input but for float32 round-off (measured below 4e-7)."""
+    imgs = smooth_images(3, (48, 64), seed=7)
+    theirs = 2 * (_clean_fid_resized(imgs, "legacy_pytorch") / 255) - 1  # pytorch-fid's network: 2 (x / 255) - 1
+    assert (inception_input(imgs, "pytorch-fid") - theirs).abs().max() < 1e-6
 
 
 def test_save_image_png_round_trip_equals_rounding(tmp_path) -> None:
@@ -63,8 +92,9 @@ def test_resolve_compat_maps_torchmetrics_antialias() -> None:
     assert resolve_compat("pytorch-fid", None) == "pytorch-fid"
     with pytest.raises(ValueError, match="contradicts"):
         resolve_compat("pytorch-fid", True)
+    assert resolve_compat("clean-fid", None) == "clean-fid"
     with pytest.raises(ValueError, match="must be one of"):
-        resolve_compat("clean-fid", None)
+        resolve_compat("cleanfid", None)
 
 
 @pytest.mark.parametrize(("imgs", "normalize", "error", "message"), BAD_INPUTS)
