@@ -334,7 +334,7 @@ def bench_compute(weights: Path, d: int, repeats: int, device: torch.device) -> 
     fixed = FrechetInceptionDistance(
         d,
         feature_extractor_weights_path=weights,
-        real_stats=FeatureStats.from_sums(int(sums[0][0]), *sums[0][1:]),
+        real_stats=FeatureStats.from_sums(int(sums[0][0]), *sums[0][1:], compat="tensorflow"),
         compute_with_cache=False,
     )
     theirs = TorchmetricsFID(d, feature_extractor_weights_path=str(weights), compute_with_cache=False)

@@ -146,7 +146,7 @@ class StatesAcrossBoundaries(Metric):
             setattr(self, name, value)
         # A checkpoint holds the global real states (see _sync_dist); each process loads it, so only rank 0 may
         # keep them or the next all_reduce would count them world_size times.
-        if self._real_states[0] in loaded and self._world_and_rank()[1] != 0:
+        if self._real_states and self._real_states[0] in loaded and self._world_and_rank()[1] != 0:
             for name in self._real_states:
                 setattr(self, name, _empty_like(getattr(self, name)))
 

@@ -165,9 +165,10 @@ def load_states(
     """Pop ``metric``'s states (and its configuration record) from a state dict being loaded, check them all, and
     return checked copies to assign; nothing of the metric changes here.
 
-    The persistent states are one unit. A state dict with none of them reports them in ``missing_keys``, as torch
-    does for parameters (an error under ``strict=True``); one with some but not all is refused with
-    ``ValueError`` whatever ``strict`` says, since a part of the sums gives a wrong FID. A record of another
+    Each side's states (``real_*``; ``fake_*`` with the Inception Score's and FID-infinity's) are one unit: a
+    state dict with some but not all of a side's is refused with ``ValueError`` whatever ``strict`` says, since
+    a part of the sums gives a wrong FID. Persistent states of a side it does not hold at all are reported in
+    ``missing_keys``, as torch does for parameters (an error under ``strict=True``). A record of another
     ``identity()`` is refused with ``StatsMismatchError`` (a state dict without one, as written by fid_metric
     0.1, is checked by its shapes). The states are popped so that torchmetrics' own loader, which would keep the
     caller's tensors, never sees them.
@@ -179,16 +180,25 @@ def load_states(
     if _pop_torchmetrics_network(state_dict, prefix, what) and record is None:
         _check_torchmetrics_compatible(metric.identity(), what)
     names = _data_states(metric)
+    for name in metric._defaults:  # states that describe the metric (update_configuration) are its own
+        if name not in names:
+            state_dict.pop(prefix + name, None)
     incoming = {name: state_dict.pop(prefix + name) for name in names if prefix + name in state_dict}
-    missing = [name for name in names if metric._persistent[name] and name not in incoming]
-    if missing and not incoming:  # torch passes strict=True to modules and drops these itself under strict=False
-        missing_keys.extend(prefix + name for name in missing)
-    elif missing:
+    sides = {_side(name) for name in incoming}
+    partial = [name for name in names if _side(name) in sides and name not in incoming]
+    if partial:
         raise ValueError(
-            f"{what} holds {sorted(incoming)} but not {missing}: loading part of the statistics would give a "
-            "wrong FID, so nothing was loaded."
+            f"{what} holds {sorted(incoming)} but not {partial}: a side's statistics load whole or not at all (a "
+            "part of them gives a wrong FID), so nothing was loaded."
         )
+    # torch passes strict=True to modules and drops these itself under strict=False
+    missing_keys.extend(prefix + name for name in names if metric._persistent[name] and name not in incoming)
     return _checked(metric, incoming, what)
+
+
+def _side(name: str) -> str:
+    """The side a state belongs to: ``real_*`` the real images', every other the generated images'."""
+    return "real" if name.startswith("real_") else "fake"
 
 
 def _data_states(metric: FeatureSumsMetricLike) -> list[str]:
@@ -263,6 +273,8 @@ def merged_states(metric: FeatureSumsMetricLike, incoming: object) -> dict[str, 
     """
     if isinstance(incoming, dict):
         states = incoming
+        if EXTRA_STATE_KEY in incoming:  # a state_dict(): its configuration record
+            check_same_identity(metric.identity(), incoming[EXTRA_STATE_KEY], "merge_state's dict")
     else:
         if type(incoming) is not type(metric):
             raise StatsMismatchError(
@@ -278,5 +290,8 @@ def merged_states(metric: FeatureSumsMetricLike, incoming: object) -> dict[str, 
     names = _data_states(metric)
     missing = [name for name in names if name not in states]
     if missing:
-        raise ValueError(f"merge_state's dict lacks the states {missing}.")
+        raise ValueError(
+            f"merge_state's input lacks the states {missing} that this metric keeps: it comes from a metric built "
+            "otherwise (e.g. without precision_recall or kid), whose statistics cannot complete this one's."
+        )
     return _checked(metric, {name: states[name] for name in names}, "merge_state's input")

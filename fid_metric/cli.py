@@ -41,10 +41,10 @@ from fid_metric.image_folder import (
     list_images,
     same_size_batches,
 )
-from fid_metric.inception import POOL_FEATURES
+from fid_metric.inception import INCEPTION_ID, POOL_FEATURES
 from fid_metric.inception_metrics import InceptionMetrics
 from fid_metric.metric import FrechetInceptionDistance
-from fid_metric.preprocess import COMPAT_MODES
+from fid_metric.preprocess import COMPAT_MODES, REPRODUCES
 from fid_metric.processes import JOIN_TIMEOUT, Processes, join_process_group, leave_process_group
 from fid_metric.sample_batch import SampleBatch, holds_images
 from fid_metric.stats import FeatureStats, StatsMismatchError
@@ -86,7 +86,11 @@ inputs:
   processed, and the number of images of each side is printed on stderr. A .npz file holds
   statistics: written by `{PROG} stats`, by pytorch-fid --save-stats, by clean-fid, or an ADM
   reference batch. It must match --feature, --compat and the weights; when A and B are both
-  statistics files, the FID comes from them alone and those options are not used. A .npz
+  statistics files, the FID comes from them alone. Ours record their definition of FID, an ADM
+  reference batch is TensorFlow's, and clean-fid's files say theirs in their name
+  (<name>_clean_<split>_<res>.npz: clean-fid; _legacy_tensorflow_: tensorflow); for any other
+  (pytorch-fid --save-stats) --compat says what it holds, and without it the run stops. The
+  definition used is printed on stderr (in --json: "compat", "extractor"). A .npz
   holding arr_0 and no mu is a sample batch (guided-diffusion, DiT, EDM): (N, H, W, 3) uint8
   images, read --batch-size at a time; `{PROG} stats` takes one too. An ADM reference batch holds
   both: its stored mu/sigma (and mu_s/sigma_s) serve FID and sFID, as in ADM's evaluator, unless
@@ -141,6 +145,8 @@ def _run(argv: Sequence[str] | None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # argparse: --help (0) or a usage error (2), already reported
         return exit_.code if isinstance(exit_.code, int) else 2
+    args.compat_stated = args.compat is not None  # a statement about unrecorded statistics files too
+    args.compat = args.compat or "tensorflow"
     try:
         args.processes = _join_processes(args)
         args.command(args)
@@ -180,7 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--feature", type=int, choices=POOL_FEATURES, default=2048, help="Inception feature layer; default: 2048"
     )
     common.add_argument(
-        "--compat", choices=COMPAT_MODES, default="tensorflow", help="preprocessing to reproduce; default: tensorflow"
+        "--compat",
+        choices=COMPAT_MODES,
+        default=None,
+        help="the definition of FID to reproduce (its preprocessing); also what a statistics file that does not "
+        "record its own holds; default: tensorflow",
     )
     common.add_argument("--weights", type=_existing_file, metavar="PATH", help="pt_inception-2015-12-05 weights")
     common.add_argument("--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=50, metavar="N", help="default: 50")
@@ -289,12 +299,16 @@ def score_command(args: argparse.Namespace) -> None:
         values, compat, feature_dim = _computed(metric), metric.compat, metric.num_features
     if args.processes.rank != 0:
         return
+    extractor = f"{INCEPTION_ID}/{feature_dim}"
     if args.json:
         found_a, found_b = (_found(side) for side in (a, b))
         counts = {"n_a": n_a, "n_b": n_b, "found_a": found_a, "found_b": found_b}
-        about = {"compat": compat, "feature_dim": feature_dim, "processes": args.processes.world}
+        about = {"compat": compat, "extractor": extractor, "feature_dim": feature_dim}
+        about["processes"] = args.processes.world
         print(json.dumps({**values, **counts, **about, "seconds": round(time.perf_counter() - start, 3)}))
-    elif args.metrics == ["fid"]:
+        return
+    print(f"{PROG}: definition: compat={compat} ({REPRODUCES[compat]}), {extractor}", file=sys.stderr)
+    if args.metrics == ["fid"]:
         print(values["fid"])
     else:
         print(_table(values, args.metrics))
@@ -302,7 +316,7 @@ def score_command(args: argparse.Namespace) -> None:
 
 def _score_statistics(
     args: argparse.Namespace, a: FeatureStats, b: FeatureStats
-) -> tuple[dict[str, float], str | None, int, int | None, int | None]:
+) -> tuple[dict[str, float], str, int, int | None, int | None]:
     """FID from two statistics files alone: values, compat, feature dimension and both counts."""
     if args.metrics != ["fid"]:
         raise InputError(f"--metrics {','.join(args.metrics)} needs images; {args.a} and {args.b} are statistics")
@@ -317,7 +331,7 @@ def _score_statistics(
         raise InputError(message) from err
     if args.processes.rank == 0:
         _print_counts(("A", args.a, a), ("B", args.b, b))
-    return {"fid": fid}, a.compat or b.compat or None, a.feature_dim, a.n, b.n
+    return {"fid": fid}, a.compat, a.feature_dim, a.n, b.n
 
 
 def _computed(metric: _Metric) -> dict[str, float]:
@@ -415,9 +429,15 @@ def _open_input(text: str, args: argparse.Namespace, images: bool = False) -> _S
                     file=sys.stderr,
                 )
             return batch
-        return FeatureStats.load(text)
+        stats = FeatureStats.load(text, compat=args.compat if args.compat_stated else None)
     except ValueError as err:
         raise InputError(err) from err
+    if not stats.compat:
+        raise InputError(
+            f"{text} does not record which definition of FID it holds (pytorch-fid --save-stats files and bare "
+            "mu/sigma files do not): say it with --compat, e.g. --compat pytorch-fid for a pytorch-fid file"
+        )
+    return stats
 
 
 def _open_folder(text: str, args: argparse.Namespace) -> _Folder:

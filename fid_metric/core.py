@@ -28,7 +28,7 @@ from fid_metric.kept_features import KeptFeatures
 from fid_metric.precision import PRECISIONS
 from fid_metric.preprocess import resolve_compat, to_uint8_rgb
 from fid_metric.reference import FixedReference
-from fid_metric.stats import FeatureStats
+from fid_metric.stats import FeatureStats, StatsMismatchError
 from fid_metric.warn import warn_caller
 
 
@@ -87,6 +87,8 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             stats = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
             ours = {"feature_dim": self.num_features, **self._extractor.metadata(with_hash=bool(stats.weights_sha256))}
             stats.check_compatible(ours, "real_stats", "this metric")
+            if not self._extractor.is_custom and not stats.compat:
+                raise StatsMismatchError(_UNKNOWN_DEFINITION.format(what=_described(real_stats), compat=self.compat))
             self._reference = FixedReference(stats)
         self._shared_network: nn.Module | None = None
         self._derived: dict[str, Any] = {}  # results derived from the states; _state_changed() empties it
@@ -129,7 +131,10 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         equal after the first batch share their states, updating only one of them. This state makes two of our
         metrics' states equal only where sharing is right: where update() and reset() treat them alike.
         """
-        fingerprint = _fingerprint(self._update_configuration()).to(self._state_device)
+        fields = self._update_configuration()
+        if self._extractor.is_custom:  # a custom module is known by class and width only: two instances differ
+            fields["extractor_instance"] = str(id(self._extractor.module))
+        fingerprint = _fingerprint(fields).to(self._state_device)
         self._defaults[UPDATE_CONFIGURATION] = fingerprint
         setattr(self, UPDATE_CONFIGURATION, fingerprint.clone())
 
@@ -278,6 +283,10 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         """
         if self._is_synced:
             raise RuntimeError("The metric is synced; call `unsync()` before `forward`.")
+        # MetricCollection calls forward on every member of a compute group, whose states are then one set of
+        # tensors: each member adds to copies of its own (as torchmetrics' forward does), so the batch counts once.
+        for name, value in self.metric_state.items():
+            setattr(self, name, list(value) if isinstance(value, list) else value.clone())
         self.update(imgs, real)
 
     def _check_counts(self) -> None:
@@ -348,6 +357,9 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
     def reset(self) -> None:
         """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
         kept = {} if self.reset_real_features else {name: _copy(getattr(self, name)) for name in self._real_states}
+        for name, default in self._defaults.items():
+            if isinstance(default, list):  # Metric.reset clears lists in place: a list another metric shares
+                setattr(self, name, [])
         super().reset()
         for name, value in kept.items():
             setattr(self, name, value)
@@ -392,6 +404,19 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
 
 
 UPDATE_CONFIGURATION = "update_configuration"
+
+_UNKNOWN_DEFINITION = (
+    "real_stats {what} does not record which definition of FID made it, and this metric is compat={compat!r}: "
+    "statistics of another definition would give another number without a word. Say which it holds: "
+    "FeatureStats.load(path, compat=...) with 'pytorch-fid' for pytorch-fid --save-stats files, 'clean-fid' or "
+    "'tensorflow' for clean-fid's mode='clean' or 'legacy_tensorflow' files (named so, they say it themselves), "
+    "or the compat= of FeatureStats.from_features / from_sums for statistics made in code; then pass that "
+    "FeatureStats as real_stats."
+)
+
+
+def _described(real_stats: object) -> str:
+    return "(a FeatureStats)" if isinstance(real_stats, FeatureStats) else f"({real_stats})"
 
 
 def _fingerprint(fields: dict[str, str]) -> Tensor:

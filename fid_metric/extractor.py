@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from fid_metric import weights
-from fid_metric.inception import POOL_FEATURES, FIDInceptionV3, fold_batch_norm
+from fid_metric.inception import INCEPTION_ID, POOL_FEATURES, FIDInceptionV3, fold_batch_norm
 from fid_metric.precision import network_math, network_memory_format
 from fid_metric.preprocess import ImageInputError, check_images, inception_input, to_uint8_rgb
 
@@ -74,7 +74,7 @@ class Extractor:
             )
         path = weights.resolve(weights_path)
         network = _load_inception(path)
-        return cls(network, feature, str(feature), f"inception-2015-12-05/{feature}", compat, path, torch.channels_last)
+        return cls(network, feature, str(feature), f"{INCEPTION_ID}/{feature}", compat, path, torch.channels_last)
 
     @classmethod
     def custom(cls, module: nn.Module, normalize: bool, input_img_size: tuple[int, int, int]) -> Extractor:

@@ -56,6 +56,7 @@ from torchvision.models.inception import (
 
 OUTPUTS = ("64", "192", "spatial", "768", "2048", "logits_unbiased", "logits")
 POOL_FEATURES = (64, 192, 768, 2048)  # the FID feature layers: average-pooled outputs of these widths
+INCEPTION_ID = "inception-2015-12-05"  # the network's name in statistics files and checkpoints
 FEATURE_DIMS = {
     "64": 64,
     "192": 192,

@@ -31,6 +31,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 COMPAT_MODES = ("tensorflow", "pytorch-fid", "torchmetrics", "clean-fid")
+# What each mode's number equals, for printed results.
+REPRODUCES = {
+    "tensorflow": "TensorFlow FID (TTUR; torch-fidelity, ADM, StyleGAN)",
+    "pytorch-fid": "pytorch-fid",
+    "torchmetrics": "torchmetrics' default (antialias=True)",
+    "clean-fid": "clean-fid's mode='clean'",
+}
 INCEPTION_SIZE = 299
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -14,14 +14,24 @@ named here are read, each one's header checked before its data):
 * ADM (guided-diffusion evaluator) reference batches: ``mu``, ``sigma`` and the sFID statistics
   ``mu_s``, ``sigma_s``, kept in ``extra`` (their ``arr_0`` of images is never read).
 
+Every ``FeatureStats`` says which definition of FID made it (``compat``, ``extractor``, ``weights_sha256``),
+where that can be known. Our files record it. Of the others, the format says it for two: an ADM reference
+batch is TensorFlow's FID (``compat="tensorflow"``, the 2048-d Inception pool), and a clean-fid statistics
+file named as clean-fid names them (``<name>_<mode>_<split>_<res>.npz``) says its mode: ``clean`` is
+``"clean-fid"``, ``legacy_tensorflow`` ``"tensorflow"``, ``legacy_pytorch`` ``"pytorch-fid"``. A pytorch-fid
+file, or any bare ``mu``/``sigma``, does not: the caller says what it holds (``load(path, compat=...)``), and
+a metric refuses statistics of an unknown definition.
+
 :meth:`FeatureStats.save` writes atomically (:func:`fid_metric.atomic_file.atomic_write`): a reader, a
 crash or a concurrent writer never leaves a partial file under the target name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +42,9 @@ from torch import Tensor
 from fid_metric._version import __version__
 from fid_metric.atomic_file import atomic_write
 from fid_metric.distance import check_symmetric
+from fid_metric.inception import INCEPTION_ID, POOL_FEATURES
 from fid_metric.npz import ArrayHeader, NpzArchive
+from fid_metric.preprocess import COMPAT_MODES
 from fid_metric.warn import warn_caller
 
 FORMAT = "fid_metric.stats/1"
@@ -296,13 +308,20 @@ class FeatureStats:
         atomic_write(path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]  # numpy's stub
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> FeatureStats:
+    def load(cls, path: str | os.PathLike, compat: str | None = None) -> FeatureStats:
         """Read our ``.npz``, a pytorch-fid / clean-fid ``.npz`` or an ADM reference batch.
 
         Reads only the arrays the module docstring names, each after its header (shape, dtype) was checked
         against the others and against :data:`MAX_FEATURE_DIM`.
 
+        Args:
+            path: the file.
+            compat: which definition of FID the file holds, for a file that does not record it (a pytorch-fid
+                ``--save-stats`` file: ``"pytorch-fid"``); for one that does, or whose format says it, it must
+                agree. Statistics of a compat mode are of the FID Inception network's pool features.
+
         Raises:
+            StatsMismatchError: ``compat`` contradicts what the file records or its format says.
             ValueError: naming the file and the field: the file is missing, not an ``.npz``, truncated or
                 corrupt; an array is not plain numbers (text, for the metadata), does not fit the others'
                 shapes, is too large, or holds NaN or infinite values; or, in our files, ``mu`` is not
@@ -314,7 +333,36 @@ class FeatureStats:
             headers = {key: archive.header(key) for key in _KEYS if key in archive.keys}
             _check_headers(path, headers, archive.keys)
             arrays = {key: archive.read(key, header) for key, header in headers.items()}
-        return _from_arrays(path, arrays)
+            adm = "arr_0" in archive.keys or "mu_s" in headers  # ADM's reference batches: images and statistics
+        return _with_definition(path, _from_arrays(path, arrays), compat, adm)
+
+
+# clean-fid's get_reference_statistics names its files f"{name}_{mode}{model_modifier}_{split}_{res}.npz", lower case
+_CLEAN_FID_NAME = re.compile(r"_(clean|legacy_tensorflow|legacy_pytorch)(_clip_vit_b_32)?_[a-z0-9]+_([0-9]+|na)\.npz$")
+_CLEAN_FID_MODES = {"clean": "clean-fid", "legacy_tensorflow": "tensorflow", "legacy_pytorch": "pytorch-fid"}
+
+
+def _with_definition(path: Path, stats: FeatureStats, stated: str | None, adm: bool) -> FeatureStats:
+    """``stats`` with the definition the file records, its format says, or the caller states; all must agree."""
+    if stated is not None and stated not in COMPAT_MODES:
+        raise ValueError(f"`compat` must be one of {COMPAT_MODES}, got {stated!r}.")
+    known, source = stats.compat, "records"
+    if not known and adm:
+        known, source = "tensorflow", "is an ADM reference batch, which holds"
+    match = _CLEAN_FID_NAME.search(path.name.lower())
+    if not known and match and not match.group(2):
+        known = _CLEAN_FID_MODES[match.group(1)]
+        source = f"is named as clean-fid's mode={match.group(1)!r} files, which hold"
+    if known and stated is not None and stated != known:
+        raise StatsMismatchError(
+            f"{path} {source} compat={known!r} statistics, not the compat={stated!r} the caller states."
+        )
+    compat = known or stated or ""
+    if not compat or stats.compat:
+        return stats
+    # a compat mode is a pipeline into the FID Inception network, so the features are one of its pool layers
+    extractor = stats.extractor or (f"{INCEPTION_ID}/{stats.feature_dim}" if stats.feature_dim in POOL_FEATURES else "")
+    return dataclasses.replace(stats, compat=compat, extractor=extractor)
 
 
 def _metadata_of(stats: FeatureStats) -> dict[str, str]:

@@ -95,7 +95,8 @@ def test_json_output_and_stats_files_give_the_same_fid(folders, inception_weight
     code, out, err = _run(capsys, "score", a, b, "--json", "--feature", "64", weights=inception_weights)
     assert code == 0, err
     direct = json.loads(out)
-    assert set(direct) == {"fid", "n_a", "n_b", "found_a", "found_b", "compat", "feature_dim", "processes", "seconds"}
+    keys = {"fid", "n_a", "n_b", "found_a", "found_b", "compat", "extractor", "feature_dim", "processes", "seconds"}
+    assert set(direct) == keys
     assert direct["processes"] == 1
     assert (direct["n_a"], direct["n_b"], direct["compat"], direct["feature_dim"]) == (N_A, N_B, "tensorflow", 64)
     assert direct["fid"] > 1e-3 and direct["seconds"] >= 0
@@ -124,19 +125,27 @@ def test_json_output_and_stats_files_give_the_same_fid(folders, inception_weight
 
 
 def test_mean_and_covariance_only_file_has_no_count(tmp_path, capsys) -> None:
-    """A pytorch-fid style file (mu, sigma) works as either side; its count is null; plain output is the FID."""
+    """A pytorch-fid style file (mu, sigma) works as either side once --compat says what it holds; its count is
+    null; plain output is the FID, the definition on stderr."""
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(30, 8, generator=g, dtype=torch.float64), torch.randn(40, 8, generator=g, dtype=torch.float64)
-    stats_x, stats_y = FeatureStats.from_features(x), FeatureStats.from_features(y + 0.5)
+    stats_x, stats_y = FeatureStats.from_features(x), FeatureStats.from_features(y + 0.5, compat="pytorch-fid")
     np.savez(tmp_path / "x.npz", mu=stats_x.mean.numpy(), sigma=stats_x.covariance.numpy())
     stats_y.save(tmp_path / "y.npz")
     expected = float(frechet_distance(stats_x.mean, stats_x.covariance, stats_y.mean, stats_y.covariance))
-    code, out, _ = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz", "--json")
+    code, out, err = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz")
+    assert code == 2 and out == ""
+    _assert_one_line_error(err, "x.npz does not record which definition of FID it holds", "--compat")
+    code, out, _ = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz", "--json", "--compat", "pytorch-fid")
     result = json.loads(out)
-    assert code == 0 and (result["n_a"], result["n_b"], result["compat"]) == (None, 40, None)
+    assert code == 0 and (result["n_a"], result["n_b"], result["compat"]) == (None, 40, "pytorch-fid")
     assert relative(result["fid"], expected) <= 1e-12
-    code, out, _ = _run(capsys, "score", tmp_path / "y.npz", tmp_path / "x.npz")
+    code, out, err = _run(capsys, "score", tmp_path / "y.npz", tmp_path / "x.npz", "--compat", "pytorch-fid")
     assert code == 0 and relative(float(out), expected) <= 1e-12
+    assert "fid-metric: definition: compat=pytorch-fid (pytorch-fid)" in err
+    code, _, err = _run(capsys, "score", tmp_path / "y.npz", tmp_path / "x.npz", "--compat", "tensorflow")
+    assert code == 2  # y.npz records pytorch-fid: a contradicting statement is refused
+    _assert_one_line_error(err, "records compat='pytorch-fid' statistics, not the compat='tensorflow'")
 
 
 def test_bad_image_fails_or_is_skipped(images, folders, inception_weights, tmp_path, capsys) -> None:
@@ -191,8 +200,8 @@ def _bad_inputs(root: Path, weights: Path) -> dict[str, tuple[list[object], str]
     tm64 = FeatureStats.from_features(torch.randn(5, 64, dtype=torch.float64), compat="torchmetrics")
     tm64.save(root / "tm64.npz")
     (root / "weights.pth").write_bytes(b"not a state dict")
-    FeatureStats.from_features(torch.randn(5, 8, dtype=torch.float64)).save(root / "a.npz")
-    FeatureStats.from_features(torch.randn(5, 4, dtype=torch.float64)).save(root / "a4.npz")
+    FeatureStats.from_features(torch.randn(5, 8, dtype=torch.float64), compat="tensorflow").save(root / "a.npz")
+    FeatureStats.from_features(torch.randn(5, 4, dtype=torch.float64), compat="tensorflow").save(root / "a4.npz")
     w = ["--weights", weights, "--device", "cpu", "--workers", "0"]
     return {
         "missing path": (["score", root / "nope", good], "nope does not exist"),
@@ -372,7 +381,7 @@ def test_stats_file_side_is_counted(tmp_path, capsys) -> None:
     """A statistics file's side prints its count, or says it has none."""
     FeatureStats.from_features(torch.randn(5, 4, dtype=torch.float64)).save(tmp_path / "x.npz")
     np.savez(tmp_path / "y.npz", mu=np.zeros(4), sigma=np.eye(4))
-    code, out, err = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz", "--json")
+    code, out, err = _run(capsys, "score", tmp_path / "x.npz", tmp_path / "y.npz", "--json", "--compat", "tensorflow")
     assert code == 0, err
     assert (json.loads(out)["found_a"], json.loads(out)["found_b"]) == (None, None)
     assert err.splitlines() == [
@@ -564,7 +573,7 @@ def test_stats_refuses_to_overwrite_its_input_batch(images, tmp_path, capsys) ->
 
 def test_inception_score_of_b_needs_images_in_b(folders, tmp_path, capsys) -> None:
     """--metrics is printed A's score under "inception_score" when B was a statistics file."""
-    stats = FeatureStats.from_features(torch.randn(10, 64, dtype=torch.float64))
+    stats = FeatureStats.from_features(torch.randn(10, 64, dtype=torch.float64), compat="tensorflow")
     stats.save(tmp_path / "b.npz")
     code, _, err = _run(capsys, "score", folders[0], tmp_path / "b.npz", "--metrics", "fid,is", "--feature", "64")
     assert code == 2
@@ -579,7 +588,7 @@ def test_a_broken_statistics_file_is_a_one_line_error_in_either_position(singula
     np.savez(tmp_path / "singular.npz", mu=mu, sigma=np.diag([1.0, 0, 0, 0]))
     np.savez(tmp_path / "broken.npz", mu=mu, sigma=np.diag([1.0, 1, 1, -5]))
     a, b = ("singular.npz", "broken.npz") if singular_first else ("broken.npz", "singular.npz")
-    code, out, err = _run(capsys, "score", tmp_path / a, tmp_path / b)
+    code, out, err = _run(capsys, "score", tmp_path / a, tmp_path / b, "--compat", "tensorflow")
     assert code == 2 and out == ""
     _assert_one_line_error(err, f"the sigma of {tmp_path / 'broken.npz'} is not a covariance", "eigenvalue -5")
 

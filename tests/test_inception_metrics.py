@@ -113,8 +113,9 @@ def test_sfid_with_an_adm_style_reference(images, suite, suite_values, inception
     for key in ("fid", "sfid"):
         assert abs(got[key] - expected[key]) <= 1e-9 * expected[key], key
     np.savez(tmp_path / "no_s.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    no_s = FeatureStats.load(tmp_path / "no_s.npz", compat="tensorflow")
     with pytest.raises(ValueError, match="mu_s"):
-        InceptionMetrics(feature_extractor_weights_path=inception_weights, real_stats=tmp_path / "no_s.npz")
+        InceptionMetrics(feature_extractor_weights_path=inception_weights, real_stats=no_s)
 
 
 @pytest.mark.filterwarnings("ignore:The ``compute`` method of metric")  # the sums are set directly, not by update
@@ -126,7 +127,9 @@ def test_fid_infinity_recovers_the_closed_form(inception_weights) -> None:
     E tr sqrt(sigma_hat) = d - E tr(E^2) / 8 = d - d (d + 1) / (8 N), so the trace term adds d (d + 1) / (4 N).
     """
     d, n, groups = 64, 20000, 10
-    reference = FeatureStats(torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64))
+    reference = FeatureStats(
+        torch.zeros(d, dtype=torch.float64), torch.eye(d, dtype=torch.float64), compat="tensorflow"
+    )
     metric = InceptionMetrics(
         sfid=False,
         inception_score=False,

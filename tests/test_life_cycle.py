@@ -333,3 +333,90 @@ def _only_rank0_computes(rank: int, world: int) -> dict:
 def test_compute_on_one_process_only_fails_saying_it_is_a_collective(ddp) -> None:
     message = ddp.run(_only_rank0_computes)[0]["message"]
     assert "The metric's sync failed" in message and "every process of the group must call it" in message, message
+
+
+# --- found by an adversarial pass over the above -----------------------------------------------------------------
+
+
+def test_forward_of_a_metric_collection_counts_each_image_once() -> None:
+    """MetricCollection calls forward on every member of a compute group (here two FIDs on one network, which may
+    share states): each member adds to its own copies, so the batch counts once, not once per member."""
+    network = TinyFeatures()
+    real, fake = _sets(16)
+    collection = MetricCollection({"a": FrechetInceptionDistance(network), "b": FrechetInceptionDistance(network)})
+    collection.update(real, real=True)
+    assert collection.compute_groups == {0: ["a", "b"]}
+    collection.update(fake[:10], real=False)
+    collection(fake[10:], real=False)
+    alone = feed(FrechetInceptionDistance(TinyFeatures()), real, fake).compute()
+    for name, value in collection.compute().items():
+        assert int(collection[name].fake_features_num_samples) == 20
+        assert relative(value, alone) < 1e-12, name
+
+
+def test_two_instances_of_one_custom_class_do_not_share_states() -> None:
+    """Custom modules are known by class and width; two instances (other weights) are never one compute group,
+    even when the first batch is empty and their states are equal."""
+    real, fake = _sets(17)
+    first, second = TinyFeatures(seed=0), TinyFeatures(seed=1)
+    collection = MetricCollection({"a": FrechetInceptionDistance(first), "b": FrechetInceptionDistance(second)})
+    collection.update(real[:0], real=True)
+    feed(collection, real, fake)
+    assert collection.compute_groups == {0: ["a"], 1: ["b"]}
+    assert float(collection.compute()["b"]) == float(feed(FrechetInceptionDistance(second), real, fake).compute())
+
+
+def test_a_side_loads_whole_or_not_at_all() -> None:
+    """A count without its sums (or sums without their count), into a metric that saves nothing, loaded with
+    strict=True and changed FID without a word."""
+    real, fake = _sets(18)
+    source = feed(FrechetInceptionDistance(TinyFeatures()), real, fake)
+    target = feed(FrechetInceptionDistance(TinyFeatures()), real, fake)
+    before = float(target.compute())
+    for keys in (["fake_features_num_samples"], ["fake_features_sum", "fake_features_cov_sum"]):
+        for strict in (True, False):
+            with pytest.raises(ValueError, match="a side's statistics load whole or not at all"):
+                target.load_state_dict({key: getattr(source, key) for key in keys}, strict=strict)
+    assert float(target.compute()) == before
+
+
+def test_kept_features_must_come_with_the_real_sums_they_belong_to() -> None:
+    """A FID checkpoint (real sums, no features) into a metric that keeps features: refused, instead of FID from
+    the checkpoint and precision/KID from the features held before."""
+    (real_a, fake), (real_b, _) = _sets(19), _sets(20)
+    checkpoint = feed(FrechetInceptionDistance(TinyFeatures(), reset_real_features=False), real_b, fake[:0])
+    target = feed(kept_features_metric(reset_real_features=False), real_a, fake)
+    with pytest.raises(ValueError, match=r"but not \['real_features'\]"):
+        target.load_state_dict(checkpoint.state_dict())
+
+
+def test_a_states_dict_never_sets_the_update_configuration() -> None:
+    real, fake = _sets(21)
+    source = feed(FrechetInceptionDistance(TinyFeatures(), normalize=False), real, fake)
+    target = FrechetInceptionDistance(TinyFeatures(), reset_real_features=False)
+    own = target.update_configuration.clone()
+    target.load_state_dict(source.metric_state, strict=False)
+    assert torch.equal(target.update_configuration, own)
+
+
+def test_resetting_one_member_of_a_compute_group_leaves_the_others_features() -> None:
+    network = TinyFeatures()
+    real, fake = _sets(22)
+    settings = {"sfid": False, "inception_score": False, "precision_recall": True, "kid": True, "kid_subset_size": 10}
+    first, second = (InceptionMetrics(feature=network, **settings) for _ in range(2))
+    collection = MetricCollection({"a": first, "b": second})
+    feed(collection, real, fake)
+    assert collection.compute_groups == {0: ["a", "b"]}
+    first.reset()
+    assert sum(len(rows) for rows in second.real_features) == 20
+
+
+def test_an_inception_score_metric_loads_its_own_state_dict(inception_weights) -> None:
+    """No real side: loading crashed with an IndexError (also a Lightning resume of a module holding one)."""
+    metric = InceptionScore(splits=1, feature_extractor_weights_path=inception_weights)
+    metric.persistent(True)
+    metric.update(smooth_images(3, 32, seed=23))
+    copy = InceptionScore(splits=1, feature_extractor_weights_path=inception_weights)
+    copy.persistent(True)
+    copy.load_state_dict(metric.state_dict())
+    assert tuple(copy.compute()) == tuple(metric.compute())

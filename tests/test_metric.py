@@ -392,7 +392,7 @@ def test_real_stats_are_copied(inception_weights) -> None:
     """Changing the caller's FeatureStats after building the metric does not change its FID."""
     g = torch.Generator().manual_seed(0)
     features = torch.randn(200, 64, generator=g, dtype=torch.float64)
-    reference = FeatureStats.from_features(features)
+    reference = FeatureStats.from_features(features, compat="tensorflow")
     metric = FrechetInceptionDistance(
         64, feature_extractor_weights_path=inception_weights, real_stats=reference, compute_with_cache=False
     )

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from helpers import BAD_INPUTS, smooth_images
 from cleanfid.resize import build_resizer
+from helpers import BAD_INPUTS, smooth_images
 from PIL import Image
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 

@@ -9,6 +9,7 @@ import threading
 import time
 import tracemalloc
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -197,8 +198,14 @@ def test_pytorch_fid_save_stats_file_is_a_reference(
     in_memory = inception_fid(64, compat="pytorch-fid")
     in_memory.update(real, real=True)
     in_memory.update(fake, real=False)
+    with pytest.raises(StatsMismatchError, match="does not record which definition of FID made it"):
+        FrechetInceptionDistance(
+            64, feature_extractor_weights_path=inception_weights, compat="pytorch-fid", real_stats=tmp_path / "pfid.npz"
+        )
+    stated = FeatureStats.load(tmp_path / "pfid.npz", compat="pytorch-fid")  # the caller says what the file holds
+    assert (stated.compat, stated.extractor) == ("pytorch-fid", "inception-2015-12-05/64")
     from_file = FrechetInceptionDistance(
-        64, feature_extractor_weights_path=inception_weights, compat="pytorch-fid", real_stats=tmp_path / "pfid.npz"
+        64, feature_extractor_weights_path=inception_weights, compat="pytorch-fid", real_stats=stated
     )
     from_file.update(fake, real=False)
     expected = in_memory.compute()
@@ -500,3 +507,68 @@ def test_cancellation_beyond_float64_warns_that_no_digit_is_left() -> None:
         mean_and_covariance(2000, total, outer)
     with pytest.warns(UserWarning, match=r"feature \d+ .*no correct digit left"):
         FeatureStats.from_features(x)
+
+
+# --- which definition of FID statistics hold ----------------------------------------------------------------------
+
+
+def _bare(path, d: int = 64) -> Path:
+    """A file of mu and sigma only, as pytorch-fid's --save-stats and clean-fid write them."""
+    np.savez(path, mu=np.zeros(d), sigma=np.eye(d))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "compat"),
+    [
+        ("cifar10_clean_train_32.npz", "clean-fid"),
+        ("FFHQ_legacy_tensorflow_trainval_1024.npz", "tensorflow"),
+        ("lsun_church_legacy_pytorch_train_256.npz", "pytorch-fid"),
+        ("cifar10_clean_clip_vit_b_32_train_32.npz", ""),  # CLIP features: no compat mode applies
+        ("pfid.npz", ""),
+    ],
+)
+def test_a_clean_fid_file_name_says_its_definition(tmp_path, name: str, compat: str) -> None:
+    stats = FeatureStats.load(_bare(tmp_path / name))
+    assert stats.compat == compat
+    assert stats.extractor == ("inception-2015-12-05/64" if compat else "")
+
+
+def test_an_adm_reference_batch_is_tensorflows(tmp_path) -> None:
+    path = tmp_path / "VIRTUAL_imagenet64_labeled.npz"
+    np.savez(path, arr_0=np.zeros((2, 8, 8, 3), np.uint8), mu=np.zeros(2048), sigma=np.eye(2048))
+    stats = FeatureStats.load(path)
+    assert (stats.compat, stats.extractor) == ("tensorflow", "inception-2015-12-05/2048")
+    with pytest.raises(StatsMismatchError, match="is an ADM reference batch, which holds compat='tensorflow'"):
+        FeatureStats.load(path, compat="pytorch-fid")
+
+
+def test_a_stated_definition_must_agree_with_the_recorded_one(tmp_path) -> None:
+    FeatureStats.from_features(torch.randn(8, 4, dtype=torch.float64), compat="torchmetrics").save(tmp_path / "a.npz")
+    assert FeatureStats.load(tmp_path / "a.npz", compat="torchmetrics").compat == "torchmetrics"
+    with pytest.raises(
+        StatsMismatchError, match="records compat='torchmetrics' statistics, not the compat='clean-fid'"
+    ):
+        FeatureStats.load(tmp_path / "a.npz", compat="clean-fid")
+    with pytest.raises(StatsMismatchError, match="named as clean-fid's mode='clean' files"):
+        FeatureStats.load(_bare(tmp_path / "cifar10_clean_train_32.npz"), compat="tensorflow")
+    with pytest.raises(ValueError, match="`compat` must be one of"):
+        FeatureStats.load(tmp_path / "a.npz", compat="clean")
+
+
+def test_a_metric_refuses_statistics_of_another_or_an_unknown_definition(tmp_path, inception_weights) -> None:
+    """A clean-fid 'clean' file in a compat='tensorflow' metric, and a bare file in any Inception metric, were used
+    without a word; a custom extractor, to which no compat mode applies, takes a bare file."""
+    clean = _bare(tmp_path / "cifar10_clean_train_32.npz")
+    with pytest.raises(StatsMismatchError, match="compat is 'clean-fid' in real_stats but 'tensorflow' in this metric"):
+        FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights, real_stats=clean)
+    metric = FrechetInceptionDistance(
+        64, compat="clean-fid", feature_extractor_weights_path=inception_weights, real_stats=clean
+    )
+    assert metric._reference is not None
+    with pytest.raises(StatsMismatchError, match=r"\(.*pfid\.npz\) does not record which definition of FID made it"):
+        FrechetInceptionDistance(
+            64, feature_extractor_weights_path=inception_weights, real_stats=_bare(tmp_path / "pfid.npz")
+        )
+    custom = FrechetInceptionDistance(TinyFeatures(), real_stats=_bare(tmp_path / "custom.npz", d=12))
+    assert custom._reference is not None
