@@ -61,6 +61,7 @@ _TABLE_ROWS = [
     ("kid", "KID", "kid"),
 ]
 METRICS = tuple(dict.fromkeys(name for name, _, _ in _TABLE_ROWS))  # --metrics names: fid, sfid, is, prc, kid
+_KID_SUBSET_SIZE = 1000  # torch-fidelity's and clean-fid's default
 # 65,536 images of 3 x 299 x 299 float32 are 70 GB of network input: a larger batch is a typo.
 MAX_BATCH_SIZE = 65536
 
@@ -240,9 +241,17 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--kid-subset-size",
         type=_int_in(2),
-        default=1000,
+        default=None,
         metavar="N",
-        help="KID images per side per subset; default: 1000",
+        help="KID images per side per subset; default: 1000, or the smaller side's image count when that is "
+        "smaller (as clean-fid does; a note says so)",
+    )
+    score.add_argument(
+        "--kid-seed",
+        type=_int_in(0),
+        default=2020,
+        metavar="N",
+        help="seed of KID's subsets (torch-fidelity's); default: 2020",
     )
     score.add_argument(
         "--json",
@@ -287,6 +296,14 @@ def score_command(args: argparse.Namespace) -> None:
             smaller = min(
                 len(side.files) if isinstance(side, _Folder) else cast(SampleBatch, side).n for side in (a, b)
             )
+            if args.kid_subset_size is None:
+                args.kid_subset_size = min(_KID_SUBSET_SIZE, smaller)
+                if args.kid_subset_size < _KID_SUBSET_SIZE and args.processes.rank == 0:
+                    print(
+                        f"{PROG}: note: KID subsets of {args.kid_subset_size} images (the smaller side), not "
+                        f"{_KID_SUBSET_SIZE}; torch-fidelity would stop, clean-fid does the same",
+                        file=sys.stderr,
+                    )
             if args.kid_subset_size > smaller:
                 raise InputError(f"--kid-subset-size {args.kid_subset_size} is larger than a side ({smaller} images)")
         metric = _build_metric(args, _weights(args), reference, real_arg)
@@ -540,6 +557,7 @@ def _build_metric(
                 kid="kid" in metrics,
                 kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size,
+                kid_seed=args.kid_seed,
                 **settings,
             )
     except StatsMismatchError as err:

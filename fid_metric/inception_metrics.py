@@ -60,8 +60,10 @@ class InceptionMetrics(FeatureSumsMetric):
             features, with ``prc_neighborhood`` = k nearest neighbours (3, as guided-diffusion and torch-fidelity).
         kid: also compute KID (cubic polynomial kernel) on the FID features: the mean and population std of the
             unbiased MMD^2 over ``kid_subsets`` random subsets of ``kid_subset_size`` images per side, drawn from
-            the sample positions by a ``torch.Generator`` seeded with ``kid_seed`` (so 1 and W processes use the
-            same subsets); ``kid_subset_size=None``: the unbiased estimate over all pairs, ``kid_std`` 0.
+            the sample positions as torch-fidelity draws them (numpy's ``RandomState(kid_seed)``, generated side
+            first), so the defaults (100 subsets of 1000, seed 2020) give torch-fidelity's KID, and 1 and W
+            processes use the same subsets; ``kid_subset_size=None``: the unbiased estimate over all pairs,
+            ``kid_std`` 0.
         features_on_cpu: keep the features that precision/recall and KID need in host memory rather than on the
             metric's device (``N * d * 4`` bytes per side: 410 MB for 50,000 x 2048).
         feature, and every other argument: as for ``FrechetInceptionDistance``, except that ``feature``
@@ -85,7 +87,7 @@ class InceptionMetrics(FeatureSumsMetric):
         kid: bool = False,
         kid_subsets: int = 100,
         kid_subset_size: int | None = 1000,
-        kid_seed: int = 0,
+        kid_seed: int = 2020,
         features_on_cpu: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -190,8 +192,8 @@ class InceptionMetrics(FeatureSumsMetric):
         if self.precision_recall:
             results["precision"], results["recall"] = precision_recall(real, fake, self.prc_neighborhood)
         if self.kid:
-            results["kid"], results["kid_std"] = kernel_inception_distance(
-                real, fake, self.kid_subsets, self.kid_subset_size, self.kid_seed
+            results["kid"], results["kid_std"] = kernel_inception_distance(  # generated first, as torch-fidelity
+                fake, real, self.kid_subsets, self.kid_subset_size, self.kid_seed
             )
         return results
 

@@ -4,9 +4,10 @@ The squared MMD with the cubic polynomial kernel ``k(x, y) = (gamma x.y + coef)^
 default, as torch-fidelity's ``kid_features_to_metric`` and torchmetrics' ``KernelInceptionDistance`` compute it:
 
 * over random subsets (``subset_size`` features per side, ``subsets`` times): the unbiased estimate per subset,
-  then the mean and the population standard deviation over subsets. The subset indices are drawn by a seeded
-  ``torch.Generator`` (``seed``) or passed in (``subset_indices``), e.g. numpy's ``RandomState(seed).choice``
-  draws to reproduce torch-fidelity exactly;
+  then the mean and the population standard deviation over subsets. The subsets are drawn as torch-fidelity's
+  ``kid_features_to_metric`` draws them, numpy's ``RandomState(seed)``, per subset ``choice(len(x),
+  subset_size, replace=False)`` then the same for ``y``, so the same seed gives torch-fidelity's KID when ``x``
+  is its ``features_1`` (its ``input1``, the generated images); or they are passed in (``subset_indices``);
 * over all pairs (``subset_size=None``): the unbiased estimate on the full sets, deterministic,
   ``sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (n (n - 1)) - 2 sum k(x_i, y_j) / (m n)``,
   the kernel sums taken block by block, so no ``m x n`` matrix is held (``block`` rows at a time).
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,7 +31,7 @@ def kernel_inception_distance(
     y: Tensor,
     subsets: int = 100,
     subset_size: int | None = 1000,
-    seed: int = 0,
+    seed: int = 2020,
     subset_indices: Sequence[tuple[Tensor, Tensor]] | None = None,
     degree: int = 3,
     gamma: float | None = None,
@@ -41,8 +43,8 @@ def kernel_inception_distance(
         x, y: the two sets' features (real and generated; the estimate is symmetric in them).
         subsets: number of subsets (ignored with ``subset_indices`` or ``subset_size=None``).
         subset_size: features per side per subset; None: all pairs (``std`` is then 0).
-        seed: seeds the ``torch.Generator`` that draws the subsets (``randperm(m)[:subset_size]`` for ``x``, then
-            for ``y``, per subset).
+        seed: seeds numpy's ``RandomState`` that draws the subsets, as torch-fidelity's ``rng_seed`` (its
+            default: 2020).
         subset_indices: the subsets' indices ``(into x, into y)``, instead of drawing them.
         degree, gamma, coef: the polynomial kernel; ``gamma=None`` is ``1 / d``.
 
@@ -64,11 +66,11 @@ def kernel_inception_distance(
             raise ValueError(
                 f"`subset_size` must be in [2, {min(len(x), len(y))}] (the smaller set), got {subset_size}."
             )
-        generator = torch.Generator().manual_seed(seed)
+        rng = np.random.RandomState(seed)
         subset_indices = [
             (
-                torch.randperm(len(x), generator=generator)[:subset_size],
-                torch.randperm(len(y), generator=generator)[:subset_size],
+                torch.from_numpy(rng.choice(len(x), subset_size, replace=False)),
+                torch.from_numpy(rng.choice(len(y), subset_size, replace=False)),
             )
             for _ in range(subsets)
         ]

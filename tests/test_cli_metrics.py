@@ -24,7 +24,7 @@ from fid_metric.cli import main
 pytestmark = pytest.mark.filterwarnings("ignore:FID from")
 
 N_A, N_B = 5, 5
-KID = ("--kid-subsets", "3", "--kid-subset-size", "4")
+KID = ("--kid-subsets", "3")  # and the default subset size: 1000, or as here the smaller side's 5 images
 ALL = ("--metrics", "kid,prc,is,sfid,fid", *KID)  # any order; the table has the papers' order
 
 
@@ -65,7 +65,7 @@ def one_process(images, inception_weights) -> dict[str, float]:
         precision_recall=True,
         kid=True,
         kid_subsets=3,
-        kid_subset_size=4,
+        kid_subset_size=5,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -83,6 +83,7 @@ def test_the_table_is_inception_metrics_on_the_same_images(inputs, inception_wei
     (printed to 6 significant digits; this run on two threads, the reference on one: round-off apart)."""
     code, out, err = _run(capsys, *_argv(*inputs, inception_weights, *ALL))
     assert code == 0, err
+    assert "KID subsets of 5 images (the smaller side), not 1000" in err
     want = one_process
     lines = out.strip().splitlines()
     assert [line[:16].strip() for line in lines] == ["FID", "sFID", "Inception Score", "Precision", "Recall", "KID"]

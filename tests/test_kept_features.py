@@ -39,7 +39,7 @@ def _expected() -> dict[str, float]:
     network = ddp_features()
     x, y = network(real), network(fake)
     p, r = precision_recall(x, y)
-    kid, kid_std = kernel_inception_distance(x, y, **{k.removeprefix("kid_"): v for k, v in KID.items()})
+    kid, kid_std = kernel_inception_distance(y, x, **{k.removeprefix("kid_"): v for k, v in KID.items()})
     return {"precision": float(p), "recall": float(r), "kid": float(kid), "kid_std": float(kid_std)}
 
 
@@ -56,7 +56,7 @@ def test_kid_over_all_pairs_and_the_argument_checks() -> None:
     metric = InceptionMetrics(sfid=False, inception_score=False, feature=ddp_features(), kid=True, kid_subset_size=None)
     values = feed(metric, real, fake).compute()
     network = ddp_features()
-    kid, _ = kernel_inception_distance(network(real), network(fake), subset_size=None)
+    kid, _ = kernel_inception_distance(network(fake), network(real), subset_size=None)
     assert float(values["kid"]) == float(kid) and float(values["kid_std"]) == 0.0
     for kwargs, match in [
         ({"precision_recall": True, "fid": False, "sfid": False}, "need fid=True"),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TinyFeatures, smooth_images
 from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import calculate_precision_recall_full
 from torchmetrics.image.kid import poly_mmd
 
-from fid_metric import kid, precision_recall
+from fid_metric import InceptionMetrics, kid, precision_recall
 from fid_metric.kid import kernel_inception_distance
 from fid_metric.precision_recall import precision_recall as prc
 
@@ -61,6 +62,30 @@ def test_kid_subsets_equal_torch_fidelity_on_the_same_indices(sets) -> None:
         abs(float(std) - expected["kernel_inception_distance_std"]) <= 1e-10 * expected["kernel_inception_distance_std"]
     )
     assert expected["kernel_inception_distance_mean"] > 0.1 and expected["kernel_inception_distance_std"] > 0.01
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_inception_metrics_kid_is_torch_fidelitys_for_the_same_seed(seed) -> None:
+    """The metric's KID (generated features as torch-fidelity's features_1, its input1) equals torch-fidelity's
+    kid_features_to_metric for the same rng_seed (and, with the defaults, torch-fidelity's defaults: seed 2020)
+    to 1e-9, on the metric's own features."""
+    real, fake = smooth_images(30, 16, seed=60), smooth_images(26, 16, seed=61) // 2 + 40
+    settings = {"kid_subsets": 9, "kid_subset_size": 20} | ({} if seed is None else {"kid_seed": seed})
+    metric = InceptionMetrics(sfid=False, inception_score=False, feature=TinyFeatures(), kid=True, **settings)
+    for imgs, is_real in ((real, True), (fake, False)):
+        metric.update(imgs, real=is_real)
+    values = metric.compute()
+    expected = kid_features_to_metric(
+        TinyFeatures()(fake), TinyFeatures()(real), kid_subsets=9, kid_subset_size=20,
+        rng_seed=2020 if seed is None else seed, verbose=False, kid_kernel="poly", kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1,
+    )  # fmt: skip
+    assert abs(float(values["kid"]) - expected["kernel_inception_distance_mean"]) <= 1e-9 * abs(
+        expected["kernel_inception_distance_mean"]
+    )
+    assert abs(float(values["kid_std"]) - expected["kernel_inception_distance_std"]) <= 1e-9 * abs(
+        expected["kernel_inception_distance_std"]
+    )
 
 
 def test_kid_over_all_pairs(sets, monkeypatch) -> None:
