@@ -247,6 +247,14 @@ def build_parser() -> argparse.ArgumentParser:
         "smaller (as clean-fid does; a note says so)",
     )
     score.add_argument(
+        "--is-split-size",
+        type=_int_in(1),
+        default=5000,
+        metavar="N",
+        help="Inception Score splits of N consecutive images of B, as ADM's evaluator (whose IS the diffusion papers "
+        "print); with more than N images the std over splits follows +-; default: 5000",
+    )
+    score.add_argument(
         "--kid-seed",
         type=_int_in(0),
         default=2020,
@@ -293,9 +301,7 @@ def score_command(args: argparse.Namespace) -> None:
                 f"{args.a}, pass it as B"
             )
         if "kid" in args.metrics:
-            smaller = min(
-                len(side.files) if isinstance(side, _Folder) else cast(SampleBatch, side).n for side in (a, b)
-            )
+            smaller = min(_count(cast(_Images, side)) for side in (a, b))
             if args.kid_subset_size is None:
                 args.kid_subset_size = min(_KID_SUBSET_SIZE, smaller)
                 if args.kid_subset_size < _KID_SUBSET_SIZE and args.processes.rank == 0:
@@ -306,6 +312,7 @@ def score_command(args: argparse.Namespace) -> None:
                     )
             if args.kid_subset_size > smaller:
                 raise InputError(f"--kid-subset-size {args.kid_subset_size} is larger than a side ({smaller} images)")
+        args.generated_images = _count(cast(_Images, fake))
         metric = _build_metric(args, _weights(args), reference, real_arg)
         if args.processes.rank == 0:
             _print_counts(("A", args.a, a), ("B", args.b, b))
@@ -558,6 +565,8 @@ def _build_metric(
                 kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size,
                 kid_seed=args.kid_seed,
+                splits=-(-args.generated_images // args.is_split_size),
+                split_size=args.is_split_size,
                 **settings,
             )
     except StatsMismatchError as err:
@@ -575,6 +584,11 @@ def _build_metric(
 
 
 _Images = Union[_Folder, SampleBatch]
+
+
+def _count(side: _Images) -> int:
+    """How many images a folder (readable ones) or a sample batch holds."""
+    return len(side.files) if isinstance(side, _Folder) else side.n
 
 
 def _found(side: _Side) -> int | None:

@@ -6,9 +6,9 @@ all sums, so that the one all_reduce combines them across processes:
 * FID: as ``FrechetInceptionDistance``;
 * sFID (ADM's evaluator): mean and covariance of the (N, 2023) ``mixed_6/conv[..., :7]`` features, real and
   generated (see ``fid_metric.inception`` for the layer and its NHWC ordering);
-* Inception Score (generated images only), per split, exactly torch-fidelity's per-split formula; the mean over
-  splits and its population standard deviation (torch-fidelity shuffles before splitting, so only
-  ``splits=1`` is comparable with it);
+* Inception Score (generated images only), per split, exactly torch-fidelity's and ADM's per-split formula; the
+  mean over splits and its population standard deviation, with the splits of either (``split_size``: ADM's,
+  ``split_seed``: torch-fidelity's) or interleaved by position (the default);
 * FID-infinity and the jackknife standard error of FID from G groups of the generated images (Chong &
   Forsyth, "Effectively Unbiased FID and Inception Score and where to find them", CVPR 2020); ``compute()``
   then evaluates 2 G + 1 Fréchet distances.
@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fid_metric.accumulators import GaussianSums, GroupSums, SplitScores
+from fid_metric.accumulators import GaussianSums, GroupSums, SplitScores, split_scores
 from fid_metric.core import FeatureSumsMetric
 from fid_metric.distance import frechet_distance
 from fid_metric.inception import FEATURE_DIMS
@@ -53,7 +53,13 @@ class InceptionMetrics(FeatureSumsMetric):
             images only, as torchmetrics' ``InceptionScore`` (``update(imgs, real=True)`` is then an error).
         sfid: also compute sFID.
         inception_score: also compute the Inception Score of the generated images.
-        splits: number of Inception Score splits (1 matches torch-fidelity's ``isc_splits=1``).
+        splits: number of Inception Score splits. Which images a split holds (``SplitScores``): by default the
+            image at sampler position j is in split ``j % splits``; ``split_size=S`` makes consecutive splits of
+            S images in sample order, as ADM's evaluator (S = 5000; ``splits`` is then the most there may be, and
+            splits no image reached are left out); ``split_seed=s`` makes torch-fidelity's (numpy's
+            ``RandomState(s)`` shuffle of the ``dataset_size`` images, which must be given, then ``splits``
+            equal chunks; its ``rng_seed`` default is 2020). ``splits=1``: every convention is the same.
+        split_size, split_seed: see ``splits``; at most one of them.
         fid_groups: G >= 2 groups of generated images for FID-infinity and the standard error; 0 for none.
             Memory: ``G * d * d * 8`` bytes (G = 10, d = 2048: 336 MB).
         precision_recall: also compute improved Precision and Recall (Kynkäänniemi et al. 2019) on the FID
@@ -89,6 +95,8 @@ class InceptionMetrics(FeatureSumsMetric):
         kid_subset_size: int | None = 1000,
         kid_seed: int = 2020,
         features_on_cpu: bool = False,
+        split_size: int | None = None,
+        split_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         if (sfid or inception_score) and (not isinstance(feature, int) or isinstance(feature, bool)):
@@ -96,8 +104,7 @@ class InceptionMetrics(FeatureSumsMetric):
                 "sFID and the Inception Score need an Inception `feature` (64, 192, 768 or 2048), not a module; "
                 "with sfid=False and inception_score=False any feature module works."
             )
-        if not isinstance(splits, int) or splits < 1:
-            raise ValueError(f"`splits` must be a positive int, got {splits!r}.")
+        scores = split_scores(splits, split_size, split_seed)
         if not isinstance(fid_groups, int) or fid_groups < 0 or fid_groups == 1:
             raise ValueError(f"`fid_groups` must be 0 (off) or an int >= 2, got {fid_groups!r}.")
         if not fid and (sfid or fid_groups or not inception_score):
@@ -121,7 +128,7 @@ class InceptionMetrics(FeatureSumsMetric):
         if sfid:
             self._register(_SFID)
         if inception_score:
-            self._register(SplitScores(splits, FEATURE_DIMS["logits_unbiased"]))
+            self._register(scores)
         if fid_groups:
             self._register(GroupSums(fid_groups, self.num_features, self._extractor.feature_output))
         if precision_recall or kid:

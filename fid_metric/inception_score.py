@@ -4,10 +4,10 @@ For code written for ``torchmetrics.image.inception.InceptionScore``: ``Inceptio
 splits=10, normalize=False)``, ``update(imgs)`` with generated images only, ``compute()`` returning the tuple
 ``(mean, std)``. The score is ``InceptionMetrics``' (``fid_metric.accumulators.SplitScores``): per-split sums of
 ``p log p`` and ``p`` from the 1008 logits without bias, in float64, one all_reduce under DDP, no features kept.
-Two things differ from torchmetrics on purpose, as the original definition (Salimans et al. 2016, as
-torch-fidelity reproduces it) has them: the image at sampler position j belongs to split ``j % splits``
+Two things differ from torchmetrics on purpose: the image at sampler position j belongs to split ``j % splits``
 (torchmetrics shuffles with the global RNG, so its value changes from run to run and with the number of
-processes), and ``std`` is the population standard deviation over splits (``np.std``; torchmetrics' is
+processes; ``split_size`` and ``split_seed`` give ADM's and torch-fidelity's reproducible splits instead), and
+``std`` is the population standard deviation over splits (``np.std``, as torch-fidelity; torchmetrics' is
 ``torch.std``, with Bessel's correction). With ``splits=1`` the mean equals torch-fidelity's ISC.
 """
 
@@ -17,9 +17,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from fid_metric.accumulators import SplitScores
+from fid_metric.accumulators import split_scores
 from fid_metric.core import FeatureSumsMetric
-from fid_metric.inception import FEATURE_DIMS
 
 _TORCHMETRICS_FEATURES = ("logits_unbiased", 64, 192, 768, 2048)
 
@@ -30,7 +29,9 @@ class InceptionScore(FeatureSumsMetric):
     Args:
         feature: ``"logits_unbiased"``, the only one the Inception Score is defined on (torchmetrics also
             accepts a pool layer or a module, whose outputs it treats as logits; that is refused here).
-        splits: number of splits (10, as torchmetrics; 1 matches torch-fidelity's ``isc_splits=1``).
+        splits: number of splits (10, as torchmetrics). By default the image at sampler position j is in split
+            ``j % splits``; ``split_size`` and ``split_seed`` give ADM's and torch-fidelity's splits, as in
+            ``InceptionMetrics``.
         normalize: images are floats in [0, 1] (True) or uint8 in [0, 255] (False).
         kwargs: ``compat``, ``feature_extractor_weights_path``, ``precision``, ``dataset_size`` and torchmetrics'
             ``Metric`` arguments, as for ``FrechetInceptionDistance``.
@@ -44,7 +45,14 @@ class InceptionScore(FeatureSumsMetric):
     higher_is_better = True
     plot_lower_bound = 1.0
 
-    def __init__(self, feature: str | int | nn.Module = "logits_unbiased", splits: int = 10, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        feature: str | int | nn.Module = "logits_unbiased",
+        splits: int = 10,
+        split_size: int | None = None,
+        split_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not isinstance(feature, (str, int, nn.Module)):
             raise TypeError(f"Got unknown input to argument `feature`: expected 'logits_unbiased', got {feature!r}.")
         if feature not in _TORCHMETRICS_FEATURES:
@@ -57,8 +65,7 @@ class InceptionScore(FeatureSumsMetric):
                 f"got feature={feature!r}: the score of pool features or another network's outputs is not the "
                 "Inception Score."
             )
-        if not isinstance(splits, int) or isinstance(splits, bool) or splits < 1:
-            raise ValueError(f"`splits` must be a positive int, got {splits!r}.")
+        scores = split_scores(splits, split_size, split_seed)
         real_side = sorted(set(kwargs) & {"real_stats", "reset_real_features"})
         if real_side:
             raise ValueError(
@@ -67,7 +74,7 @@ class InceptionScore(FeatureSumsMetric):
             )
         super().__init__(feature=2048, fid_sums=False, **kwargs)
         self.splits = splits
-        self._scores = SplitScores(splits, FEATURE_DIMS["logits_unbiased"])
+        self._scores = scores
         self._register(self._scores)
 
     def update(self, imgs: Tensor, real: bool = False) -> None:

@@ -170,3 +170,22 @@ def test_a_process_that_fails_stops_both(images, inputs, inception_weights, tmp_
     assert [d.returncode for d in done] == [2, 2], [d.stderr for d in done]
     assert "another process stopped" in done[0].stderr
     assert "001.png" in done[1].stderr and "Traceback" not in done[1].stderr
+
+
+def test_inception_score_splits_of_the_command_are_adms(inputs, images, inception_weights, capsys) -> None:
+    """--is-split-size 2 on B's 5 images: ADM's consecutive splits of 2, 2 and 1, a real +- in the table, the values
+    InceptionMetrics(splits=3, split_size=2) gives."""
+    code, out, err = _run(
+        capsys, *_argv(*inputs, inception_weights, "--metrics", "is", "--is-split-size", "2", "--json")
+    )
+    assert code == 0, err
+    metric = InceptionMetrics(
+        fid=False, sfid=False, splits=3, split_size=2, feature_extractor_weights_path=inception_weights
+    )
+    for batch in images[1].split(4):
+        metric.update(batch, real=False)
+    values = metric.compute()
+    printed = json.loads(out)
+    assert printed["inception_score"] == pytest.approx(float(values["inception_score"]), rel=1e-7)
+    assert printed["inception_score_std"] == pytest.approx(float(values["inception_score_std"]), rel=1e-6)
+    assert printed["inception_score_std"] > 1e-4

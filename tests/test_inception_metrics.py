@@ -79,6 +79,77 @@ def test_inception_score_splits_are_interleaved(images, fidelity_logits, incepti
     assert abs(float(values["inception_score_std"]) - np.std(scores)) <= 1e-5 * np.mean(scores)
 
 
+def _adm_inception_score(logits: np.ndarray, split_size: int) -> float:
+    """guided-diffusion's evaluations/evaluator.py ``compute_inception_score``, on the softmax of ``logits``."""
+    preds = np.exp(logits - logits.max(1, keepdims=True))
+    preds /= preds.sum(1, keepdims=True)
+    scores = []
+    for i in range(0, len(preds), split_size):
+        part = preds[i : i + split_size]
+        kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+        kl = np.mean(np.sum(kl, 1))
+        scores.append(np.exp(kl))
+    return float(np.mean(scores))
+
+
+@pytest.fixture(scope="module")
+def twelve(inception_weights) -> tuple[torch.Tensor, torch.Tensor]:
+    """12 generated images and our network's logits without bias of them, in one batch of 12 (the float32 matmul's
+    round-off follows the batch shape, so the metrics below are fed the same batch)."""
+    imgs = smooth_images(12, 40, seed=23)
+    metric = InceptionMetrics(fid=False, sfid=False, feature_extractor_weights_path=inception_weights)
+    logits = metric._extractor.outputs(imgs, ("logits_unbiased",), torch.device("cpu"), "exact")["logits_unbiased"]
+    return imgs, logits.double()
+
+
+def _inception_score(imgs: torch.Tensor, weights, world: int = 1, **kwargs) -> tuple[float, float]:
+    """IS of ``imgs`` fed in one batch, or as ``world`` processes would be (rank r: positions r, r + W, ...; their
+    states merged, which the DDP sync does by the same sums)."""
+    ranks = []
+    for rank in range(world):
+        metric = InceptionMetrics(fid=False, sfid=False, feature_extractor_weights_path=weights, **kwargs)
+        metric._world_and_rank = lambda rank=rank: (world, rank)  # type: ignore[method-assign]
+        metric.update(imgs[rank::world], real=False)
+        ranks.append(metric)
+    for other in ranks[1:]:
+        ranks[0].merge_state(other)
+    values = ranks[0].compute()
+    return float(values["inception_score"]), float(values["inception_score_std"])
+
+
+def test_adm_splits_are_consecutive_chunks_of_split_size(twelve, inception_weights) -> None:
+    """split_size=5 on 12 images: splits of 5, 5 and 2 in sample order, ADM's compute_inception_score to 1e-9; 10
+    splits allowed, the 7 no image reached left out; the same from 2 processes."""
+    imgs, logits = twelve
+    mean, std = _inception_score(imgs, inception_weights, splits=10, split_size=5)
+    assert abs(mean - _adm_inception_score(logits.numpy(), 5)) <= 1e-9 * mean
+    scores = [_adm_inception_score(logits[i : i + 5].numpy(), 5) for i in (0, 5, 10)]
+    assert abs(std - float(np.std(scores))) <= 1e-9 * mean and std > 1e-3
+    two = _inception_score(imgs, inception_weights, world=2, splits=10, split_size=5, dataset_size=12)
+    assert two == pytest.approx((mean, std), rel=1e-9)
+    with pytest.raises(ValueError, match="2 splits of 5 images; the image at position 10 would be in split 3"):
+        _inception_score(imgs, inception_weights, splits=2, split_size=5)
+
+
+def test_torch_fidelity_splits_are_its_shuffled_chunks(twelve, inception_weights) -> None:
+    """split_seed: torch-fidelity's isc_features_to_metric(splits=3, shuffle=True, rng_seed) on the same logits to
+    1e-9, from 1 and 2 processes; it needs dataset_size (the whole set is shuffled)."""
+    imgs, logits = twelve
+    for seed in (2020, 5):
+        expected = isc_features_to_metric(logits, splits=3, shuffle=True, rng_seed=seed)
+        mean, std = _inception_score(imgs, inception_weights, splits=3, split_seed=seed, dataset_size=12)
+        assert abs(mean - expected["inception_score_mean"]) <= 1e-9 * mean
+        assert abs(std - expected["inception_score_std"]) <= 1e-9 * mean and std > 1e-3
+        two = _inception_score(imgs, inception_weights, world=2, splits=3, split_seed=seed, dataset_size=12)
+        assert two == pytest.approx((mean, std), rel=1e-9)
+    with pytest.raises(ValueError, match="need `dataset_size`"):
+        _inception_score(imgs, inception_weights, splits=3, split_seed=1)
+    with pytest.raises(ValueError, match="not both"):
+        InceptionMetrics(
+            fid=False, sfid=False, split_size=5, split_seed=1, feature_extractor_weights_path=inception_weights
+        )
+
+
 def test_spatial_feature_is_mixed_6d_branch1x1_in_nhwc_order(inception_weights) -> None:
     """ADM's mixed_6/conv:0[..., :7] reshaped from NHWC: (N, 17 * 17 * 7) with the channel fastest."""
     network = FIDInceptionV3()

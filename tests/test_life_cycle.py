@@ -165,7 +165,7 @@ def test_metric_collection_groups_only_metrics_that_may_share_states() -> None:
             expected = expected if isinstance(expected, dict) else {"": expected}
             for key, value in expected.items():
                 name_in_collection = f"{name}_{key}" if key and f"{name}_{key}" in got else key or name
-                assert relative(got[name_in_collection], value) < 1e-12, (epoch, name, key)
+                assert torch.allclose(got[name_in_collection], value, rtol=1e-12, atol=1e-15), (epoch, name, key)
         assert collection.compute_groups[0] != list(build)  # not all in one group
         collection.reset()
         for metric in alone.values():
