@@ -57,3 +57,12 @@ def test_kept_features_benchmark_smoke_run() -> None:
     assert all(seconds > 0 for seconds in result["seconds"].values())
     assert result["features_bytes"] == 2 * 1200 * 16 * 4
     assert 0 < result["precision_recall_share_of_matmul_rate"]
+
+
+def test_definitions_benchmark_smoke_run(inception_weights) -> None:
+    module = script_module("benchmarks/bench_definitions.py", "bench_definitions")
+    (row,) = module.run(inception_weights, n=3, sizes=[16], dim=64)
+    gaps = row["relative_to_tensorflow"]
+    assert set(gaps) == {"tensorflow", "pytorch-fid", "torchmetrics", "clean-fid"} and gaps["tensorflow"] == 0
+    assert min(gaps[compat] for compat in ("pytorch-fid", "torchmetrics", "clean-fid")) > 1e-4
+    assert "clean-fid" in module.report([row])
