@@ -86,7 +86,8 @@ inputs:
   whatever a file holds. Every file's header, in A and in B, is read before the first image is
   processed, and the number of images of each side is printed on stderr. A .npz file holds
   statistics: written by `{PROG} stats`, by pytorch-fid --save-stats, by clean-fid, or an ADM
-  reference batch. It must match --feature, --compat and the weights; when A and B are both
+  reference batch; an EDM2 reference .pkl (its FID statistics, read without unpickling anything
+  but numpy arrays). It must match --feature, --compat and the weights; when A and B are both
   statistics files, the FID comes from them alone. Ours record their definition of FID, an ADM
   reference batch is TensorFlow's, and clean-fid's files say theirs in their name
   (<name>_clean_<split>_<res>.npz: clean-fid; _legacy_tensorflow_: tensorflow); for any other
@@ -422,14 +423,14 @@ def _check_writable(output: Path) -> None:
 
 
 def _is_folder(text: str) -> bool:
-    """True for a folder, False for a ``.npz`` file; ``InputError`` for anything else."""
+    """True for a folder, False for a ``.npz`` file or an EDM2 ``.pkl``; ``InputError`` for anything else."""
     path = Path(text)
     if path.is_dir():
         return True
     if not path.exists():
-        raise InputError(f"{text} does not exist (expected an image folder or a .npz file)")
-    if path.suffix.lower() != ".npz":
-        raise InputError(f"{text} is neither a folder of images nor a .npz file")
+        raise InputError(f"{text} does not exist (expected an image folder, a .npz file or an EDM2 .pkl)")
+    if path.suffix.lower() not in (".npz", ".pkl"):
+        raise InputError(f"{text} is neither a folder of images, a .npz file nor an EDM2 .pkl")
     return False
 
 
@@ -442,6 +443,9 @@ def _open_input(text: str, args: argparse.Namespace, images: bool = False) -> _S
     if _is_folder(text):
         return _open_folder(text, args)
     try:
+        if text.lower().endswith(".pkl"):  # EDM2's reference statistics: their FID entry
+            stated = args.compat if args.compat_stated else None
+            return FeatureStats.load(text, compat=stated, key="fid")
         if holds_images(text, also_statistics=images):
             batch = SampleBatch(text)
             if batch.n < 2:

@@ -89,6 +89,12 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             stats.check_compatible(ours, "real_stats", "this metric")
             if not self._extractor.is_custom and not stats.compat:
                 raise StatsMismatchError(_UNKNOWN_DEFINITION.format(what=_described(real_stats), compat=self.compat))
+            if hasattr(self._extractor.module, "extractor_id") and not stats.extractor:  # e.g. DINOv2Features
+                raise StatsMismatchError(
+                    f"real_stats {_described(real_stats)} does not record which feature network made it, and this "
+                    f"metric's is {self.extractor_id!r} (another preprocessing of the same network is another "
+                    f"number): say it with FeatureStats.load(path, extractor={self.extractor_id!r}) if so."
+                )
             self._reference = FixedReference(stats)
         self._shared_network: nn.Module | None = None
         self._derived: dict[str, Any] = {}  # results derived from the states; _state_changed() empties it

@@ -85,8 +85,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _HUB_INTERPOLATE_OFFSET = 0.1
 
 
+RESIZES = ("dgm-eval", "edm2")
+
+
 class DINOv2Features(nn.Module):
-    """DINOv2 ViT-L/14 CLS features at 224 px, as dgm-eval computes them for FD_DINOv2.
+    """DINOv2 ViT-L/14 CLS features at 224 px, as dgm-eval (default) or EDM2 computes them for FD_DINOv2.
 
     Use as ``FrechetInceptionDistance(feature=DINOv2Features())``. Always in eval mode (``train()`` is a
     no-op) and without gradients.
@@ -94,6 +97,14 @@ class DINOv2Features(nn.Module):
     Args:
         weights_path: a local ``dinov2_vitl14_pretrain.pth`` (Meta's torch hub state dict). Default:
             ``$FID_METRIC_DINOV2_WEIGHTS``, the torch hub cache or a mirror (see the module docstring).
+        resize: ``"dgm-eval"``: Pillow's bicubic of the 8-bit image, rounded after each pass
+            (``pil_bicubic_224``), as dgm-eval and EDM2's ``resize_mode="pil"``; ``"edm2"``: EDM2's default
+            ``resize_mode="torch"`` of ``calculate_metrics.DINOv2Detector``, one float32
+            ``F.interpolate(bicubic, antialias=True)`` of the uint8 values, neither rounded nor clipped. The two
+            are different definitions: statistics record which (``extractor_id``).
+
+    Attributes:
+        extractor_id: ``"dinov2-vitl14-<resize>/1024"``, recorded in statistics files and checkpoints.
 
     Raises:
         ImportError: timm is not installed (``pip install fid_metric[dinov2]``).
@@ -103,8 +114,12 @@ class DINOv2Features(nn.Module):
 
     num_features = NUM_FEATURES
 
-    def __init__(self, weights_path: str | os.PathLike | None = None) -> None:
+    def __init__(self, weights_path: str | os.PathLike | None = None, resize: str = "dgm-eval") -> None:
         super().__init__()
+        if resize not in RESIZES:
+            raise ValueError(f"`resize` must be one of {RESIZES}, got {resize!r}.")
+        self.resize = resize
+        self.extractor_id = f"dinov2-vitl14-{resize}/{NUM_FEATURES}"
         self.weights_path = weights.resolve(weights_path, DINOV2)
         self.model = load_vit(self.weights_path)
         self.requires_grad_(False)
@@ -121,15 +136,20 @@ class DINOv2Features(nn.Module):
         as ``floor(255 x + 0.5)`` first; any H, W. Grey images are repeated to RGB.
         """
         check_images(imgs, normalize=isinstance(imgs, Tensor) and imgs.dtype.is_floating_point)
-        return self.model(dinov2_input(to_uint8_rgb(imgs)))
+        return self.model(dinov2_input(to_uint8_rgb(imgs), self.resize))
 
 
-def dinov2_input(imgs: Tensor) -> Tensor:
-    """``(N, 3, H, W)`` uint8 -> ``(N, 3, 224, 224)`` float32 network input, dgm-eval's ``transform``.
+def dinov2_input(imgs: Tensor, resize: str = "dgm-eval") -> Tensor:
+    """``(N, 3, H, W)`` uint8 -> ``(N, 3, 224, 224)`` float32 network input, dgm-eval's ``transform`` or EDM2's.
 
-    ``(pil_bicubic_224(imgs) / 255 - mean) / std`` with the ImageNet mean and std, per channel.
+    ``(resized / 255 - mean) / std`` with the ImageNet mean and std, per channel, ``resized`` being
+    ``pil_bicubic_224(imgs)`` (dgm-eval) or EDM2's one float32 antialiased bicubic of the 0..255 values.
     """
-    x = pil_bicubic_224(imgs) / 255
+    if resize == "edm2":
+        resized = F.interpolate(imgs.float(), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bicubic", antialias=True)
+    else:
+        resized = pil_bicubic_224(imgs)
+    x = resized / 255
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return (x - mean) / std

@@ -35,8 +35,9 @@ class Extractor:
         module: the network.
         num_features: d of the FID features.
         feature_output: the name of the FID features among the outputs (``"2048"``, ..., or ``"features"``).
-        extractor_id: e.g. ``"inception-2015-12-05/2048"`` or ``"custom:MyNet/128"``; recorded in statistics
-            files and checkpoints.
+        extractor_id: e.g. ``"inception-2015-12-05/2048"``, a custom module's own ``extractor_id`` (e.g.
+            ``"dinov2-vitl14-edm2/1024"``) or ``"custom:MyNet/128"``; recorded in statistics files and
+            checkpoints.
         compat: the preprocessing pipeline, ``""`` for a custom module.
         weights_path: the Inception weights file, None for a custom module.
         memory_format: the layout of the module's 4-d weights, where known.
@@ -81,7 +82,9 @@ class Extractor:
         """A module mapping a batch of images to ``(N, d)`` features; d from its ``num_features`` attribute,
         else from its output on a dummy image of ``input_img_size``."""
         d = _custom_feature_dim(module, normalize, input_img_size)
-        return cls(module, d, CUSTOM_OUTPUT, f"custom:{type(module).__qualname__}/{d}", "", None, None)
+        # A module that knows which definition its features are (DINOv2Features) says it; others by class.
+        extractor_id = getattr(module, "extractor_id", None) or f"custom:{type(module).__qualname__}/{d}"
+        return cls(module, d, CUSTOM_OUTPUT, str(extractor_id), "", None, None)
 
     @property
     def is_custom(self) -> bool:

@@ -42,6 +42,7 @@ from torch import Tensor
 from fid_metric._version import __version__
 from fid_metric.atomic_file import atomic_write
 from fid_metric.distance import check_symmetric
+from fid_metric.edm2_reference import read_edm2_pickle
 from fid_metric.inception import INCEPTION_ID, POOL_FEATURES
 from fid_metric.npz import ArrayHeader, NpzArchive
 from fid_metric.preprocess import COMPAT_MODES
@@ -308,8 +309,10 @@ class FeatureStats:
         atomic_write(path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]  # numpy's stub
 
     @classmethod
-    def load(cls, path: str | os.PathLike, compat: str | None = None) -> FeatureStats:
-        """Read our ``.npz``, a pytorch-fid / clean-fid ``.npz`` or an ADM reference batch.
+    def load(
+        cls, path: str | os.PathLike, compat: str | None = None, key: str | None = None, extractor: str | None = None
+    ) -> FeatureStats:
+        """Read our ``.npz``, a pytorch-fid / clean-fid ``.npz``, an ADM reference batch or an EDM2 ``.pkl``.
 
         Reads only the arrays the module docstring names, each after its header (shape, dtype) was checked
         against the others and against :data:`MAX_FEATURE_DIM`.
@@ -319,6 +322,10 @@ class FeatureStats:
             compat: which definition of FID the file holds, for a file that does not record it (a pytorch-fid
                 ``--save-stats`` file: ``"pytorch-fid"``); for one that does, or whose format says it, it must
                 agree. Statistics of a compat mode are of the FID Inception network's pool features.
+            key: which statistics of an EDM2 ``.pkl`` (``"fid"`` or ``"fd_dinov2"``), which holds both
+                (``fid_metric.edm2_reference``: read without unpickling anything but numpy arrays).
+            extractor: the feature network, for a file of another network's features that does not record it
+                (e.g. ``DINOv2Features(resize="edm2").extractor_id``); it must agree likewise.
 
         Raises:
             StatsMismatchError: ``compat`` contradicts what the file records or its format says.
@@ -329,12 +336,19 @@ class FeatureStats:
                 >= 2.
         """
         path = Path(path)
+        if path.suffix.lower() == ".pkl":
+            arrays, n, recorded = read_edm2_pickle(path, key)
+            _check_mean_and_covariance(path, {k: v.shape for k, v in arrays.items()}, "mu", "sigma", "d")
+            stats = dataclasses.replace(
+                _from_arrays(path, arrays), n=n, compat=recorded["compat"], extractor=recorded["extractor"]
+            )
+            return _with_definition(path, stats, compat, False, extractor)
         with NpzArchive(path) as archive:
             headers = {key: archive.header(key) for key in _KEYS if key in archive.keys}
             _check_headers(path, headers, archive.keys)
             arrays = {key: archive.read(key, header) for key, header in headers.items()}
             adm = "arr_0" in archive.keys or "mu_s" in headers  # ADM's reference batches: images and statistics
-        return _with_definition(path, _from_arrays(path, arrays), compat, adm)
+        return _with_definition(path, _from_arrays(path, arrays), compat, adm, extractor)
 
 
 # clean-fid's get_reference_statistics names its files f"{name}_{mode}{model_modifier}_{split}_{res}.npz", lower case
@@ -342,10 +356,19 @@ _CLEAN_FID_NAME = re.compile(r"_(clean|legacy_tensorflow|legacy_pytorch)(_clip_v
 _CLEAN_FID_MODES = {"clean": "clean-fid", "legacy_tensorflow": "tensorflow", "legacy_pytorch": "pytorch-fid"}
 
 
-def _with_definition(path: Path, stats: FeatureStats, stated: str | None, adm: bool) -> FeatureStats:
+def _with_definition(
+    path: Path, stats: FeatureStats, stated: str | None, adm: bool, stated_extractor: str | None = None
+) -> FeatureStats:
     """``stats`` with the definition the file records, its format says, or the caller states; all must agree."""
     if stated is not None and stated not in COMPAT_MODES:
         raise ValueError(f"`compat` must be one of {COMPAT_MODES}, got {stated!r}.")
+    if stated_extractor is not None:
+        if stats.extractor and stats.extractor != stated_extractor:
+            raise StatsMismatchError(
+                f"{path} holds statistics of extractor={stats.extractor!r}, not the {stated_extractor!r} the caller "
+                "states."
+            )
+        stats = dataclasses.replace(stats, extractor=stated_extractor)
     known, source = stats.compat, "records"
     if not known and adm:
         known, source = "tensorflow", "is an ADM reference batch, which holds"
@@ -388,9 +411,10 @@ def _check_headers(path: Path, headers: dict[str, ArrayHeader], keys: frozenset[
                 f"{path} is not a readable statistics file: '{key}' has dtype {header.dtype}; expected plain "
                 "numbers, float or int (pickled objects are never loaded)."
             )
-    d = _check_mean_and_covariance(path, headers, "mu", "sigma", "d")
+    shapes = {key: header.shape for key, header in headers.items()}
+    d = _check_mean_and_covariance(path, shapes, "mu", "sigma", "d")
     if any(key in headers for key in _ADM_SFID):
-        _check_mean_and_covariance(path, headers, *_ADM_SFID, "k")
+        _check_mean_and_covariance(path, shapes, *_ADM_SFID, "k")
     present = [key for key in _SUMS if key in headers]
     missing = [key for key in _SUMS if key not in headers]
     if present and (missing or headers["n"].shape != ()):
@@ -404,19 +428,19 @@ def _check_headers(path: Path, headers: dict[str, ArrayHeader], keys: frozenset[
         )
 
 
-def _check_mean_and_covariance(path: Path, headers: dict[str, ArrayHeader], mean: str, cov: str, d: str) -> int:
-    """The dimension of a ``(d,)`` mean and ``(d, d)`` covariance pair, or ``ValueError`` naming both."""
-    shapes = {key: headers[key].shape if key in headers else None for key in (mean, cov)}
-    mean_shape = shapes[mean]
+def _check_mean_and_covariance(path: Path, shapes: dict[str, tuple[int, ...]], mean: str, cov: str, d: str) -> int:
+    """The dimension of a ``(d,)`` mean and ``(d, d)`` covariance pair (``shapes`` of the arrays present), or
+    ``ValueError`` naming both."""
+    mean_shape = shapes.get(mean)
     size = mean_shape[0] if mean_shape is not None and len(mean_shape) == 1 else 0
     if size > MAX_FEATURE_DIM:
         raise ValueError(
             f"{path}: '{mean}' has {size} features; statistics of at most {MAX_FEATURE_DIM} are read (a {size} x "
             f"{size} float64 covariance would take {size * size * 8 / 2**30:.0f} GiB)."
         )
-    if size < 1 or shapes[cov] != (size, size):
+    if size < 1 or shapes.get(cov) != (size, size):
         raise ValueError(
-            f"{path}: '{mean}' must be ({d},) and '{cov}' ({d}, {d}), got {shapes[mean]} and {shapes[cov]}."
+            f"{path}: '{mean}' must be ({d},) and '{cov}' ({d}, {d}), got {mean_shape} and {shapes.get(cov)}."
         )
     return size
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
+import pickle
 import re
 import runpy
 import socket
@@ -649,3 +650,23 @@ def test_a_process_without_peers_stops_after_the_join_timeout() -> None:
     assert time.monotonic() - start < 30
     assert done.returncode == 2, done.stderr
     _assert_one_line_error(done.stderr, "could not join the others", "within 2 s")
+
+
+def test_an_edm2_reference_pickle_is_a_statistics_side(tmp_path, capsys) -> None:
+    """EDM2's img512.pkl-style file: its FID entry (TensorFlow's definition) against our statistics file."""
+    g = np.random.default_rng(1)
+    x, y = g.standard_normal((40, 8)), g.standard_normal((30, 8)) + 0.3
+    with (tmp_path / "ref.pkl").open("wb") as file:
+        pickle.dump({"num_images": 40, "fid": {"mu": x.mean(0), "sigma": np.cov(x, rowvar=False)}}, file)
+    ours = FeatureStats.from_features(torch.from_numpy(y), compat="tensorflow")
+    ours.save(tmp_path / "gen.npz")
+    code, out, err = _run(capsys, "score", tmp_path / "ref.pkl", tmp_path / "gen.npz", "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    expected = float(
+        frechet_distance(
+            torch.from_numpy(x.mean(0)), torch.from_numpy(np.cov(x, rowvar=False)), ours.mean, ours.covariance
+        )
+    )
+    assert result["compat"] == "tensorflow" and result["n_a"] == 40
+    assert relative(result["fid"], expected) <= 1e-12

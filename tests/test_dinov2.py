@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from helpers import smooth_images
 from PIL import Image
 
-from fid_metric import FeatureStats, FrechetInceptionDistance, dinov2, weights
+from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError, dinov2, weights
 from fid_metric.dinov2 import DINOV2, DINOv2Features, dinov2_input, hub_pos_embed_224, pil_bicubic_224
 from fid_metric.weights import WeightsUnavailableError
 
@@ -367,7 +367,11 @@ def test_fd_dinov2_end_to_end(features: DINOv2Features) -> None:
     """The metric over DINOv2Features against fixed reference statistics (N(0, I / 100), as a statistics file of
     a dataset would give them; ViT-L costs ~1.5 s an image here): what the network gives the metric ((N, 1024)
     float32, finite, depending on the image) and a finite positive float64 FD."""
-    reference = FeatureStats(torch.zeros(1024, dtype=torch.float64), torch.eye(1024, dtype=torch.float64) / 100)
+    reference = FeatureStats(
+        torch.zeros(1024, dtype=torch.float64),
+        torch.eye(1024, dtype=torch.float64) / 100,
+        extractor=features.extractor_id,
+    )
     given: list[torch.Tensor] = []
     hook = features.register_forward_hook(lambda module, args, out: given.append(out))
     try:
@@ -384,3 +388,39 @@ def test_fd_dinov2_end_to_end(features: DINOv2Features) -> None:
         value = fid.compute()
     assert value.dtype == torch.float64 and value.ndim == 0
     assert torch.isfinite(value) and value > 0
+
+
+def _edm2_detector_input(x: torch.Tensor) -> torch.Tensor:
+    """NVlabs/edm2 calculate_metrics.py, ``DINOv2Detector.__call__`` with its default ``resize_mode="torch"``, up to
+    the network: one float32 antialiased bicubic resize of the uint8 values, then ImageNet's mean and std."""
+    x = torch.nn.functional.interpolate(x.to(torch.float32), size=(224, 224), mode="bicubic", antialias=True)
+    x = x.to(torch.float32) / 255
+    x = x - torch.tensor([0.485, 0.456, 0.406]).reshape(1, -1, 1, 1)
+    return x / torch.tensor([0.229, 0.224, 0.225]).reshape(1, -1, 1, 1)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (300, 260), (224, 224)])
+def test_edm2_resize_is_edm2s_detector_input(size: tuple[int, int]) -> None:
+    """resize="edm2": the network input EDM2's DINOv2Detector makes, to the bit; another definition than
+    dgm-eval's (which rounds after each Pillow pass), except at 224 px where neither resizes."""
+    imgs = smooth_images(2, size, seed=sum(size))
+    ours = dinov2_input(imgs, "edm2")
+    assert torch.equal(ours, _edm2_detector_input(imgs))
+    differs = not torch.equal(ours, dinov2_input(imgs, "dgm-eval"))
+    assert differs == (size != (224, 224))
+
+
+def test_the_two_resizes_are_two_definitions(hub_checkpoint) -> None:
+    edm2 = DINOv2Features(weights_path=hub_checkpoint[0], resize="edm2")
+    assert edm2.extractor_id == "dinov2-vitl14-edm2/1024" != DINOv2Features.__name__
+    stats = FeatureStats(
+        torch.zeros(1024, dtype=torch.float64),
+        torch.eye(1024, dtype=torch.float64),
+        extractor="dinov2-vitl14-dgm-eval/1024",
+    )
+    with pytest.raises(StatsMismatchError, match="extractor is 'dinov2-vitl14-dgm-eval/1024' in real_stats"):
+        FrechetInceptionDistance(feature=edm2, real_stats=stats)
+    with pytest.raises(StatsMismatchError, match="does not record which feature network made it"):
+        FrechetInceptionDistance(feature=edm2, real_stats=FeatureStats(stats.mean, stats.covariance))
+    with pytest.raises(ValueError, match="`resize` must be one of"):
+        DINOv2Features(weights_path=hub_checkpoint[0], resize="pil")

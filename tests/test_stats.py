@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import re
 import signal
 import threading
@@ -572,3 +573,55 @@ def test_a_metric_refuses_statistics_of_another_or_an_unknown_definition(tmp_pat
         )
     custom = FrechetInceptionDistance(TinyFeatures(), real_stats=_bare(tmp_path / "custom.npz", d=12))
     assert custom._reference is not None
+
+
+def _edm2_pickle(path: Path, d_fid: int = 6, d_dino: int = 4) -> Path:
+    """What NVlabs/edm2's calculate_metrics.py save_stats writes: pickle.dump of numpy arrays in a dict."""
+    g = np.random.default_rng(0)
+    entries = {}
+    for key, d in (("fid", d_fid), ("fd_dinov2", d_dino)):
+        x = g.standard_normal((50, d))
+        entries[key] = {"mu": x.mean(0), "sigma": np.cov(x, rowvar=False)}
+    with path.open("wb") as file:
+        pickle.dump({"num_images": 50, **entries}, file)
+    return path
+
+
+def test_an_edm2_reference_pickle_is_read_with_its_definitions(tmp_path) -> None:
+    path = _edm2_pickle(tmp_path / "img512.pkl")
+    fid = FeatureStats.load(path, key="fid")
+    assert (fid.compat, fid.extractor, fid.n, fid.feature_dim) == ("tensorflow", "inception-2015-12-05/6", 50, 6)
+    with path.open("rb") as file:
+        raw = pickle.load(file)  # the test's own trusted file
+    assert np.array_equal(fid.covariance.numpy(), raw["fid"]["sigma"])
+    dino = FeatureStats.load(path, key="fd_dinov2")
+    assert (dino.compat, dino.extractor) == ("", "dinov2-vitl14-edm2/4")
+    with pytest.raises(ValueError, match="say which with key="):
+        FeatureStats.load(path)
+    with pytest.raises(StatsMismatchError, match="records compat='tensorflow' statistics, not the compat='clean-fid'"):
+        FeatureStats.load(path, key="fid", compat="clean-fid")
+
+
+class _RunsCode:
+    """Unpickling this calls ``open(path, "w")``: a file appears if the loader ran it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+@pytest.mark.parametrize("where", ["entry", "array"])
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, where: str) -> None:
+    marker = tmp_path / "ran"
+    payload = (
+        {"fid": {"mu": np.zeros(3), "sigma": _RunsCode(marker)}} if where == "array" else {"fid": _RunsCode(marker)}
+    )
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"num_images": 5, **payload}))
+    with pytest.raises(ValueError, match=r"evil\.pkl is not a readable EDM2 statistics pickle: it refers to io\.open"):
+        FeatureStats.load(path, key="fid")
+    assert not marker.exists()
+    pickle.loads(path.read_bytes()).get("fid")  # what an unrestricted load does: the file appears
+    assert marker.exists()
