@@ -110,7 +110,7 @@ class StatesAcrossBoundaries(Metric):
             is_rank0 = torch.distributed.get_rank(group) == 0
             for name in self._real_states:
                 value = getattr(self, name)
-                self._cache[name] = _copy(value) if is_rank0 else _empty_like(value)
+                self._cache[name] = copy_state(value) if is_rank0 else _empty_like(value)
 
     def persistent(self, mode: bool = False) -> None:
         """torchmetrics' ``persistent``: whether the states enter ``state_dict()``; those without a reduction
@@ -182,7 +182,9 @@ class StatesAcrossBoundaries(Metric):
         return torch.device("cpu") if self.device.type == "mps" else self.device
 
 
-def _copy(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+def copy_state(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
+    """A copy of a state's value that no in-place change of the original reaches: a tensor cloned, a list of
+    rows copied (its tensors are never changed in place)."""
     return list(value) if isinstance(value, list) else value.clone()
 
 

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fid_metric.accumulators import SIDES, GaussianSums, Registered
-from fid_metric.boundaries import StatesAcrossBoundaries
+from fid_metric.boundaries import StatesAcrossBoundaries, copy_state
 from fid_metric.distance import CovarianceFactor, frechet_distance
 from fid_metric.exactly_once import SamplerQuota, sampler_positions
 from fid_metric.extractor import Extractor, FeatureNetwork
@@ -87,14 +87,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             stats = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
             ours = {"feature_dim": self.num_features, **self._extractor.metadata(with_hash=bool(stats.weights_sha256))}
             stats.check_compatible(ours, "real_stats", "this metric")
-            if not self._extractor.is_custom and not stats.compat:
-                raise StatsMismatchError(_UNKNOWN_DEFINITION.format(what=_described(real_stats), compat=self.compat))
-            if hasattr(self._extractor.module, "extractor_id") and not stats.extractor:  # e.g. DINOv2Features
-                raise StatsMismatchError(
-                    f"real_stats {_described(real_stats)} does not record which feature network made it, and this "
-                    f"metric's is {self.extractor_id!r} (another preprocessing of the same network is another "
-                    f"number): say it with FeatureStats.load(path, extractor={self.extractor_id!r}) if so."
-                )
+            self._check_definition_known(stats, "(a FeatureStats)" if real_stats is stats else f"({real_stats})")
             self._reference = FixedReference(stats)
         self._shared_network: nn.Module | None = None
         self._derived: dict[str, Any] = {}  # results derived from the states; _state_changed() empties it
@@ -105,6 +98,18 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         if fid_sums:  # off only for the Inception Score alone, which compares nothing with real images
             self._register(GaussianSums("features", self._extractor.feature_output, self.num_features))
         self._refresh_update_configuration()
+
+    def _check_definition_known(self, stats: FeatureStats, what: str) -> None:
+        """Raise ``StatsMismatchError`` where this metric's features have a known definition (a compat mode of
+        the Inception network, or a module's ``extractor_id``) and ``stats`` do not say theirs."""
+        if not self._extractor.is_custom and not stats.compat:
+            raise StatsMismatchError(_UNKNOWN_DEFINITION.format(what=what, compat=self.compat))
+        if hasattr(self._extractor.module, "extractor_id") and not stats.extractor:  # e.g. DINOv2Features
+            raise StatsMismatchError(
+                f"real_stats {what} does not record which feature network made it, and this metric's is "
+                f"{self.extractor_id!r} (another preprocessing of the same network is another number): say it with "
+                f"FeatureStats.load(path, extractor={self.extractor_id!r}) if so."
+            )
 
     def _register(self, *accumulators: Any) -> None:
         """Add the accumulators' states (``Metric.add_state``) and remember which are symmetric and real."""
@@ -292,7 +297,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         # MetricCollection calls forward on every member of a compute group, whose states are then one set of
         # tensors: each member adds to copies of its own (as torchmetrics' forward does), so the batch counts once.
         for name, value in self.metric_state.items():
-            setattr(self, name, list(value) if isinstance(value, list) else value.clone())
+            setattr(self, name, copy_state(value))
         self.update(imgs, real)
 
     def _check_counts(self) -> None:
@@ -362,7 +367,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
 
     def reset(self) -> None:
         """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
-        kept = {} if self.reset_real_features else {name: _copy(getattr(self, name)) for name in self._real_states}
+        kept = {} if self.reset_real_features else {name: copy_state(getattr(self, name)) for name in self._real_states}
         for name, default in self._defaults.items():
             if isinstance(default, list):  # Metric.reset clears lists in place: a list another metric shares
                 setattr(self, name, [])
@@ -421,16 +426,7 @@ _UNKNOWN_DEFINITION = (
 )
 
 
-def _described(real_stats: object) -> str:
-    return "(a FeatureStats)" if isinstance(real_stats, FeatureStats) else f"({real_stats})"
-
-
 def _fingerprint(fields: dict[str, str]) -> Tensor:
     """The SHA-256 of ``fields`` as ``(32,)`` float64 byte values (0-255: ``allclose`` tells any two apart)."""
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
     return torch.tensor(list(digest), dtype=torch.float64)
-
-
-def _copy(value: Tensor | list[Tensor]) -> Tensor | list[Tensor]:
-    """A state's value that ``Metric.reset`` cannot reach (it clears list states in place)."""
-    return list(value) if isinstance(value, list) else value
