@@ -48,6 +48,10 @@ class StatesAcrossBoundaries(Metric):
         """What every process must share for its sums to be added."""
         raise NotImplementedError
 
+    def _accumulation(self) -> str:
+        """What the states hold beyond the identity (see ``FeatureSumsMetric._accumulation``)."""
+        raise NotImplementedError
+
     def _world_and_rank(self) -> tuple[int, int]:
         """Size of the metric's process group and this process's rank in it."""
         raise NotImplementedError

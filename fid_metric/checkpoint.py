@@ -35,6 +35,8 @@ class FeatureSumsMetricLike(Protocol):
 
     def identity(self) -> dict[str, object]: ...
 
+    def _accumulation(self) -> str: ...
+
     @property
     def _templates(self) -> dict[str, Tensor]: ...
 
@@ -281,6 +283,9 @@ def merged_states(metric: FeatureSumsMetricLike, incoming: object) -> dict[str, 
                 f"Cannot merge a {type(incoming).__name__} into a {type(metric).__name__}: their states differ."
             )
         differences = identity_differences(metric.identity(), incoming.identity())
+        theirs = incoming._accumulation()
+        if metric._accumulation() != theirs:
+            differences.append(f"accumulators: {metric._accumulation()} vs {theirs}")
         if differences:
             raise StatsMismatchError(
                 f"Cannot merge metrics of different configurations ({'; '.join(differences)}; this metric's value "

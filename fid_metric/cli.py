@@ -41,7 +41,7 @@ from fid_metric.image_folder import (
     list_images,
     same_size_batches,
 )
-from fid_metric.inception import INCEPTION_ID, POOL_FEATURES
+from fid_metric.inception import POOL_FEATURES
 from fid_metric.inception_metrics import InceptionMetrics
 from fid_metric.metric import FrechetInceptionDistance
 from fid_metric.preprocess import COMPAT_MODES, REPRODUCES
@@ -289,6 +289,7 @@ def score_command(args: argparse.Namespace) -> None:
     a, b = _open_input(args.a, args, needs_images), _open_input(args.b, args, needs_images)
     if isinstance(a, FeatureStats) and isinstance(b, FeatureStats):
         values, compat, feature_dim, n_a, n_b = _score_statistics(args, a, b)
+        extractor = a.extractor if a.extractor == b.extractor else ""
     else:
         # FID is symmetric: a statistics file on either side becomes the metric's fixed real side.
         swapped = isinstance(b, FeatureStats)
@@ -322,17 +323,18 @@ def score_command(args: argparse.Namespace) -> None:
         n_real = cast(FeatureStats, real).n if reference is not None else used[0]
         n_a, n_b = (used[-1], n_real) if swapped else (n_real, used[-1])
         values, compat, feature_dim = _computed(metric), metric.compat, metric.num_features
+        extractor = metric.extractor_id
     if args.processes.rank != 0:
         return
-    extractor = f"{INCEPTION_ID}/{feature_dim}"
     if args.json:
         found_a, found_b = (_found(side) for side in (a, b))
         counts = {"n_a": n_a, "n_b": n_b, "found_a": found_a, "found_b": found_b}
-        about = {"compat": compat, "extractor": extractor, "feature_dim": feature_dim}
+        about = {"compat": compat, "extractor": extractor or None, "feature_dim": feature_dim}
         about["processes"] = args.processes.world
         print(json.dumps({**values, **counts, **about, "seconds": round(time.perf_counter() - start, 3)}))
         return
-    print(f"{PROG}: definition: compat={compat} ({REPRODUCES[compat]}), {extractor}", file=sys.stderr)
+    network = extractor or f"{feature_dim}-d features of an unrecorded network"
+    print(f"{PROG}: definition: compat={compat} ({REPRODUCES[compat]}), {network}", file=sys.stderr)
     if args.metrics == ["fid"]:
         print(values["fid"])
     else:
@@ -373,8 +375,8 @@ def _table(values: dict[str, float], metrics: list[str]) -> str:
     lines = []
     for name, label, key in _TABLE_ROWS:
         if name in metrics:
-            std = values.get(f"{key}_std")
-            lines.append(f"{label:<16}{values[key]:.6g}" + (f" +- {std:.2g}" if std is not None else ""))
+            std = values.get(f"{key}_std")  # 0 for one Inception Score split or KID over all pairs: no +- then
+            lines.append(f"{label:<16}{values[key]:.6g}" + (f" +- {std:.2g}" if std else ""))
     return "\n".join(lines)
 
 

@@ -86,6 +86,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         if real_stats is not None:
             stats = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
             ours = {"feature_dim": self.num_features, **self._extractor.metadata(with_hash=bool(stats.weights_sha256))}
+            ours["precision"] = self.precision
             stats.check_compatible(ours, "real_stats", "this metric")
             self._check_definition_known(stats, "(a FeatureStats)" if real_stats is stats else f"({real_stats})")
             self._reference = FixedReference(stats)
@@ -344,7 +345,9 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         side = "real" if real else "fake"
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
             n, feature_sum, outer_sum = self._gaussian.sums(self, side)
-            stats = FeatureStats.from_sums(n, feature_sum, outer_sum, **self._extractor.metadata())
+            stats = FeatureStats.from_sums(
+                n, feature_sum, outer_sum, **self._extractor.metadata(), precision=self.precision
+            )
             for accumulator in self._accumulators[1:]:
                 if isinstance(accumulator, GaussianSums) and accumulator.extra_names:
                     mean, covariance = accumulator.mean_and_covariance(self, side)
@@ -359,6 +362,11 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         stats = self.statistics(real=True)
         if self._world_and_rank()[1] == 0:
             stats.save(path)
+
+    def _accumulation(self) -> str:
+        """What the states hold beyond the identity, which two metrics must share for one's states to be added to
+        the other's: the accumulators but the kept features (where those live does not matter to a merge)."""
+        return ";".join(repr(a) for a in self._accumulators if not isinstance(a, KeptFeatures))
 
     def identity(self) -> dict[str, object]:
         """What makes two metrics' sums addable: feature dimension, extractor, compat, weights SHA-256 and

@@ -2,9 +2,11 @@
 
 NVlabs/edm2 ``calculate_metrics.py`` saves ``pickle.dump({"num_images": N, "fid": {"mu", "sigma"},
 "fd_dinov2": {"mu", "sigma"}})`` (its ``dataset-refs/img512.pkl`` and the like). A pickle can name any callable
-and call it while loading, so ``read_edm2_pickle`` unpickles with a ``find_class`` that admits only what numpy
-arrays are rebuilt from (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype`` and numpy
-scalars); any other global stops the load before it is called. The arrays must then be plain numbers.
+and call it while loading, so ``read_edm2_pickle`` unpickles with a ``find_class`` that admits only the globals
+numpy's pickles of arrays name (protocols 0 to 5), each replaced by a stand-in that does only what numpy's own
+pickles ask of it:
+an empty array filled from the bytes the file holds, a dtype of numbers, latin-1 bytes. Any other global, or
+another use of these, stops the load before anything is called or allocated beyond the file's own bytes.
 
 Each entry is one definition: ``"fid"`` is EDM2's ``InceptionV3Detector`` (NVIDIA's TorchScript port of the
 TensorFlow graph, TensorFlow's FID: ``compat="tensorflow"``, 2048-d), ``"fd_dinov2"`` its ``DINOv2Detector``
@@ -25,23 +27,59 @@ EDM2_DEFINITIONS = {
     "fid": {"compat": "tensorflow", "extractor": "inception-2015-12-05"},
     "fd_dinov2": {"compat": "", "extractor": "dinov2-vitl14-edm2"},
 }
-# (module, name) of the globals a pickle of numpy arrays refers to, in numpy 1 and numpy 2
-_NUMPY_ARRAY_GLOBALS = frozenset(
-    (module, name)
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name in ("_reconstruct", "scalar")
-) | {("numpy", "ndarray"), ("numpy", "dtype")}
 _MAX_BYTES = 4 << 30  # two 16,384-d float64 covariances (MAX_FEATURE_DIM) are 4 GiB
+_NUMBER_KINDS = "fiub"  # floating, signed and unsigned integers, booleans
+
+
+def _reconstruct(subtype: object, shape: object, dtype: object) -> np.ndarray:
+    """Stand-in for ``numpy.core.multiarray._reconstruct``: the empty ``(0,)`` array numpy's pickles start from
+    (``ndarray.__reduce__``), which the pickle's next step fills from the bytes it holds; any other request
+    (another class, a shape to allocate) is refused."""
+    if subtype is not np.ndarray or shape != (0,):
+        raise pickle.UnpicklingError("it asks numpy's _reconstruct for something numpy's own pickles never do")
+    return np.ndarray((0,), dtype=np.uint8)
+
+
+def _frombuffer(buffer: object, dtype: object, shape: object, order: object) -> np.ndarray:
+    """Stand-in for ``numpy._core.numeric._frombuffer`` (pickle protocol 5): a copy of the in-band bytes as an
+    array of numbers."""
+    if not isinstance(buffer, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype.kind not in _NUMBER_KINDS:
+        raise pickle.UnpicklingError("its protocol-5 array is not plain numbers held in the file")
+    return np.frombuffer(bytes(buffer), dtype=dtype).reshape(shape, order=order).copy()  # type: ignore[call-overload]
+
+
+def _encode(text: object, encoding: object) -> bytes:
+    """Stand-in for ``_codecs.encode``, which pickle protocols 0-2 use for the bytes of an array."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("it asks _codecs.encode for something else than latin-1 bytes")
+    return text.encode("latin1")
+
+
+def _dtype(spec: object, align: object = False, copy: object = True) -> np.dtype:
+    dtype = np.dtype(spec)  # type: ignore[call-overload]
+    if dtype.kind not in _NUMBER_KINDS:
+        raise pickle.UnpicklingError(f"it holds an array of {dtype}, not of numbers")
+    return dtype
+
+
+# (module, name) of the globals numpy's pickles of arrays refer to (numpy 1 and 2, protocols 0-5): what is admitted
+_ADMITTED: dict[tuple[str, str], Any] = {
+    **{(module, "_reconstruct"): _reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "_frombuffer"): _frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _encode,
+}
 
 
 class _NumpyArraysOnly(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in _NUMPY_ARRAY_GLOBALS:
+        if (module, name) not in _ADMITTED:
             raise pickle.UnpicklingError(
                 f"it refers to {module}.{name}, which is not how numpy arrays are stored; a pickle can run code "
                 "while loading, so only numpy arrays are admitted"
             )
-        return super().find_class(module, name)
+        return _ADMITTED[(module, name)]
 
 
 def read_edm2_pickle(path: Path, key: str | None) -> tuple[dict[str, np.ndarray], int | None, dict[str, str]]:
@@ -59,11 +97,11 @@ def read_edm2_pickle(path: Path, key: str | None) -> tuple[dict[str, np.ndarray]
             raise ValueError(f"{size} bytes, more than statistics of at most 16,384 features take")
         with path.open("rb") as file:
             content = _NumpyArraysOnly(io.BytesIO(file.read())).load()
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
+    except Exception as err:  # whatever a damaged or crafted file makes the unpickler raise, MemoryError included
         raise ValueError(f"{path} is not a readable EDM2 statistics pickle: {err}") from None
     entries = {name: content[name] for name in EDM2_DEFINITIONS if isinstance(content, dict) and name in content}
     if not entries:
-        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
+        keys = sorted(map(str, content)) if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"{path} holds {keys}, not EDM2's statistics ({', '.join(EDM2_DEFINITIONS)}).")
     if key is None and len(entries) > 1:
         raise ValueError(
@@ -79,7 +117,7 @@ def read_edm2_pickle(path: Path, key: str | None) -> tuple[dict[str, np.ndarray]
     arrays: dict[str, np.ndarray] = {}
     for name in ("mu", "sigma"):
         array = entry.get(name)
-        if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu":
+        if not isinstance(array, np.ndarray) or array.dtype.kind not in "fiu" or array.size == 0:
             raise ValueError(f"{path}: {key}'s {name!r} is not an array of numbers.")
         arrays[name] = array
     count = content.get("num_images")

@@ -20,7 +20,7 @@ features, gathered once per side at ``compute()``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -167,6 +167,7 @@ class InceptionMetrics(FeatureSumsMetric):
         """The requested metrics over everything accumulated (all processes under DDP), 0-d float64 tensors."""
         if not self.fid:
             scores = next(a for a in self._accumulators if isinstance(a, SplitScores))
+            self._quota.warn_if_not_covered({"fake": int(cast(Tensor, self.is_num_samples).sum())})
             mean, std = scores.score(self)
             return {"inception_score": mean, "inception_score_std": std}
         self._check_counts()

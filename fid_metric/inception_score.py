@@ -13,7 +13,7 @@ processes; ``split_size`` and ``split_seed`` give ADM's and torch-fidelity's rep
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from torch import Tensor, nn
 
@@ -93,4 +93,5 @@ class InceptionScore(FeatureSumsMetric):
         Raises:
             RuntimeError: a split has no image.
         """
+        self._quota.warn_if_not_covered({"fake": int(cast(Tensor, self.is_num_samples).sum())})
         return self._scores.score(self)

@@ -49,7 +49,7 @@ from fid_metric.preprocess import COMPAT_MODES
 from fid_metric.warn import warn_caller
 
 FORMAT = "fid_metric.stats/1"
-_METADATA = ("extractor", "weights_sha256", "compat")
+_METADATA = ("extractor", "weights_sha256", "compat", "precision")
 _SUMS = ("n", "feature_sum", "outer_sum")
 _ADM_SFID = ("mu_s", "sigma_s")
 _KEYS = ("mu", "sigma", *_SUMS, *_ADM_SFID, *_METADATA)  # all that load() reads
@@ -184,6 +184,7 @@ class FeatureStats:
         extractor: e.g. ``"inception-2015-12-05/2048"``, or "" if unknown.
         weights_sha256: hex SHA-256 of the network weights file, or "" if unknown.
         compat: the preprocessing pipeline (``"tensorflow"``, ...), or "" if unknown.
+        precision: the network's arithmetic (``"exact"``, or a fast mode, which is not the definition), or "".
         extra: ADM's sFID statistics ``mu_s`` ``(k,)`` and ``sigma_s`` ``(k, k)``, float64, when a file held them.
     """
 
@@ -195,7 +196,12 @@ class FeatureStats:
     extractor: str = ""
     weights_sha256: str = ""
     compat: str = ""
+    precision: str = ""
     extra: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.compat not in ("", *COMPAT_MODES):
+            raise ValueError(f"`compat` must be one of {COMPAT_MODES} (or '' if unknown), got {self.compat!r}.")
 
     @classmethod
     def from_sums(
@@ -206,6 +212,7 @@ class FeatureStats:
         extractor: str = "",
         weights_sha256: str = "",
         compat: str = "",
+        precision: str = "",
     ) -> FeatureStats:
         """From the sums of ``n >= 2`` samples (the metric's states), with what made their features."""
         if n < 2:
@@ -213,15 +220,15 @@ class FeatureStats:
         feature_sum = feature_sum.detach().to("cpu", torch.float64)
         outer_sum = outer_sum.detach().to("cpu", torch.float64)
         mean, covariance = mean_and_covariance(n, feature_sum, outer_sum)
-        return cls(mean, covariance, int(n), feature_sum, outer_sum, extractor, weights_sha256, compat)
+        return cls(mean, covariance, int(n), feature_sum, outer_sum, extractor, weights_sha256, compat, precision)
 
     @classmethod
     def from_features(
-        cls, features: Tensor, extractor: str = "", weights_sha256: str = "", compat: str = ""
+        cls, features: Tensor, extractor: str = "", weights_sha256: str = "", compat: str = "", precision: str = ""
     ) -> FeatureStats:
         """From ``(n, d)`` features."""
         f = features.detach().to("cpu", torch.float64)
-        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, extractor, weights_sha256, compat)
+        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, extractor, weights_sha256, compat, precision)
 
     @property
     def feature_dim(self) -> int:
@@ -281,9 +288,11 @@ class FeatureStats:
             n1 + n2,
             sum1 + sum2,
             outer1 + outer2,
-            extractor=self.extractor or other.extractor,
-            weights_sha256=self.weights_sha256 or other.weights_sha256,
-            compat=self.compat or other.compat,
+            # known for the union only where both say it (an unknown field is not the other's)
+            extractor=self.extractor if self.extractor == other.extractor else "",
+            weights_sha256=self.weights_sha256 if self.weights_sha256 == other.weights_sha256 else "",
+            compat=self.compat if self.compat == other.compat else "",
+            precision=self.precision if self.precision == other.precision else "",
         )
 
     __add__ = merge
@@ -352,7 +361,9 @@ class FeatureStats:
 
 
 # clean-fid's get_reference_statistics names its files f"{name}_{mode}{model_modifier}_{split}_{res}.npz", lower case
-_CLEAN_FID_NAME = re.compile(r"_(clean|legacy_tensorflow|legacy_pytorch)(_clip_vit_b_32)?_[a-z0-9]+_([0-9]+|na)\.npz$")
+_CLEAN_FID_NAME = re.compile(
+    r"_(clean|legacy_tensorflow|legacy_pytorch)(_clip_vit_b_32)?_(train[a-z0-9]*|test|custom)_([0-9]+|na)\.npz$"
+)
 _CLEAN_FID_MODES = {"clean": "clean-fid", "legacy_tensorflow": "tensorflow", "legacy_pytorch": "pytorch-fid"}
 
 
@@ -370,10 +381,19 @@ def _with_definition(
             )
         stats = dataclasses.replace(stats, extractor=stated_extractor)
     known, source = stats.compat, "records"
+    match = _CLEAN_FID_NAME.search(path.name.lower())
+    other_network = (stats.extractor and not stats.extractor.startswith(INCEPTION_ID)) or (match and match.group(2))
+    if other_network:  # compat modes are pipelines into the Inception network: none applies to these features
+        if stated is not None:
+            network = stats.extractor or "CLIP ViT-B/32 (by its clean-fid name)"
+            raise StatsMismatchError(
+                f"{path} holds features of {network}, to which no compat mode applies (they are pipelines into the "
+                f"FID Inception network), not compat={stated!r} statistics."
+            )
+        return stats
     if not known and adm:
         known, source = "tensorflow", "is an ADM reference batch, which holds"
-    match = _CLEAN_FID_NAME.search(path.name.lower())
-    if not known and match and not match.group(2):
+    if not known and match:
         known = _CLEAN_FID_MODES[match.group(1)]
         source = f"is named as clean-fid's mode={match.group(1)!r} files, which hold"
     if known and stated is not None and stated != known:

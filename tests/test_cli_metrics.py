@@ -92,7 +92,8 @@ def test_the_table_is_inception_metrics_on_the_same_images(inputs, inception_wei
     assert float(printed["sFID"]) == pytest.approx(want["sfid"], rel=1e-5)
     assert float(printed["Precision"]) == pytest.approx(want["precision"], rel=1e-5)
     assert float(printed["KID"].split(" +- ")[0]) == pytest.approx(want["kid"], rel=1e-5)
-    assert float(printed["Inception Score"].split(" +- ")[1]) == pytest.approx(want["inception_score_std"], abs=0.01)
+    # One split (5 images, ADM's splits of 5000): its std is 0, so no "+-"
+    assert want["inception_score_std"] == 0 and "+-" not in printed["Inception Score"]
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ from helpers import smooth_images
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from fid_metric import FeatureStats, InceptionMetrics
+from fid_metric import FeatureStats, InceptionMetrics, StatsMismatchError
 from fid_metric.exactly_once import sampler_positions
 from fid_metric.inception import FIDInceptionV3
 from fid_metric.preprocess import inception_input
@@ -300,3 +300,24 @@ def test_inception_score_alone_from_generated_images_only(images, suite_values, 
     )
     with pytest.raises(ValueError, match="needs inception_score=True, sfid=False"):
         InceptionMetrics(fid=False, feature=64, feature_extractor_weights_path=inception_weights)
+
+
+def test_merge_state_refuses_another_split_convention(inception_weights) -> None:
+    """The DDP sync compares the accumulators' settings; merge_state compared the identity only and added the
+    split sums of ADM's convention to torch-fidelity's."""
+    consecutive = InceptionMetrics(
+        fid=False, sfid=False, splits=3, split_size=2, feature_extractor_weights_path=inception_weights
+    )
+    shuffled = InceptionMetrics(
+        fid=False, sfid=False, splits=3, split_seed=1, feature_extractor_weights_path=inception_weights
+    )
+    with pytest.raises(StatsMismatchError, match="accumulators: .*split_size=2"):
+        consecutive.merge_state(shuffled)
+
+
+def test_the_inception_score_alone_warns_when_the_set_is_not_covered(twelve, inception_weights) -> None:
+    imgs, _ = twelve
+    metric = InceptionMetrics(fid=False, sfid=False, dataset_size=12, feature_extractor_weights_path=inception_weights)
+    metric.update(imgs[:5], real=False)
+    with pytest.warns(UserWarning, match="dataset_size=12, but 5 generated images were counted"):
+        metric.compute()

@@ -150,7 +150,8 @@ def test_mismatches_are_errors() -> None:
     with pytest.raises(StatsMismatchError, match="feature_dim is 3 in these statistics but 4"):
         a.merge(FeatureStats.from_features(_features(10, 4, seed=7)))
     unknown = FeatureStats.from_features(_features(10, 3, seed=8))
-    assert (a + unknown).compat == "tensorflow"
+    assert (a + unknown).compat == "" and (a + unknown).extractor == ""  # unknown is not a wildcard
+    assert (a + a).compat == "tensorflow" and (a + a).extractor == "inception-2015-12-05/3"
 
 
 def test_fixed_reference_equals_two_sided_metric(tmp_path) -> None:
@@ -526,7 +527,10 @@ def _bare(path, d: int = 64) -> Path:
         ("FFHQ_legacy_tensorflow_trainval_1024.npz", "tensorflow"),
         ("lsun_church_legacy_pytorch_train_256.npz", "pytorch-fid"),
         ("cifar10_clean_clip_vit_b_32_train_32.npz", ""),  # CLIP features: no compat mode applies
+        ("ffhq_clean_trainval70k_1024.npz", "clean-fid"),
         ("pfid.npz", ""),
+        ("gan_clean_ema_256.npz", ""),  # not clean-fid's split names
+        ("run_clean_0_1.npz", ""),
     ],
 )
 def test_a_clean_fid_file_name_says_its_definition(tmp_path, name: str, compat: str) -> None:
@@ -625,3 +629,50 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, wher
     assert not marker.exists()
     pickle.loads(path.read_bytes()).get("fid")  # what an unrestricted load does: the file appears
     assert marker.exists()
+
+
+def test_features_of_another_network_take_no_compat(tmp_path) -> None:
+    """A compat mode is a pipeline into the Inception network: stating one for DINOv2 features, or for a file
+    clean-fid names as CLIP features, is refused instead of labelling them Inception FID."""
+    dino = FeatureStats.from_features(torch.randn(8, 4, dtype=torch.float64), extractor="dinov2-vitl14-edm2/4")
+    dino.save(tmp_path / "dino.npz")
+    with pytest.raises(StatsMismatchError, match="holds features of dinov2-vitl14-edm2/4, to which no compat mode"):
+        FeatureStats.load(tmp_path / "dino.npz", compat="tensorflow")
+    assert FeatureStats.load(tmp_path / "dino.npz").extractor == "dinov2-vitl14-edm2/4"
+    clip = _bare(tmp_path / "cifar10_clean_clip_vit_b_32_train_32.npz", d=8)
+    with pytest.raises(StatsMismatchError, match="CLIP ViT-B/32"):
+        FeatureStats.load(clip, compat="clean-fid")
+
+
+def test_a_compat_outside_the_modes_is_refused() -> None:
+    with pytest.raises(ValueError, match="`compat` must be one of"):
+        FeatureStats.from_features(torch.randn(8, 4, dtype=torch.float64), compat="clean_fid")
+
+
+def test_the_networks_arithmetic_is_recorded_and_checked(tmp_path) -> None:
+    """Statistics of a fast mode (precision="bf16") are not the definition: an exact metric refuses them."""
+    fast = FeatureStats.from_features(torch.randn(30, 12, dtype=torch.float64), precision="bf16")
+    fast.save(tmp_path / "fast.npz")
+    assert FeatureStats.load(tmp_path / "fast.npz").precision == "bf16"
+    with pytest.raises(StatsMismatchError, match="precision is 'bf16' in real_stats but 'exact' in this metric"):
+        FrechetInceptionDistance(TinyFeatures(), real_stats=tmp_path / "fast.npz")
+    metric = FrechetInceptionDistance(TinyFeatures())
+    metric.update(smooth_images(4, 16, seed=1), real=True)
+    assert metric.statistics(real=True).precision == "exact"
+
+
+def test_the_unpicklers_stand_ins_do_only_what_numpys_pickles_ask(tmp_path) -> None:
+    """numpy's own pickles of arrays load at every protocol; a _reconstruct that would allocate (a tiny file asking
+    for a 16,384-d array, or one left unfilled with process memory) and an object dtype are refused."""
+    mu, sigma = np.arange(4.0), np.eye(4)
+    for protocol in (0, 2, 4, 5):
+        (tmp_path / "p.pkl").write_bytes(pickle.dumps({"fid": {"mu": mu, "sigma": sigma}}, protocol=protocol))
+        assert np.array_equal(FeatureStats.load(tmp_path / "p.pkl").mean.numpy(), mu), protocol
+    unfilled = pickle.dumps({"fid": {"mu": mu, "sigma": sigma}}, protocol=2).replace(b"K\x00\x85", b"K\x40\x85", 1)
+    (tmp_path / "unfilled.pkl").write_bytes(unfilled)
+    with pytest.raises(ValueError, match="asks numpy.s _reconstruct for something numpy.s own pickles never do"):
+        FeatureStats.load(tmp_path / "unfilled.pkl")
+    objects = np.array([1.0, "x"], dtype=object)
+    (tmp_path / "objects.pkl").write_bytes(pickle.dumps({"fid": {"mu": objects, "sigma": sigma}}))
+    with pytest.raises(ValueError, match="not of numbers"):
+        FeatureStats.load(tmp_path / "objects.pkl")
