@@ -453,7 +453,7 @@ def run(args: argparse.Namespace, weights: Path, results: dict, checkpoint: Call
 
 
 def report(results: dict) -> str:
-    """The results as the README's markdown tables."""
+    """The results as the markdown tables of docs/performance.md."""
     env = results["environment"]
     v = env["versions"]
     lines = [

@@ -43,7 +43,7 @@ class FrechetInceptionDistance(FeatureSumsMetric):
         precision: ``"exact"`` (default): the network in float32 with autocast off and TF32 off, whatever
             the host's settings. Fast modes for development loops, not for reported numbers: ``"bf16"``
             (autocast to bfloat16; CPUs with AMX/AVX512-BF16 and GPUs) and ``"tf32"`` (TF32 on CUDA). The
-            states and the distance stay float64; the README states each mode's measured FID deviation.
+            states and the distance stay float64; docs/performance.md states each mode's measured FID deviation.
         kwargs: torchmetrics ``Metric`` arguments (``sync_on_compute``, ``process_group``, ...).
 
     Raises:

@@ -17,7 +17,7 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
     "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
     TF32 convolutions and matmuls on CUDA (the same as "exact" elsewhere). "bf16": autocast to bfloat16.
     cuDNN picks its convolution algorithms by its heuristics, as PyTorch's default: autotuning
-    (``cudnn.benchmark``) measured no faster on an H100 (36.3 vs 36.4 ms for 64 images in exact mode; README)
+    (``cudnn.benchmark``) measured no faster on an H100 (docs/performance.md)
     and would let the choice, and so the float32 round-off, change from run to run. Global CUDA flags are
     restored afterwards.
     """
