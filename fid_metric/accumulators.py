@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from fid_metric._checks import checked_int
 from fid_metric.distance import CovarianceFactor, sqrt_factor
 from fid_metric.inception import FEATURE_DIMS
 from fid_metric.stats import mean_and_covariance
@@ -208,22 +209,12 @@ def split_scores(splits: object, split_size: object = None, split_seed: object =
         ValueError: ``splits`` or ``split_size`` is not a positive int, ``split_seed`` not a non-negative int, or
             both ``split_size`` and ``split_seed`` are given.
     """
-    if not _is_int(splits, 1):
-        raise ValueError(f"`splits` must be a positive int, got {splits!r}.")
-    if split_size is not None and not _is_int(split_size, 1):
-        raise ValueError(f"`split_size` must be a positive int or None, got {split_size!r}.")
-    if split_seed is not None and not _is_int(split_seed, 0):
-        raise ValueError(f"`split_seed` must be a non-negative int or None, got {split_seed!r}.")
+    splits = checked_int("splits", splits, 1)
+    split_size = checked_int("split_size", split_size, 1, none=True)
+    split_seed = checked_int("split_seed", split_seed, 0, none=True)
     if split_size is not None and split_seed is not None:
         raise ValueError("Give `split_size` (ADM's consecutive splits) or `split_seed` (torch-fidelity's), not both.")
-    classes = FEATURE_DIMS["logits_unbiased"]
-    return SplitScores(
-        cast(int, splits), classes, split_size=cast("int | None", split_size), seed=cast("int | None", split_seed)
-    )
-
-
-def _is_int(value: object, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+    return SplitScores(cast(int, splits), FEATURE_DIMS["logits_unbiased"], split_size=split_size, seed=split_seed)
 
 
 @functools.lru_cache(maxsize=4)

@@ -8,6 +8,7 @@ the rest (at most one): 1 and W processes then count every sample once.
 
 from __future__ import annotations
 
+from fid_metric._checks import checked_int
 from fid_metric.warn import warn_caller
 
 _NAMES = {"real": "real", "fake": "generated"}  # the states say "fake", as torchmetrics' do; messages do not
@@ -38,9 +39,7 @@ class SamplerQuota:
 
     @dataset_size.setter
     def dataset_size(self, value: int | None) -> None:
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"`dataset_size` must be a positive int or None, got {value!r}.")
-        self._dataset_size = value
+        self._dataset_size = checked_int("dataset_size", value, 1, none=True)
 
     def counted(self, side: str, batch: int, world: int, rank: int) -> int:
         """How many of the next ``batch`` images of ``side`` count on ``rank`` of ``world``.

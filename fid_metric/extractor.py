@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
 from fid_metric import weights
+from fid_metric._checks import checked_int
 from fid_metric.inception import INCEPTION_ID, POOL_FEATURES, FIDInceptionV3, fold_batch_norm
 from fid_metric.precision import network_math, network_memory_format
 from fid_metric.preprocess import ImageInputError, check_images, inception_input, to_uint8_rgb
@@ -217,9 +219,7 @@ def _custom_feature_dim(module: nn.Module, normalize: bool, input_img_size: tupl
     if num_features is not None:
         if isinstance(num_features, Tensor):
             num_features = int(num_features.item())
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f"The custom extractor's `num_features` must be a positive int, got {num_features!r}.")
-        return num_features
+        return cast(int, checked_int("num_features", num_features, 1, what="a positive int (the custom extractor's d)"))
     if normalize:
         dummy = torch.rand(1, *input_img_size)
     else:

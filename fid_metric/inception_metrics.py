@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
+from fid_metric._checks import checked_int
 from fid_metric.accumulators import GaussianSums, GroupSums, SplitScores, split_scores
 from fid_metric.core import FeatureSumsMetric
 from fid_metric.distance import frechet_distance
@@ -72,7 +73,7 @@ class InceptionMetrics(FeatureSumsMetric):
             ``kid_std`` 0.
         features_on_cpu: keep the features that precision/recall and KID need in host memory rather than on the
             metric's device (``N * d * 4`` bytes per side: 410 MB for 50,000 x 2048).
-        feature, and every other argument: as for ``FrechetInceptionDistance``, except that ``feature``
+        feature, and every other argument (all keyword-only): as for ``FrechetInceptionDistance``, except that ``feature``
             must be an Inception layer unless ``sfid`` and ``inception_score`` are off (they need the Inception
             network; FID, FID-infinity, precision/recall and KID work on any features, e.g. ``DINOv2Features``).
             With ``real_stats`` and ``sfid``, the file must hold ADM's ``mu_s`` and ``sigma_s``.
@@ -82,6 +83,7 @@ class InceptionMetrics(FeatureSumsMetric):
 
     def __init__(
         self,
+        *,
         sfid: bool = True,
         inception_score: bool = True,
         splits: int = 1,
@@ -105,8 +107,8 @@ class InceptionMetrics(FeatureSumsMetric):
                 "with sfid=False and inception_score=False any feature module works."
             )
         scores = split_scores(splits, split_size, split_seed)
-        if not isinstance(fid_groups, int) or fid_groups < 0 or fid_groups == 1:
-            raise ValueError(f"`fid_groups` must be 0 (off) or an int >= 2, got {fid_groups!r}.")
+        if checked_int("fid_groups", fid_groups, 0, what="0 (off) or an int >= 2") == 1:
+            raise ValueError("`fid_groups` must be 0 (off) or an int >= 2, got 1.")
         if not fid and (sfid or fid_groups or not inception_score):
             raise ValueError(
                 "fid=False computes the Inception Score alone: it needs inception_score=True, sfid=False and "
@@ -219,11 +221,6 @@ def _check_kept_arguments(
 ) -> None:
     if (precision_recall or kid) and not fid:
         raise ValueError("precision_recall and kid compare with real images: they need fid=True.")
-    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-        raise ValueError(f"`prc_neighborhood` must be a positive int, got {k!r}.")
-    if not isinstance(subsets, int) or isinstance(subsets, bool) or subsets < 1:
-        raise ValueError(f"`kid_subsets` must be a positive int, got {subsets!r}.")
-    if subset_size is not None and (
-        not isinstance(subset_size, int) or isinstance(subset_size, bool) or subset_size < 2
-    ):
-        raise ValueError(f"`kid_subset_size` must be an int >= 2 or None (all pairs), got {subset_size!r}.")
+    checked_int("prc_neighborhood", k, 1)
+    checked_int("kid_subsets", subsets, 1)
+    checked_int("kid_subset_size", subset_size, 2, none=True, what="an int >= 2 or None (all pairs)")

@@ -321,3 +321,12 @@ def test_the_inception_score_alone_warns_when_the_set_is_not_covered(twelve, inc
     metric.update(imgs[:5], real=False)
     with pytest.warns(UserWarning, match="dataset_size=12, but 5 generated images were counted"):
         metric.compute()
+
+
+def test_arguments_cannot_be_misread(inception_weights) -> None:
+    """InceptionMetrics(2048) set sfid=2048; splits=True passed the check of one class and not the other's."""
+    with pytest.raises(TypeError, match="positional"):
+        InceptionMetrics(2048)  # type: ignore[misc]
+    for splits in (True, 0, 2.0):
+        with pytest.raises(ValueError, match="`splits` must be a positive int"):
+            InceptionMetrics(fid=False, sfid=False, splits=splits, feature_extractor_weights_path=inception_weights)
