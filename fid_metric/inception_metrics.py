@@ -73,9 +73,10 @@ class InceptionMetrics(FeatureSumsMetric):
             ``kid_std`` 0.
         features_on_cpu: keep the features that precision/recall and KID need in host memory rather than on the
             metric's device (``N * d * 4`` bytes per side: 410 MB for 50,000 x 2048).
-        feature, and every other argument (all keyword-only): as for ``FrechetInceptionDistance``, except that ``feature``
-            must be an Inception layer unless ``sfid`` and ``inception_score`` are off (they need the Inception
-            network; FID, FID-infinity, precision/recall and KID work on any features, e.g. ``DINOv2Features``).
+        feature, and every other argument (all keyword-only): as for ``FrechetInceptionDistance``, except that
+            ``feature`` must be an Inception layer unless ``sfid`` and ``inception_score`` are off (they need the
+            Inception network; FID, FID-infinity, precision/recall and KID work on any features, e.g.
+            ``DINOv2Features``).
             With ``real_stats`` and ``sfid``, the file must hold ADM's ``mu_s`` and ``sigma_s``.
     """
 
