@@ -265,7 +265,7 @@ def test_a_writer_killed_mid_save_leaves_the_old_file(tmp_path) -> None:
     child = ForkedPython("-c", _SLOW_SAVE, str(path))
     try:
         stop = time.monotonic() + 60
-        while "half written" not in child.stdout() and child.returncode is None and time.monotonic() < stop:
+        while "half written\n" not in child.stdout() and child.returncode is None and time.monotonic() < stop:
             time.sleep(0.02)
         assert child.stdout() == "half written\n", child.wait(0).stderr
     finally:
