@@ -172,9 +172,11 @@ def frechet_distance(
     clamped at 0, as a distance is.
 
     Args:
-        mu1, mu2: ``(d,)`` means: tensors or numpy arrays (converted), any real dtype; the computation is
-            float64, on ``mu1``'s device.
-        sigma1, sigma2: ``(d, d)`` symmetric positive semi-definite covariances, likewise.
+        mu1: ``(d,)`` mean: a tensor or numpy array (converted), any real dtype; the computation is float64,
+            on ``mu1``'s device.
+        sigma1: ``(d, d)`` symmetric positive semi-definite covariance, likewise.
+        mu2: ``(d,)`` mean, likewise.
+        sigma2: ``(d, d)`` covariance, likewise.
         sigma1_factor: optional ``sqrt_factor(sigma1)``, to reuse the factor of a fixed reference.
 
     Raises:

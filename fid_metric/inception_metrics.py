@@ -60,7 +60,8 @@ class InceptionMetrics(FeatureSumsMetric):
             splits no image reached are left out); ``split_seed=s`` makes torch-fidelity's (numpy's
             ``RandomState(s)`` shuffle of the ``dataset_size`` images, which must be given, then ``splits``
             equal chunks; its ``rng_seed`` default is 2020). ``splits=1``: every convention is the same.
-        split_size, split_seed: see ``splits``; at most one of them.
+        split_size: ADM's consecutive splits of this many images (see ``splits``); not with ``split_seed``.
+        split_seed: torch-fidelity's shuffled splits with this seed (see ``splits``); not with ``split_size``.
         fid_groups: G >= 2 groups of generated images for FID-infinity and the standard error; 0 for none.
             Memory: ``G * d * d * 8`` bytes (G = 10, d = 2048: 336 MB).
         precision_recall: also compute improved Precision and Recall (Kynkäänniemi et al. 2019) on the FID
@@ -73,11 +74,13 @@ class InceptionMetrics(FeatureSumsMetric):
             ``kid_std`` 0.
         features_on_cpu: keep the features that precision/recall and KID need in host memory rather than on the
             metric's device (``N * d * 4`` bytes per side: 410 MB for 50,000 x 2048).
-        feature, and every other argument (all keyword-only): as for ``FrechetInceptionDistance``, except that
-            ``feature`` must be an Inception layer unless ``sfid`` and ``inception_score`` are off (they need the
-            Inception network; FID, FID-infinity, precision/recall and KID work on any features, e.g.
-            ``DINOv2Features``).
-            With ``real_stats`` and ``sfid``, the file must hold ADM's ``mu_s`` and ``sigma_s``.
+        feature: as for ``FrechetInceptionDistance``, but an Inception layer unless ``sfid`` and
+            ``inception_score`` are off (they need the Inception network; FID, FID-infinity, precision/recall
+            and KID work on any features, e.g. ``DINOv2Features``).
+        kwargs: every other argument of ``FrechetInceptionDistance``. With ``real_stats`` and ``sfid``, the file
+            must hold ADM's ``mu_s`` and ``sigma_s``.
+
+    All arguments are keyword-only.
     """
 
     plot_lower_bound = 0.0

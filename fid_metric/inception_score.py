@@ -32,9 +32,11 @@ class InceptionScore(FeatureSumsMetric):
         splits: number of splits (10, as torchmetrics). By default the image at sampler position j is in split
             ``j % splits``; ``split_size`` and ``split_seed`` give ADM's and torch-fidelity's splits, as in
             ``InceptionMetrics``.
-        normalize: images are floats in [0, 1] (True) or uint8 in [0, 255] (False).
-        kwargs: ``compat``, ``feature_extractor_weights_path``, ``precision``, ``dataset_size`` and torchmetrics'
-            ``Metric`` arguments, as for ``FrechetInceptionDistance``.
+        split_size: ADM's consecutive splits of this many images, as in ``InceptionMetrics``.
+        split_seed: torch-fidelity's shuffled splits with this seed, as in ``InceptionMetrics``.
+        kwargs: ``normalize`` (images are floats in [0, 1] when True, uint8 in [0, 255] when False), ``compat``,
+            ``feature_extractor_weights_path``, ``precision``, ``dataset_size`` and torchmetrics' ``Metric``
+            arguments, as for ``FrechetInceptionDistance``.
 
     Raises:
         ValueError: ``feature`` is another value that torchmetrics accepts, or one it does not; ``splits`` is not
