@@ -17,7 +17,7 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
     "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
     TF32 convolutions and matmuls on CUDA (the same as "exact" elsewhere). "bf16": autocast to bfloat16.
     cuDNN picks its convolution algorithms by its heuristics, as PyTorch's default: autotuning
-    (``cudnn.benchmark``) measured no faster on an H100 (docs/performance.md)
+    (``cudnn.benchmark``) was no faster (docs/performance.md)
     and would let the choice, and so the float32 round-off, change from run to run. Global CUDA flags are
     restored afterwards.
     """
@@ -33,9 +33,9 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
 def network_memory_format(device: torch.device, precision: str) -> torch.memory_format:
     """The layout the Inception network and its input run in: the faster one for the device and arithmetic.
 
-    NCHW for IEEE float32 on CUDA (exact mode): cuDNN's NCHW float32 kernels ran the network 1.22x faster
-    than channels-last on an H100 (29.8 vs 36.4 ms for 64 images). Channels-last elsewhere: TF32 and bf16 on
-    that H100 (1.15x), and oneDNN on the CPU. benchmarks/bench.py measures both (``network`` rows).
+    NCHW for IEEE float32 on CUDA (exact mode), where cuDNN's NCHW float32 kernels are the faster ones;
+    channels-last elsewhere (TF32 and bf16 on CUDA, oneDNN on the CPU). benchmarks/bench.py measures both
+    layouts (its ``network`` rows; the figures are in docs/performance.md).
     """
     if device.type == "cuda" and precision == "exact":
         return torch.contiguous_format
