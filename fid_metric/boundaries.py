@@ -40,7 +40,7 @@ class StatesAcrossBoundaries(Metric):
     _symmetric_states: set[str]
     _real_states: list[str]
 
-    def identity(self) -> dict[str, object]:
+    def identity(self, with_hash: bool = True) -> dict[str, object]:
         """What makes two metrics' sums addable (see ``FeatureSumsMetric.identity``)."""
         raise NotImplementedError
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fid_metric.inception import FIDInceptionV3
-from fid_metric.kept_features import kept_dtype
+from fid_metric.kept_features import KeptFeatures, kept_dtype
 from fid_metric.stats import StatsMismatchError
 
 
@@ -141,7 +141,7 @@ def checked_rows(name: str, value: object, template: Tensor, what: str) -> list[
 def _check_rows_match_counts(states: Mapping[str, object], what: str) -> None:
     """Raise ``ValueError`` where a side's kept features are not as many as its count says."""
     for side in ("real", "fake"):
-        rows, count = states.get(f"{side}_features"), states.get(f"{side}_features_num_samples")
+        rows, count = states.get(KeptFeatures.state(side)), states.get(f"{side}_features_num_samples")
         if isinstance(rows, list) and isinstance(count, Tensor):
             n = sum(len(part) for part in rows)
             if n != int(count):

@@ -122,12 +122,12 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         self._accumulators += accumulators
         self._refresh_update_configuration()
 
-    def _update_configuration(self) -> dict[str, str]:
+    def _update_configuration(self, with_hash: bool = True) -> dict[str, str]:
         """What decides how ``update()`` and ``reset()`` change the states: the identity, the input convention, the
         real side's life and reference, ``dataset_size`` and the accumulators (their dimensions, splits, groups)."""
         reference = "" if self._reference is None else self._reference.fingerprint
         fields = {
-            **self.identity(),
+            **self.identity(with_hash),
             "normalize": self.normalize,
             "reset_real_features": self.reset_real_features,
             "real_stats": reference,
@@ -143,8 +143,11 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         equal after the first batch share their states, updating only one of them. This state makes two of our
         metrics' states equal only where sharing is right: where update() and reset() treat them alike.
         """
-        fields = self._update_configuration()
-        if self._extractor.is_custom:  # a custom module is known by class and width only: two instances differ
+        # Within one process the weights file's path tells two Inception networks apart, without hashing 92 MB at
+        # every construction; a custom module is known by class and width only, so its instance is added.
+        fields = self._update_configuration(with_hash=False)
+        fields["weights_path"] = str(self._extractor.weights_path)
+        if self._extractor.is_custom:
             fields["extractor_instance"] = str(id(self._extractor.module))
         fingerprint = _fingerprint(fields).to(self._state_device)
         self._defaults[UPDATE_CONFIGURATION] = fingerprint
@@ -368,10 +371,12 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         the other's: the accumulators but the kept features (where those live does not matter to a merge)."""
         return ";".join(repr(a) for a in self._accumulators if not isinstance(a, KeptFeatures))
 
-    def identity(self) -> dict[str, object]:
+    def identity(self, with_hash: bool = True) -> dict[str, object]:
         """What makes two metrics' sums addable: feature dimension, extractor, compat, weights SHA-256 and
-        precision. ``state_dict()`` records it; loading, ``merge_state`` and the DDP sync refuse another."""
-        return {"feature_dim": self.num_features, **self._extractor.metadata(), "precision": self.precision}
+        precision. ``state_dict()`` records it; loading, ``merge_state`` and the DDP sync refuse another.
+        ``with_hash=False`` leaves the SHA-256 empty (the file is read once, when first needed)."""
+        metadata = self._extractor.metadata(with_hash=with_hash)
+        return {"feature_dim": self.num_features, **metadata, "precision": self.precision}
 
     def reset(self) -> None:
         """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
