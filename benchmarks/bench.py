@@ -55,9 +55,9 @@ from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
 
 import fid_metric
 from fid_metric import FeatureStats, FrechetInceptionDistance
-from fid_metric.inception import FIDInceptionV3
-from fid_metric.precision import cuda_fp32, network_math, network_memory_format
-from fid_metric.preprocess import inception_input
+from fid_metric._features.arithmetic import cuda_fp32, network_math, network_memory_format
+from fid_metric._features.inception import FIDInceptionV3
+from fid_metric._features.preprocess import inception_input
 
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int, device: torch.device) -> dict[str, float]:

@@ -3,7 +3,7 @@
     python benchmarks/bench_definitions.py                      # 24 + 24 images at 32 and 299 px, 2048-d
     python benchmarks/bench_definitions.py --n 50 --sizes 32,64,256 --json definitions.json
 
-Each compat mode reproduces one library's pipeline (``fid_metric.preprocess``); they differ only before the
+Each compat mode reproduces one library's pipeline (``fid_metric._features.preprocess``); they differ only before the
 network (resize, input scaling). This prints, per input size, the FID of each mode and its relative distance
 from ``compat="tensorflow"`` (the original definition), on random-init weights of the real file's layout with
 batch-norm statistics calibrated on smooth images (no pretrained weights are downloadable here): the gaps show
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from fid_metric import FrechetInceptionDistance
-from fid_metric.preprocess import COMPAT_MODES
+from fid_metric._features.preprocess import COMPAT_MODES
 
 
 def _bench_module():

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from fid_metric.distance import frechet_distance
-from fid_metric.kid import kernel_inception_distance
-from fid_metric.precision_recall import precision_recall
-from fid_metric.stats import mean_and_covariance
+from fid_metric._files.stats import mean_and_covariance
+from fid_metric._functional.distance import frechet_distance
+from fid_metric._functional.kid import kernel_inception_distance
+from fid_metric._functional.precision_recall import precision_recall
 
 
 def _peak_bytes_reset(device: torch.device) -> None:

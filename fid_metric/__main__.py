@@ -1,8 +1,8 @@
-"""``python -m fid_metric``: the ``fid-metric`` command (see ``fid_metric.cli``)."""
+"""``python -m fid_metric``: the ``fid-metric`` command (see ``fid_metric._cli.main``)."""
 
 import sys
 
-from fid_metric.cli import main
+from fid_metric._cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, DistributedSampler
 
-from fid_metric.core import FeatureSumsMetric
+from fid_metric._metrics.base import FeatureSumsMetric
 
 
 def _callback_bases() -> tuple[type, ...]:

@@ -27,7 +27,7 @@ import torchvision
 from helpers import DDPLauncher, peer_in_channels_last, smooth_images
 from pytorch_fid import inception as pfid_inception
 
-import fid_metric.extractor
+import fid_metric._features.extractor
 from fid_metric import FrechetInceptionDistance
 
 torch.set_num_threads(2)
@@ -142,7 +142,7 @@ def inception_file_loaded_once(monkeypatch_session: pytest.MonkeyPatch) -> None:
     ``torch.set_default_dtype(torch.float64)`` gets its own real load). A failed load is not remembered: every
     refused file raises again. Subprocesses load for real.
     """
-    load = fid_metric.extractor._load_inception
+    load = fid_metric._features.extractor._load_inception
     loaded: dict[tuple, torch.nn.Module] = {}
 
     def load_once(source: os.PathLike) -> torch.nn.Module:
@@ -153,7 +153,7 @@ def inception_file_loaded_once(monkeypatch_session: pytest.MonkeyPatch) -> None:
             loaded[key] = load(source)
         return copy.deepcopy(loaded[key])
 
-    monkeypatch_session.setattr(fid_metric.extractor, "_load_inception", load_once)
+    monkeypatch_session.setattr(fid_metric._features.extractor, "_load_inception", load_once)
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fid_metric.atomic_file import atomic_write, check_writable
+from fid_metric._files.atomic_file import atomic_write, check_writable
 
 
 def test_check_writable_names_the_problem_and_leaves_nothing(tmp_path) -> None:

@@ -25,10 +25,10 @@ from pytorch_fid import inception as pfid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
 
 from fid_metric import FeatureStats, FrechetInceptionDistance, frechet_distance
-from fid_metric.cli import main
-from fid_metric.image_folder import BadImage, ImageFiles, list_images, read_image
-from fid_metric.sample_batch import SampleBatch
-from fid_metric.weights import sha256_of
+from fid_metric._cli.main import main
+from fid_metric._features.weights import sha256_of
+from fid_metric._files.image_folder import BadImage, ImageFiles, list_images, read_image
+from fid_metric._files.sample_batch import SampleBatch
 
 # 5-6 images give singular 64-dimensional covariances; the metric says so, and that is not under test here.
 pytestmark = pytest.mark.filterwarnings("ignore:FID from")
@@ -265,7 +265,7 @@ def test_python_m_help_and_console_script(monkeypatch, capsys) -> None:
     assert "exit codes" in out and "score" in out and "stats" in out
 
     (entry,) = (e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "fid-metric")
-    assert entry.value == "fid_metric.cli:main"
+    assert entry.value == "fid_metric._cli.main:main"
     assert entry.load()(["score", "/nonexistent/a", "/nonexistent/b"]) == 2
     _assert_one_line_error(capsys.readouterr().err, "/nonexistent/a does not exist")
 

@@ -19,7 +19,7 @@ from helpers import ForkedPython, run_python, smooth_images
 from PIL import Image
 
 from fid_metric import InceptionMetrics
-from fid_metric.cli import main
+from fid_metric._cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:FID from")
 

@@ -21,9 +21,10 @@ import torch.nn.functional as F
 from helpers import smooth_images
 from PIL import Image
 
-from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError, dinov2, weights
-from fid_metric.dinov2 import DINOV2, DINOv2Features, dinov2_input, hub_pos_embed_224, pil_bicubic_224
-from fid_metric.weights import WeightsUnavailableError
+from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError
+from fid_metric._features import dinov2, weights
+from fid_metric._features.dinov2 import DINOV2, DINOv2Features, dinov2_input, hub_pos_embed_224, pil_bicubic_224
+from fid_metric._features.weights import WeightsUnavailableError
 
 timm = pytest.importorskip("timm")
 

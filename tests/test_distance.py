@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from fid_metric import frechet_distance
-from fid_metric.distance import _low_rank_factor, _lower_congruence, sqrt_factor, trace_sqrt_product
+from fid_metric._functional.distance import _low_rank_factor, _lower_congruence, sqrt_factor, trace_sqrt_product
 
 
 def _orthogonal(d: int, seed: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from helpers import SCRIPTS, TinyFeatures, kept_features_metric, smooth_images
 
 from fid_metric import FrechetInceptionDistance
-from fid_metric.exactly_once import SamplerQuota
+from fid_metric._states.exactly_once import SamplerQuota
 
 # Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")

@@ -7,9 +7,9 @@ import torch
 from helpers import smooth_images
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-from fid_metric import weights
-from fid_metric.inception import OUTPUTS, FIDInceptionV3, fold_batch_norm
-from fid_metric.preprocess import inception_input
+from fid_metric._features import weights
+from fid_metric._features.inception import OUTPUTS, FIDInceptionV3, fold_batch_norm
+from fid_metric._features.preprocess import inception_input
 
 
 @pytest.fixture(scope="module")

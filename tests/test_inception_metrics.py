@@ -10,9 +10,9 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.metric_isc import isc_features_to_metric
 
 from fid_metric import FeatureStats, InceptionMetrics, StatsMismatchError
-from fid_metric.exactly_once import sampler_positions
-from fid_metric.inception import FIDInceptionV3
-from fid_metric.preprocess import inception_input
+from fid_metric._features.inception import FIDInceptionV3
+from fid_metric._features.preprocess import inception_input
+from fid_metric._states.exactly_once import sampler_positions
 
 # Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
@@ -271,15 +271,6 @@ def test_fid_infinity_is_never_negative(inception_weights) -> None:
     unclamped = torch.linalg.lstsq(design, by_size[:, None]).solution[0, 0]
     assert unclamped < 0 and abs(values["fid"]) <= 1e-9
     assert values["fid_infinity"] == 0
-
-
-def test_the_0_1_module_path_still_works_with_a_deprecation_warning() -> None:
-    """``fid_metric.suite`` was renamed ``fid_metric.inception_metrics``; the old import warns and gives the class."""
-    import fid_metric.suite
-
-    with pytest.warns(DeprecationWarning, match="fid_metric.suite is deprecated"):
-        old = fid_metric.suite.InceptionMetrics
-    assert old is InceptionMetrics
 
 
 def test_inception_score_alone_from_generated_images_only(images, suite_values, inception_weights) -> None:

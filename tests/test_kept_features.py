@@ -13,8 +13,8 @@ import torch
 from helpers import ddp_features, feed, relative, smooth_images
 
 from fid_metric import InceptionMetrics
-from fid_metric.kid import kernel_inception_distance
-from fid_metric.precision_recall import precision_recall
+from fid_metric._functional.kid import kernel_inception_distance
+from fid_metric._functional.precision_recall import precision_recall
 
 N_REAL, N_FAKE = 23, 23  # odd: a DistributedSampler over 2 processes repeats one sample
 COLLECTIVES = ("all_reduce", "all_gather", "all_gather_object", "broadcast", "gather")

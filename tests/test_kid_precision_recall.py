@@ -10,9 +10,10 @@ from torch_fidelity.metric_kid import kid_features_to_metric
 from torch_fidelity.metric_prc import calculate_precision_recall_full
 from torchmetrics.image.kid import poly_mmd
 
-from fid_metric import InceptionMetrics, kid, precision_recall
-from fid_metric.kid import kernel_inception_distance
-from fid_metric.precision_recall import precision_recall as prc
+from fid_metric import InceptionMetrics
+from fid_metric._functional import kid, precision_recall
+from fid_metric._functional.kid import kernel_inception_distance
+from fid_metric._functional.precision_recall import precision_recall as prc
 
 
 def _features(n: int, d: int, seed: int, scale: float = 1.0, shift: float = 0.0) -> torch.Tensor:

@@ -18,8 +18,8 @@ from helpers import TinyFeatures, ddp_features, feed, kept_features_metric, rela
 from torchmetrics import MetricCollection
 
 from fid_metric import FeatureStats, FrechetInceptionDistance, InceptionMetrics, InceptionScore, frechet_distance
-from fid_metric.kid import kernel_inception_distance
-from fid_metric.precision_recall import precision_recall
+from fid_metric._functional.kid import kernel_inception_distance
+from fid_metric._functional.precision_recall import precision_recall
 
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions")
 

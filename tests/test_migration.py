@@ -17,7 +17,7 @@ from torchmetrics.image.kid import KernelInceptionDistance
 from torchmetrics.wrappers import FeatureShare
 
 from fid_metric import FrechetInceptionDistance, ImageInputError, InceptionMetrics, InceptionScore, StatsMismatchError
-from fid_metric.preprocess import check_images
+from fid_metric._features.preprocess import check_images
 
 matplotlib.use("Agg")
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")

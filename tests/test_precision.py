@@ -7,7 +7,7 @@ import torch
 from helpers import TinyFeatures
 
 from fid_metric import FrechetInceptionDistance
-from fid_metric.precision import cuda_fp32, network_math, network_memory_format
+from fid_metric._features.arithmetic import cuda_fp32, network_math, network_memory_format
 
 
 @pytest.mark.skipif(

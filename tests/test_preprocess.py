@@ -12,7 +12,13 @@ from helpers import BAD_INPUTS, smooth_images
 from PIL import Image
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from fid_metric.preprocess import check_images, inception_input, resize_tf1_bilinear, resolve_compat, to_uint8_rgb
+from fid_metric._features.preprocess import (
+    check_images,
+    inception_input,
+    resize_tf1_bilinear,
+    resolve_compat,
+    to_uint8_rgb,
+)
 
 
 @pytest.mark.parametrize("shape", [(32, 32), (64, 48), (299, 299), (300, 517), (1, 7)])

@@ -20,7 +20,7 @@ from PIL import Image
 from pytorch_fid import fid_score
 
 from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError, frechet_distance
-from fid_metric.stats import mean_and_covariance
+from fid_metric._files.stats import mean_and_covariance
 
 # Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
@@ -92,7 +92,7 @@ def test_round_trip_keeps_everything(tmp_path) -> None:
     assert (loaded.extractor, loaded.weights_sha256, loaded.compat) == ("x/4", "ab", "tensorflow")
     assert torch.equal(loaded.outer_sum, stats.outer_sum) and torch.equal(loaded.covariance, stats.covariance)
     with np.load(tmp_path / "s.npz", allow_pickle=False) as raw:
-        assert str(raw["format"]) == "fid_metric.stats/1" and int(raw["feature_dim"]) == 4
+        assert str(raw["format"]) == "fid_metric._files.stats/1" and int(raw["feature_dim"]) == 4
         assert {"mu", "sigma", "n", "feature_sum", "outer_sum", "fid_metric_version"} <= set(raw.files)
 
 

@@ -34,9 +34,9 @@ import torch
 from helpers import ForkedPython
 
 import fid_metric
-from fid_metric import dinov2, weights
-from fid_metric.inception import FIDInceptionV3
-from fid_metric.weights import WeightsUnavailableError
+from fid_metric._features import dinov2, weights
+from fid_metric._features.inception import FIDInceptionV3
+from fid_metric._features.weights import WeightsUnavailableError
 
 _REAL_DEFAULT_URL = weights.INCEPTION.url  # read before any fixture patches it
 _PROXY_VARS = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
@@ -532,7 +532,7 @@ def test_partial_of_a_terminated_download_removed_by_next_download(
     server.routes[_mirror(official)] = official
     env = {weights.INCEPTION.env_url: server.url("/slow" + _mirror(official))}
     code = (  # the child makes the same bytes official, so that only the signal stops its download
-        "import dataclasses; from fid_metric import weights; weights.INCEPTION = dataclasses.replace("
+        "import dataclasses; from fid_metric._features import weights; weights.INCEPTION = dataclasses.replace("
         f"weights.INCEPTION, sha256={weights.INCEPTION.sha256!r}, size={weights.INCEPTION.size}); weights.resolve()"
     )
     child = ForkedPython("-c", code, **env)

@@ -2,7 +2,7 @@
 
 For code written for ``torchmetrics.image.inception.InceptionScore``: ``InceptionScore(feature="logits_unbiased",
 splits=10, normalize=False)``, ``update(imgs)`` with generated images only, ``compute()`` returning the tuple
-``(mean, std)``. The score is ``InceptionMetrics``' (``fid_metric.accumulators.SplitScores``): per-split sums of
+``(mean, std)``. The score is ``InceptionMetrics``' (``fid_metric._states.accumulators.SplitScores``): per-split sums of
 ``p log p`` and ``p`` from the 1008 logits without bias, in float64, one all_reduce under DDP, no features kept.
 Two things differ from torchmetrics on purpose: the image at sampler position j belongs to split ``j % splits``
 (torchmetrics shuffles with the global RNG, so its value changes from run to run and with the number of
@@ -17,8 +17,8 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from fid_metric.accumulators import split_scores
-from fid_metric.core import FeatureSumsMetric
+from fid_metric._metrics.base import FeatureSumsMetric
+from fid_metric._states.accumulators import split_scores
 
 _TORCHMETRICS_FEATURES = ("logits_unbiased", 64, 192, 768, 2048)
 

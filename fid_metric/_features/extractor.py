@@ -3,8 +3,8 @@
     images (N, C, H, W) -> check -> preprocess (compat) -> network -> named outputs, float32
 
 Two kinds. The FID Inception network (``Extractor.inception``): uint8 or [0, 1] float images, checked, rounded
-to uint8, resized and normalised as the ``compat`` reference does (``fid_metric.preprocess``), and any of the
-outputs ``fid_metric.inception.OUTPUTS`` names. A custom module (``Extractor.custom``): the images exactly as
+to uint8, resized and normalised as the ``compat`` reference does (``fid_metric._features.preprocess``), and any of the
+outputs ``fid_metric._features.inception.OUTPUTS`` names. A custom module (``Extractor.custom``): the images exactly as
 given to ``update``, as in torchmetrics, and one output, ``"features"``, ``(N, d)``.
 
 The extractor lives outside the metric's module tree: never in ``state_dict`` (no 92 MB checkpoints), never
@@ -21,11 +21,11 @@ from typing import cast
 import torch
 from torch import Tensor, nn
 
-from fid_metric import weights
 from fid_metric._checks import checked_int
-from fid_metric.inception import INCEPTION_ID, POOL_FEATURES, FIDInceptionV3, fold_batch_norm
-from fid_metric.precision import network_math, network_memory_format
-from fid_metric.preprocess import ImageInputError, check_images, inception_input, to_uint8_rgb
+from fid_metric._features import weights
+from fid_metric._features.arithmetic import network_math, network_memory_format
+from fid_metric._features.inception import INCEPTION_ID, POOL_FEATURES, FIDInceptionV3, fold_batch_norm
+from fid_metric._features.preprocess import ImageInputError, check_images, inception_input, to_uint8_rgb
 
 CUSTOM_OUTPUT = "features"
 

@@ -9,7 +9,7 @@ the rest (at most one): 1 and W processes then count every sample once.
 from __future__ import annotations
 
 from fid_metric._checks import checked_int
-from fid_metric.warn import warn_caller
+from fid_metric._warnings import warn_caller
 
 _NAMES = {"real": "real", "fake": "generated"}  # the states say "fake", as torchmetrics' do; messages do not
 

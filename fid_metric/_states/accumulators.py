@@ -1,7 +1,7 @@
 """Accumulators: each owns some of a metric's states, adds a batch's network outputs to them, and turns them into
 numbers.
 
-Every state is a sum over images, so the metric's one all_reduce (``fid_metric.sync``) combines them across
+Every state is a sum over images, so the metric's one all_reduce (``fid_metric._states.sync``) combines them across
 processes exactly. A metric is a list of accumulators over one extractor's outputs:
 
 * ``GaussianSums``: per side, the sum, the outer-product sum and the count of one output's features, hence
@@ -12,7 +12,7 @@ processes exactly. A metric is a list of accumulators over one extractor's outpu
 
 Split and group membership are deterministic: the image at position j of the sampler's order belongs to
 group ``j % groups`` and to a split fixed by its position (``SplitScores``); positions are counted as a
-``DistributedSampler`` deals them (``fid_metric.exactly_once.sampler_positions``), so membership is the same on
+``DistributedSampler`` deals them (``fid_metric._states.exactly_once.sampler_positions``), so membership is the same on
 1 or W processes.
 """
 
@@ -29,9 +29,9 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from fid_metric._checks import checked_int
-from fid_metric.distance import CovarianceFactor, sqrt_factor
-from fid_metric.inception import FEATURE_DIMS
-from fid_metric.stats import mean_and_covariance
+from fid_metric._features.inception import FEATURE_DIMS
+from fid_metric._files.stats import mean_and_covariance
+from fid_metric._functional.distance import CovarianceFactor, sqrt_factor
 
 SIDES = ("real", "fake")
 _F64 = torch.float64

@@ -1,12 +1,11 @@
 """What every metric of this package shares: one extractor, a list of accumulators, one sync.
 
     update(imgs): check -> exactly-once quota -> extractor outputs -> each accumulator adds to its float64 sums
-    sync:         the processes' configurations compared, then one all_reduce of every state (fid_metric.sync)
+    sync:         the processes' configurations compared, then one all_reduce of every state (fid_metric._states.sync)
     compute():    the metric turns the sums into its numbers (FrechetInceptionDistance, InceptionMetrics)
 
 ``FeatureSumsMetric`` holds that machinery and the boundaries around it (checkpoints, merges, statistics
-files); ``FrechetInceptionDistance`` (fid_metric.metric) and ``InceptionMetrics`` (fid_metric.inception_metrics)
-are siblings on top, each with its own ``compute()``.
+files); ``FrechetInceptionDistance`` and ``InceptionMetrics`` are siblings on top, each with its own ``compute()``.
 """
 
 from __future__ import annotations
@@ -19,17 +18,17 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from fid_metric.accumulators import SIDES, GaussianSums, Registered
-from fid_metric.boundaries import StatesAcrossBoundaries, copy_state
-from fid_metric.distance import CovarianceFactor, frechet_distance
-from fid_metric.exactly_once import SamplerQuota, sampler_positions
-from fid_metric.extractor import Extractor, FeatureNetwork
-from fid_metric.kept_features import KeptFeatures
-from fid_metric.precision import PRECISIONS
-from fid_metric.preprocess import resolve_compat, to_uint8_rgb
-from fid_metric.reference import FixedReference
-from fid_metric.stats import FeatureStats, StatsMismatchError
-from fid_metric.warn import warn_caller
+from fid_metric._features.arithmetic import PRECISIONS
+from fid_metric._features.extractor import Extractor, FeatureNetwork
+from fid_metric._features.preprocess import resolve_compat, to_uint8_rgb
+from fid_metric._files.stats import FeatureStats, StatsMismatchError
+from fid_metric._functional.distance import CovarianceFactor, frechet_distance
+from fid_metric._metrics.reference import FixedReference
+from fid_metric._states.accumulators import SIDES, GaussianSums, Registered
+from fid_metric._states.boundaries import StatesAcrossBoundaries, copy_state
+from fid_metric._states.exactly_once import SamplerQuota, sampler_positions
+from fid_metric._states.kept_features import KeptFeatures
+from fid_metric._warnings import warn_caller
 
 
 class FeatureSumsMetric(StatesAcrossBoundaries):

@@ -1,11 +1,11 @@
 """``InceptionMetrics``: FID, sFID, Inception Score, FID-infinity and a standard error from one Inception pass.
 
-The numbers ADM, DiT and EDM print, as accumulators over the same Inception outputs (``fid_metric.accumulators``),
-all sums, so that the one all_reduce combines them across processes:
+The numbers ADM, DiT and EDM print, as accumulators over the same Inception outputs
+(``fid_metric._states.accumulators``), all sums, so that the one all_reduce combines them across processes:
 
 * FID: as ``FrechetInceptionDistance``;
 * sFID (ADM's evaluator): mean and covariance of the (N, 2023) ``mixed_6/conv[..., :7]`` features, real and
-  generated (see ``fid_metric.inception`` for the layer and its NHWC ordering);
+  generated (see ``fid_metric._features.inception`` for the layer and its NHWC ordering);
 * Inception Score (generated images only), per split, exactly torch-fidelity's and ADM's per-split formula; the
   mean over splits and its population standard deviation, with the splits of either (``split_size``: ADM's,
   ``split_seed``: torch-fidelity's) or interleaved by position (the default);
@@ -13,9 +13,9 @@ all sums, so that the one all_reduce combines them across processes:
   Forsyth, "Effectively Unbiased FID and Inception Score and where to find them", CVPR 2020); ``compute()``
   then evaluates 2 G + 1 Fréchet distances.
 
-Precision/Recall (``fid_metric.precision_recall``) and KID (``fid_metric.kid``) need the FID features themselves,
-so asking for them keeps those (``fid_metric.kept_features``: list states, float32 for the Inception network's
-features, gathered once per side at ``compute()``).
+Precision/Recall and KID (``fid_metric._functional``) need the FID features themselves, so asking for them keeps
+those (``fid_metric._states.kept_features``: list states, float32 for the Inception network's features, gathered
+once per side at ``compute()``).
 """
 
 from __future__ import annotations
@@ -25,14 +25,14 @@ from typing import Any, cast
 from torch import Tensor, nn
 
 from fid_metric._checks import checked_int
-from fid_metric.accumulators import GaussianSums, GroupSums, SplitScores, split_scores
-from fid_metric.core import FeatureSumsMetric
-from fid_metric.distance import frechet_distance
-from fid_metric.inception import FEATURE_DIMS
-from fid_metric.kept_features import KeptFeatures
-from fid_metric.kid import kernel_inception_distance
-from fid_metric.precision_recall import precision_recall
-from fid_metric.stats import mean_and_covariance
+from fid_metric._features.inception import FEATURE_DIMS
+from fid_metric._files.stats import mean_and_covariance
+from fid_metric._functional.distance import frechet_distance
+from fid_metric._functional.kid import kernel_inception_distance
+from fid_metric._functional.precision_recall import precision_recall
+from fid_metric._metrics.base import FeatureSumsMetric
+from fid_metric._states.accumulators import GaussianSums, GroupSums, SplitScores, split_scores
+from fid_metric._states.kept_features import KeptFeatures
 
 _SFID = GaussianSums(
     "spatial", "spatial", FEATURE_DIMS["spatial"], count_of="features", extra_names=("mu_s", "sigma_s")

@@ -8,8 +8,8 @@ import hashlib
 import torch
 from torch import Tensor
 
-from fid_metric.distance import CovarianceFactor, sqrt_factor
-from fid_metric.stats import FeatureStats
+from fid_metric._files.stats import FeatureStats
+from fid_metric._functional.distance import CovarianceFactor, sqrt_factor
 
 
 class FixedReference:

@@ -41,7 +41,7 @@ random weights in the official layout); the hub's xformers or older explicit-sof
 it at float32 rounding. End to end, on the same images, it was 2e-4 relative from dgm-eval's feature, all of
 it from the resized values that Pillow rounds differently.
 
-Weights: ``DINOV2`` describes the file to ``fid_metric.weights.resolve``, first match wins: the
+Weights: ``DINOV2`` describes the file to ``fid_metric._features.weights.resolve``, first match wins: the
 ``weights_path=`` argument; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub cache
 (``torch.hub.get_dir()/checkpoints/dinov2_vitl14_pretrain.pth``, where ``torch.hub.load`` of the official
 model, and so dgm-eval, leaves it); a download from ``$FID_METRIC_DINOV2_WEIGHTS_URL``, verified by the SHA-256
@@ -60,8 +60,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fid_metric import weights
-from fid_metric.preprocess import check_images, to_uint8_rgb
+from fid_metric._features import weights
+from fid_metric._features.preprocess import check_images, to_uint8_rgb
 
 # Meta's checkpoint of the torch hub model ``dinov2_vitl14``; no hash of it is published.
 DINOV2 = weights.WeightsSpec(
@@ -108,7 +108,7 @@ class DINOv2Features(nn.Module):
 
     Raises:
         ImportError: timm is not installed (``pip install fid_metric[dinov2]``).
-        fid_metric.weights.WeightsUnavailableError: no weights file was found.
+        fid_metric._features.weights.WeightsUnavailableError: no weights file was found.
         RuntimeError: the file is not a DINOv2 ViT-L/14 state dict.
     """
 
@@ -234,5 +234,5 @@ def load_vit(path: str | os.PathLike) -> nn.Module:
 
 
 def resolve_weights(path: str | os.PathLike | None = None) -> Path:
-    """A local DINOv2 ViT-L/14 weights file: ``fid_metric.weights.resolve(path, DINOV2)``."""
+    """A local DINOv2 ViT-L/14 weights file: ``fid_metric._features.weights.resolve(path, DINOV2)``."""
     return weights.resolve(path, DINOV2)

@@ -2,7 +2,7 @@
 
 guided-diffusion, DiT and EDM write their samples (and ADM its reference batches) with ``numpy.savez(path,
 arr_0=images)``: 50,000 images of 256 x 256 are 9.8 GB. ``SampleBatch`` checks the array's header (through
-``fid_metric.npz``) and the member's size before anything is processed, then reads the images
+``fid_metric._files.npz``) and the member's size before anything is processed, then reads the images
 ``batch_size`` at a time from the zip member: a stored (``savez``) member is read straight from the file, a
 deflated one (``savez_compressed``) is decompressed as it is read; either way memory holds one batch, never
 the array. (A memory map would save one copy per batch of a stored member, nothing next to the network.)
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fid_metric.npz import NpzArchive
+from fid_metric._files.npz import NpzArchive
 
 IMAGES_KEY = "arr_0"
 

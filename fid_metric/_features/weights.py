@@ -1,7 +1,8 @@
 """Find, download, verify and load weights files: one resolver for every file a ``WeightsSpec`` describes.
 
 A ``WeightsSpec`` holds what is known of one file: where it is published, its full SHA-256 and size if known,
-and the argument and environment variables that point to it (``INCEPTION`` here, ``fid_metric.dinov2.DINOV2``).
+and the argument and environment variables that point to it (``INCEPTION`` here,
+``fid_metric._features.dinov2.DINOV2``).
 ``resolve(path, spec)`` takes the first of:
 
 1. ``path``, the caller's argument (``feature_extractor_weights_path=``, ``weights_path=``): a local file;

@@ -5,10 +5,10 @@ all-reduces and what our statistics files store; the mean and covariance follow 
 distance is computed. Files written by other tools hold only the mean and covariance: they serve as a fixed
 reference but cannot be merged.
 
-File formats read by :meth:`FeatureStats.load` (through :class:`fid_metric.npz.NpzArchive`: only the arrays
+File formats read by :meth:`FeatureStats.load` (through :class:`fid_metric._files.npz.NpzArchive`: only the arrays
 named here are read, each one's header checked before its data):
 
-* ours (``.npz``, ``format = "fid_metric.stats/1"``): ``n``, ``feature_sum``, ``outer_sum``, ``mu``,
+* ours (``.npz``, ``format = "fid_metric._files.stats/1"``): ``n``, ``feature_sum``, ``outer_sum``, ``mu``,
   ``sigma``, ``feature_dim``, ``extractor``, ``weights_sha256``, ``compat``, ``fid_metric_version``;
 * pytorch-fid ``--save-stats`` and clean-fid reference files: ``mu``, ``sigma``;
 * ADM (guided-diffusion evaluator) reference batches: ``mu``, ``sigma`` and the sFID statistics
@@ -22,7 +22,7 @@ file named as clean-fid names them (``<name>_<mode>_<split>_<res>.npz``) says it
 file, or any bare ``mu``/``sigma``, does not: the caller says what it holds (``load(path, compat=...)``), and
 a metric refuses statistics of an unknown definition.
 
-:meth:`FeatureStats.save` writes atomically (:func:`fid_metric.atomic_file.atomic_write`): a reader, a
+:meth:`FeatureStats.save` writes atomically (:func:`fid_metric._files.atomic_file.atomic_write`): a reader, a
 crash or a concurrent writer never leaves a partial file under the target name.
 """
 
@@ -39,16 +39,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fid_metric._features.inception import INCEPTION_ID, POOL_FEATURES
+from fid_metric._features.preprocess import COMPAT_MODES
+from fid_metric._files.atomic_file import atomic_write
+from fid_metric._files.edm2_reference import read_edm2_pickle
+from fid_metric._files.npz import ArrayHeader, NpzArchive
+from fid_metric._functional.distance import check_symmetric
 from fid_metric._version import __version__
-from fid_metric.atomic_file import atomic_write
-from fid_metric.distance import check_symmetric
-from fid_metric.edm2_reference import read_edm2_pickle
-from fid_metric.inception import INCEPTION_ID, POOL_FEATURES
-from fid_metric.npz import ArrayHeader, NpzArchive
-from fid_metric.preprocess import COMPAT_MODES
-from fid_metric.warn import warn_caller
+from fid_metric._warnings import warn_caller
 
-FORMAT = "fid_metric.stats/1"
+FORMAT = "fid_metric._files.stats/1"
 _METADATA = ("extractor", "weights_sha256", "compat", "precision")
 _SUMS = ("n", "feature_sum", "outer_sum")
 _ADM_SFID = ("mu_s", "sigma_s")
@@ -301,7 +301,7 @@ class FeatureStats:
         """Write a self-describing ``.npz`` (see the module docstring) atomically; mean/covariance-only stats too.
 
         Raises:
-            ValueError: ``path`` cannot be written (:func:`fid_metric.atomic_file.check_writable` says why).
+            ValueError: ``path`` cannot be written (:func:`fid_metric._files.atomic_file.check_writable` says why).
         """
         arrays: dict[str, np.ndarray] = {
             "format": np.array(FORMAT),
@@ -332,7 +332,7 @@ class FeatureStats:
                 ``--save-stats`` file: ``"pytorch-fid"``); for one that does, or whose format says it, it must
                 agree. Statistics of a compat mode are of the FID Inception network's pool features.
             key: which statistics of an EDM2 ``.pkl`` (``"fid"`` or ``"fd_dinov2"``), which holds both
-                (``fid_metric.edm2_reference``: read without unpickling anything but numpy arrays).
+                (``fid_metric._files.edm2_reference``: read without unpickling anything but numpy arrays).
             extractor: the feature network, for a file of another network's features that does not record it
                 (e.g. ``DINOv2Features(resize="edm2").extractor_id``); it must agree likewise.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fid_metric.core import FeatureSumsMetric
+from fid_metric._metrics.base import FeatureSumsMetric
 
 
 class FrechetInceptionDistance(FeatureSumsMetric):
@@ -30,7 +30,7 @@ class FrechetInceptionDistance(FeatureSumsMetric):
         antialias: torchmetrics' flag: True is ``compat="torchmetrics"``, False is ``compat="tensorflow"``.
         compat: ``"tensorflow"`` (default; the original TF definition as torch-fidelity reproduces it),
             ``"pytorch-fid"``, ``"torchmetrics"`` or ``"clean-fid"`` (clean-fid's default ``mode="clean"``); see
-            ``fid_metric.preprocess``.
+            ``fid_metric._features.preprocess``.
         real_stats: fixed reference statistics for the real side: a ``FeatureStats`` or a file that
             ``FeatureStats.load`` reads (ours, pytorch-fid, clean-fid, ADM). ``update(..., real=True)`` is
             then an error, and the reference's matrix factor is computed once and reused by every
@@ -54,7 +54,7 @@ class FrechetInceptionDistance(FeatureSumsMetric):
             weights or compat mode (and, later: a checkpoint, ``merge_state`` input or another process's
             metric of another configuration).
         TypeError: ``feature`` is neither an int nor an ``nn.Module``.
-        fid_metric.weights.WeightsUnavailableError: no weights file could be found or downloaded.
+        fid_metric._features.weights.WeightsUnavailableError: no weights file could be found or downloaded.
 
     Under DDP the six states are combined by one ``all_reduce`` of a single float64 buffer holding the
     sums, the upper triangles of the symmetric outer-product sums and the counts:

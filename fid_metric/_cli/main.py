@@ -2,8 +2,8 @@
 
 ``fid-metric score A B`` prints the FID (``--metrics`` adds sFID, IS, precision/recall and KID, through
 :class:`fid_metric.InceptionMetrics`); ``fid-metric stats FOLDER -o ref.npz`` saves the statistics of a folder
-for later use as A or B. Under torchrun each process takes its share of the images (``fid_metric.processes``).
-Images are decoded in DataLoader workers (``fid_metric.image_folder``) and fed to the metric; statistics files
+for later use as A or B. Under torchrun each process takes its share of the images (``fid_metric._cli.processes``).
+Images are decoded in DataLoader workers (``fid_metric._files.image_folder``) and fed to the metric; statistics files
 are read by :meth:`fid_metric.FeatureStats.load`.
 
 Everything that can be checked without the network is checked before the first image is processed: the
@@ -29,9 +29,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from fid_metric.atomic_file import check_writable
-from fid_metric.distance import frechet_distance
-from fid_metric.image_folder import (
+from fid_metric._cli.processes import JOIN_TIMEOUT, Processes, join_process_group, leave_process_group
+from fid_metric._features.inception import POOL_FEATURES
+from fid_metric._features.preprocess import COMPAT_MODES, REPRODUCES
+from fid_metric._features.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
+from fid_metric._files.atomic_file import check_writable
+from fid_metric._files.image_folder import (
     FORMATS,
     IMAGE_EXTENSIONS,
     BadImage,
@@ -41,14 +44,11 @@ from fid_metric.image_folder import (
     list_images,
     same_size_batches,
 )
-from fid_metric.inception import POOL_FEATURES
-from fid_metric.inception_metrics import InceptionMetrics
-from fid_metric.metric import FrechetInceptionDistance
-from fid_metric.preprocess import COMPAT_MODES, REPRODUCES
-from fid_metric.processes import JOIN_TIMEOUT, Processes, join_process_group, leave_process_group
-from fid_metric.sample_batch import SampleBatch, holds_images
-from fid_metric.stats import FeatureStats, StatsMismatchError
-from fid_metric.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
+from fid_metric._files.sample_batch import SampleBatch, holds_images
+from fid_metric._files.stats import FeatureStats, StatsMismatchError
+from fid_metric._functional.distance import frechet_distance
+from fid_metric._metrics.fid import FrechetInceptionDistance
+from fid_metric._metrics.inception_metrics import InceptionMetrics
 
 PROG = "fid-metric"
 # The score table, in the order the papers print it: --metrics name, label, key of the value (its std: key + "_std")
@@ -438,7 +438,7 @@ def _is_folder(text: str) -> bool:
 
 def _open_input(text: str, args: argparse.Namespace, images: bool = False) -> _Side:
     """An image folder with every header read (see ``_open_folder``); an ``.npz`` sample batch (``arr_0``
-    images and no ``mu``, see ``fid_metric.sample_batch``) with its header checked; or a loaded ``.npz``
+    images and no ``mu``, see ``fid_metric._files.sample_batch``) with its header checked; or a loaded ``.npz``
     statistics file. An ADM reference batch, which holds both, is read as its statistics, as ADM's evaluator
     reads it for FID, unless ``images`` (precision/recall and KID need the features, which ADM's evaluator
     also computes from its ``arr_0``)."""

@@ -11,9 +11,9 @@ outputs), float64 for a custom module's float64 or wide-integer outputs. Memory:
 float32 (50,000 x 2048: 410 MB), on the metric's device or, with ``on_cpu``, in host memory.
 
 Under DDP the metric's one all_reduce carries how many rows each process holds, then one all_gather per side
-(``fid_metric.sync.gather_rows``, in float64) puts every process's rows in the sampler's order, so that every
+(``fid_metric._states.sync.gather_rows``, in float64) puts every process's rows in the sampler's order, so that every
 process (and one process over the same data) sees the same sequence: row i of rank r is sample ``r + i * W``
-(``fid_metric.exactly_once``).
+(``fid_metric._states.exactly_once``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fid_metric.accumulators import SIDES, Registered
+from fid_metric._states.accumulators import SIDES, Registered
 
 # Output dtypes whose every value a float32 holds exactly; anything else (float64, int32, int64) is kept in float64.
 _EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int8, torch.int16, torch.bool)

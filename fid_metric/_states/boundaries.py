@@ -2,8 +2,8 @@
 change of them invalidates.
 
 ``StatesAcrossBoundaries`` overrides the torchmetrics and torch hooks involved, each a few lines over
-``fid_metric.sync`` (the configuration check, the one all_reduce, the gathers of list states) and
-``fid_metric.checkpoint`` (states checked and copied, configurations refused). Two kinds of state: float64 sums
+``fid_metric._states.sync`` (the configuration check, the one all_reduce, the gathers of list states) and
+``fid_metric._states.checkpoint`` (states checked and copied, configurations refused). Two kinds of state: float64 sums
 and int64 counts (tensors, summed by the all_reduce) and lists of ``(n_i, d)`` feature rows (the kept features,
 gathered in the sampler's order).
 
@@ -12,7 +12,7 @@ Derived results (torchmetrics' cached ``compute()`` value and this package's ``_
 reset, device move, a DDP sync, ``MetricCollection``'s shared states, a user's assignment) and at every
 ``update()`` (which adds in place). Restoring the local states after a sync (``unsync``) is not a change.
 
-What it reads of the metric above it (``fid_metric.core.FeatureSumsMetric``): ``identity()``,
+What it reads of the metric above it (``fid_metric._metrics.base.FeatureSumsMetric``): ``identity()``,
 ``_sync_fields()``, ``_symmetric_states``, ``_real_states``, ``reset_real_features``, ``_world_and_rank()``,
 ``_templates`` and ``_row_states``. The torchmetrics members it overrides or reads are checked by
 tests/test_torchmetrics_contract.py.
@@ -26,9 +26,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from fid_metric.checkpoint import EXTRA_STATE_KEY, load_states, merged_states
-from fid_metric.stats import StatsMismatchError
-from fid_metric.sync import gather_rows, sync_states
+from fid_metric._files.stats import StatsMismatchError
+from fid_metric._states.checkpoint import EXTRA_STATE_KEY, load_states, merged_states
+from fid_metric._states.sync import gather_rows, sync_states
 
 _ROW_COUNTS = "rows_per_process"  # not a state: the all_reduce's entry of the list states' row counts
 
@@ -141,7 +141,7 @@ class StatesAcrossBoundaries(Metric):
         unexpected_keys: list[str],
         error_msgs: list[str],
     ) -> None:
-        # Every state checked before any changes (fid_metric.checkpoint.load_states), then copies assigned.
+        # Every state checked before any changes (fid_metric._states.checkpoint.load_states), then copies assigned.
         loaded = load_states(self, state_dict, prefix, missing_keys)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs

@@ -20,13 +20,13 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from fid_metric.inception import FIDInceptionV3
-from fid_metric.kept_features import KeptFeatures, kept_dtype
-from fid_metric.stats import StatsMismatchError
+from fid_metric._features.inception import FIDInceptionV3
+from fid_metric._files.stats import StatsMismatchError
+from fid_metric._states.kept_features import KeptFeatures, kept_dtype
 
 
 class FeatureSumsMetricLike(Protocol):
-    """What loading and merging read of a metric (``fid_metric.core.FeatureSumsMetric``)."""
+    """What loading and merging read of a metric (``fid_metric._metrics.base.FeatureSumsMetric``)."""
 
     _defaults: dict[str, Any]
     _persistent: dict[str, bool]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fid_metric.stats import StatsMismatchError
+from fid_metric._files.stats import StatsMismatchError
 
 
 def sync_states(
