@@ -7,8 +7,8 @@
 Measures, on identical inputs and identical (random-init, pt_inception layout) Inception weights:
 
 * ``update()`` seconds per batch of images (``--sizes`` px input, ``--batch`` images; default 299 and 32 px,
-  batch 16 on CPU and 64 on CUDA): fid_metric exact, fid_metric ``precision="bf16"`` and, on CUDA,
-  ``precision="tf32"``; torchmetrics' ``FrechetInceptionDistance(antialias=False)`` (its TF1-resize path, the
+  batch 16 on CPU and 64 on CUDA): fid_metric exact, fid_metric ``arithmetic="bf16"`` and, on CUDA,
+  ``arithmetic="tf32"``; torchmetrics' ``FrechetInceptionDistance(antialias=False)`` (its TF1-resize path, the
   one that computes the same features) with PyTorch's default flags, and on CUDA also with TF32 off; the
   largest relative feature difference between ours and torchmetrics'; peak CUDA memory of one update;
 * the time ``update()`` spends outside the network's own forward (input checks, preprocessing, float64
@@ -140,7 +140,7 @@ def update_contenders(weights: Path, device: torch.device, precisions: list[str]
     """The metrics whose ``update()`` is timed, built once per device: fid_metric in each of ``precisions``,
     torchmetrics, and a fid_metric whose network ``bench_update`` swaps for its output."""
     metrics: dict[str, torchmetrics.Metric] = {
-        p: FrechetInceptionDistance(2048, feature_extractor_weights_path=weights, precision=p).to(device)
+        p: FrechetInceptionDistance(2048, feature_extractor_weights_path=weights, arithmetic=p).to(device)
         for p in precisions
     }
     metrics["torchmetrics"] = TorchmetricsFID(2048, feature_extractor_weights_path=str(weights), antialias=False)
@@ -294,7 +294,7 @@ def fid_deviation(
     real, fake = smooth_images(n, 299, seed=2), smooth_images(n, 299, seed=3) // 2 + 40
     real, fake = real.to(device), fake.to(device)
     modes: dict[str, Callable[[], torchmetrics.Metric]] = {
-        p: lambda p=p: FrechetInceptionDistance(dim, feature_extractor_weights_path=weights, precision=p)
+        p: lambda p=p: FrechetInceptionDistance(dim, feature_extractor_weights_path=weights, arithmetic=p)
         for p in precisions
     }
     if device.type == "cuda":

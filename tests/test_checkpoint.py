@@ -20,7 +20,7 @@ def test_only_kept_real_statistics_and_the_configuration_enter_the_state_dict() 
     state = metric.state_dict()
     assert set(state) == REAL_KEYS | {"_extra_state"}
     assert state["_extra_state"] == metric.identity()
-    assert state["_extra_state"]["feature_dim"] == 12 and state["_extra_state"]["precision"] == "exact"
+    assert state["_extra_state"]["feature_dim"] == 12 and state["_extra_state"]["arithmetic"] == "exact"
     assert set(FrechetInceptionDistance(TinyFeatures()).state_dict()) == set()
 
 
@@ -81,7 +81,7 @@ def test_a_checkpoint_of_another_feature_dimension_is_refused() -> None:
     assert _unchanged(target, before)
 
 
-def test_a_checkpoint_of_another_compat_or_precision_is_refused(inception_fid) -> None:
+def test_a_checkpoint_of_another_compat_or_arithmetic_is_refused(inception_fid) -> None:
     def make(**kwargs) -> FrechetInceptionDistance:
         return inception_fid(64, reset_real_features=False, **kwargs)
 
@@ -90,8 +90,8 @@ def test_a_checkpoint_of_another_compat_or_precision_is_refused(inception_fid) -
     make(compat="tensorflow").load_state_dict(state)
     with pytest.raises(StatsMismatchError, match="compat: 'pytorch-fid' vs 'tensorflow'"):
         make(compat="pytorch-fid").load_state_dict(state)
-    with pytest.raises(StatsMismatchError, match="precision: 'bf16' vs 'exact'"):
-        make(precision="bf16").load_state_dict(state)
+    with pytest.raises(StatsMismatchError, match="arithmetic: 'bf16' vs 'exact'"):
+        make(arithmetic="bf16").load_state_dict(state)
 
 
 def test_a_float32_checkpoint_is_converted_and_a_corrupt_one_refused() -> None:

@@ -80,12 +80,12 @@ def test_exact_features_on_cuda_equal_cpu(inception_weights, compat, all_cpu_thr
 
 def test_exact_mode_ignores_host_tf32_and_autocast_on_cuda(inception_weights) -> None:
     """Host TF32 on and float16 autocast around update(): exact mode's sums are unchanged, and the result is
-    float64. The guard: precision="tf32" moves them by far more than the tolerance, so a leak would show."""
+    float64. The guard: arithmetic="tf32" moves them by far more than the tolerance, so a leak would show."""
     imgs = smooth_images(16, 64, seed=5).cuda()
 
-    def sums(precision: str, host_tf32: bool, autocast: bool) -> torch.Tensor:
+    def sums(arithmetic: str, host_tf32: bool, autocast: bool) -> torch.Tensor:
         metric = FrechetInceptionDistance(
-            2048, feature_extractor_weights_path=inception_weights, precision=precision
+            2048, feature_extractor_weights_path=inception_weights, arithmetic=arithmetic
         ).cuda()
         saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = host_tf32

@@ -331,14 +331,14 @@ def test_fast_modes(inception_fid) -> None:
     """bf16 changes the features a little and nothing else; tf32 is exact off CUDA; unknown modes fail."""
     real, fake = _images(64, n_real=4, n_fake=3)
     exact = _fid(inception_fid(64), real, fake)
-    fast = inception_fid(64, precision="bf16")
+    fast = inception_fid(64, arithmetic="bf16")
     approx = _fid(fast, real, fake)
     assert fast.real_features_cov_sum.dtype == torch.float64 and approx.dtype == torch.float64
     assert 0 < relative(approx, exact) < 0.05
-    tf32 = inception_fid(64, precision="tf32")
+    tf32 = inception_fid(64, arithmetic="tf32")
     assert _fid(tf32, real, fake) == exact
-    with pytest.raises(ValueError, match="`precision` must be one of"):
-        FrechetInceptionDistance(TinyFeatures(), precision="fp16")
+    with pytest.raises(ValueError, match="`arithmetic` must be one of"):
+        FrechetInceptionDistance(TinyFeatures(), arithmetic="fp16")
 
 
 def test_merge_state_refuses_another_configuration(inception_fid) -> None:

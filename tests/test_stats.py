@@ -650,15 +650,15 @@ def test_a_compat_outside_the_modes_is_refused() -> None:
 
 
 def test_the_networks_arithmetic_is_recorded_and_checked(tmp_path) -> None:
-    """Statistics of a fast mode (precision="bf16") are not the definition: an exact metric refuses them."""
-    fast = FeatureStats.from_features(torch.randn(30, 12, dtype=torch.float64), precision="bf16")
+    """Statistics of a fast mode (arithmetic="bf16") are not the definition: an exact metric refuses them."""
+    fast = FeatureStats.from_features(torch.randn(30, 12, dtype=torch.float64), arithmetic="bf16")
     fast.save(tmp_path / "fast.npz")
-    assert FeatureStats.load(tmp_path / "fast.npz").precision == "bf16"
-    with pytest.raises(StatsMismatchError, match="precision is 'bf16' in real_stats but 'exact' in this metric"):
+    assert FeatureStats.load(tmp_path / "fast.npz").arithmetic == "bf16"
+    with pytest.raises(StatsMismatchError, match="arithmetic is 'bf16' in real_stats but 'exact' in this metric"):
         FrechetInceptionDistance(TinyFeatures(), real_stats=tmp_path / "fast.npz")
     metric = FrechetInceptionDistance(TinyFeatures())
     metric.update(smooth_images(4, 16, seed=1), real=True)
-    assert metric.statistics(real=True).precision == "exact"
+    assert metric.statistics(real=True).arithmetic == "exact"
 
 
 def test_the_unpicklers_stand_ins_do_only_what_numpys_pickles_ask(tmp_path) -> None:

@@ -251,7 +251,6 @@ def test_torch_home_sets_cache_dir(isolated_env: Path) -> None:
 
 def test_default_url_name_carries_hash() -> None:
     """The real default URL (never fetched) is pytorch-fid's file; its name's hash prefix is the official one's."""
-    assert weights.DEFAULT_URL == _REAL_DEFAULT_URL  # the command line quotes it
     assert Path(_REAL_DEFAULT_URL).name == weights.INCEPTION.name == "pt_inception-2015-12-05-6726825d.pth"
     assert weights.expected_hash_prefix(_REAL_DEFAULT_URL) == "6726825d"
     assert len(weights.INCEPTION.sha256) == 64
@@ -846,25 +845,3 @@ def test_example_without_weights_says_so_in_one_line(
     assert isinstance(message, str), f"exit code {message!r}, not a message (the interpreter would exit 1 with it)"
     assert len(message.splitlines()) == 1 and "--inception-weights" in message, message
     assert "urlopen error" in message  # why: the download could not connect
-
-
-def test_the_0_1_names_still_work(
-    server: LocalServer, small_weights: tuple[bytes, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The module constants and functions 0.1 exported are the specs' fields and thin calls to the one resolver."""
-    assert (weights.CACHE_NAME, weights.ENV_URL) == (weights.INCEPTION.name, weights.INCEPTION.env_url)
-    assert (weights.OFFICIAL_SHA256, weights.OFFICIAL_SIZE) == (weights.INCEPTION.sha256, weights.INCEPTION.size)
-    assert (dinov2.OFFICIAL_URL, dinov2.ENV_WEIGHTS) == (dinov2.DINOV2.url, dinov2.DINOV2.env_path)
-    explicit = tmp_path / "explicit.pth"
-    explicit.write_bytes(b"explicit")
-    assert dinov2.resolve_weights(explicit) == explicit
-    monkeypatch.setenv(dinov2.DINOV2.env_path, str(explicit))
-    assert dinov2.resolve_weights() == explicit
-
-    data, name = small_weights
-    server.routes[f"/{name}"] = data
-    assert weights.download(server.url(f"/{name}"), tmp_path / "out").read_bytes() == data
-    server.routes["/bad-0123abcd.pth"] = data  # the name's hash prefix is not the bytes' hash
-    with pytest.raises(RuntimeError):
-        weights.download(server.url("/bad-0123abcd.pth"), tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [name]

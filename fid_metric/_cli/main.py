@@ -32,7 +32,7 @@ from tqdm import tqdm
 from fid_metric._cli.processes import JOIN_TIMEOUT, Processes, join_process_group, leave_process_group
 from fid_metric._features.inception import POOL_FEATURES
 from fid_metric._features.preprocess import COMPAT_MODES, REPRODUCES
-from fid_metric._features.weights import DEFAULT_URL, ENV_WEIGHTS, WeightsUnavailableError, resolve
+from fid_metric._features.weights import INCEPTION, WeightsUnavailableError, resolve
 from fid_metric._files.atomic_file import check_writable
 from fid_metric._files.image_folder import (
     FORMATS,
@@ -102,7 +102,7 @@ inputs:
 exit codes:
   0    success
   1    any other failure, e.g. the Inception weights can be neither found nor downloaded
-       (pass --weights or set {ENV_WEIGHTS})
+       (pass --weights or set {INCEPTION.env_path})
   2    bad input, reported as one line "{PROG}: error: ..." before any image is processed: a usage
        error (e.g. --batch-size above {MAX_BATCH_SIZE}, a --device that cannot run), a missing path, a
        path that is neither a folder nor a .npz file, a folder that cannot be listed or holds fewer
@@ -542,7 +542,7 @@ def _weights(args: argparse.Namespace) -> Path:
         reason = f"downloading failed: {err.__cause__}" if err.__cause__ is not None else str(err).rstrip(".")
         raise WeightsUnavailableError(
             f"could not get the Inception weights ({reason}); pass --weights PATH to a copy of "
-            f"{Path(DEFAULT_URL).name} ({DEFAULT_URL}), or set {ENV_WEIGHTS}=PATH"
+            f"{INCEPTION.name} ({INCEPTION.url}), or set {INCEPTION.env_path}=PATH"
         ) from err
 
 

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 import torch
 
-PRECISIONS = ("exact", "bf16", "tf32")
+ARITHMETICS = ("exact", "bf16", "tf32")
 
 
 @contextlib.contextmanager
-def network_math(device: torch.device, precision: str) -> Iterator[None]:
+def network_math(device: torch.device, arithmetic: str) -> Iterator[None]:
     """Inference mode and the network's arithmetic, whatever autocast or TF32 setting the caller has.
 
     "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
@@ -24,20 +24,20 @@ def network_math(device: torch.device, precision: str) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode())
         if torch.amp.is_autocast_available(device.type):
-            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"))
+            stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16, enabled=arithmetic == "bf16"))
         if device.type == "cuda":
-            stack.enter_context(cuda_fp32("tf32" if precision == "tf32" else "ieee"))
+            stack.enter_context(cuda_fp32("tf32" if arithmetic == "tf32" else "ieee"))
         yield
 
 
-def network_memory_format(device: torch.device, precision: str) -> torch.memory_format:
+def network_memory_format(device: torch.device, arithmetic: str) -> torch.memory_format:
     """The layout the Inception network and its input run in: the faster one for the device and arithmetic.
 
     NCHW for IEEE float32 on CUDA (exact mode), where cuDNN's NCHW float32 kernels are the faster ones;
     channels-last elsewhere (TF32 and bf16 on CUDA, oneDNN on the CPU). benchmarks/bench.py measures both
     layouts (its ``network`` rows; the figures are in docs/performance.md).
     """
-    if device.type == "cuda" and precision == "exact":
+    if device.type == "cuda" and arithmetic == "exact":
         return torch.contiguous_format
     return torch.channels_last
 

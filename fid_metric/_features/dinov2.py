@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import cast
 
 import torch
@@ -74,8 +73,6 @@ DINOV2 = weights.WeightsSpec(
     env_path="FID_METRIC_DINOV2_WEIGHTS",
     env_url="FID_METRIC_DINOV2_WEIGHTS_URL",
 )
-# DINOV2's fields under the names 0.1 exported.
-OFFICIAL_URL, ENV_WEIGHTS, ENV_URL = DINOV2.url, DINOV2.env_path, DINOV2.env_url
 TIMM_MODEL = "vit_large_patch14_dinov2"
 IMAGE_SIZE = 224
 PATCH_SIZE = 14
@@ -231,8 +228,3 @@ def load_vit(path: str | os.PathLike) -> nn.Module:
             f"{path} is not a DINOv2 ViT-L/14 state dict in torch hub's layout (as in Meta's {DINOV2.name}): {err}"
         ) from err
     return model.eval()
-
-
-def resolve_weights(path: str | os.PathLike | None = None) -> Path:
-    """A local DINOv2 ViT-L/14 weights file: ``fid_metric._features.weights.resolve(path, DINOV2)``."""
-    return weights.resolve(path, DINOV2)

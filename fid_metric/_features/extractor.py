@@ -122,15 +122,15 @@ class Extractor:
         elif not isinstance(imgs, Tensor) or imgs.ndim == 0:
             raise ImageInputError(f"Expected a batch of images as a torch.Tensor, got {type(imgs).__name__}.")
 
-    def outputs(self, imgs: Tensor, names: tuple[str, ...], device: torch.device, precision: str) -> dict[str, Tensor]:
-        """Checked images -> the named outputs, on ``device``, in the arithmetic ``precision`` names.
+    def outputs(self, imgs: Tensor, names: tuple[str, ...], device: torch.device, arithmetic: str) -> dict[str, Tensor]:
+        """Checked images -> the named outputs, on ``device``, in the ``arithmetic`` mode.
 
         Raises:
             ValueError: a custom module's output is not ``(N, d)``.
         """
         if self.is_custom:
             network = self.on(device)
-            with network_math(device, precision):
+            with network_math(device, arithmetic):
                 features = network(imgs.to(device, non_blocking=True))
             if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
                 shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
@@ -139,11 +139,11 @@ class Extractor:
                     f"N = {imgs.shape[0]}, got {shape}."
                 )
             return {CUSTOM_OUTPUT: features}
-        layout = network_memory_format(device, precision)
+        layout = network_memory_format(device, arithmetic)
         network = self.on(device, layout)
         with network_math(device, "exact"):
             x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True), self.compat), self.compat)
-        with network_math(device, precision):
+        with network_math(device, arithmetic):
             return network(x.contiguous(memory_format=layout), names)
 
     def check_finite(self, outputs: dict[str, Tensor], normalize: bool) -> None:
@@ -169,17 +169,17 @@ class Extractor:
 
 class FeatureNetwork(nn.Module):
     """An Inception extractor as a module with torchmetrics' network interface: uint8 ``(N, 3, H, W)`` images ->
-    ``(N, d)`` float32 FID features, on the images' device, in the given ``precision``.
+    ``(N, d)`` float32 FID features, on the images' device, in the given ``arithmetic``.
 
     What ``metric.inception`` returns, for ``torchmetrics.wrappers.FeatureShare`` and code that calls the
     network directly. It registers no parameters: the network stays outside every module tree (see the module
     docstring), also when another metric holds this module.
     """
 
-    def __init__(self, extractor: Extractor, precision: str) -> None:
+    def __init__(self, extractor: Extractor, arithmetic: str) -> None:
         super().__init__()
         self.extractor = extractor
-        self.precision = precision
+        self.arithmetic = arithmetic
         super().train(False)
 
     def train(self, mode: bool = True) -> FeatureNetwork:
@@ -189,11 +189,11 @@ class FeatureNetwork(nn.Module):
     def forward(self, imgs: Tensor) -> Tensor:
         self.extractor.check(imgs, normalize=False)
         output = self.extractor.feature_output
-        return self.extractor.outputs(imgs, (output,), imgs.device, self.precision)[output]
+        return self.extractor.outputs(imgs, (output,), imgs.device, self.arithmetic)[output]
 
     def extra_repr(self) -> str:
         # FeatureShare compares str(network) to tell whether its metrics use one network
-        return f"{self.extractor.extractor_id}, compat={self.extractor.compat!r}, precision={self.precision!r}"
+        return f"{self.extractor.extractor_id}, compat={self.extractor.compat!r}, arithmetic={self.arithmetic!r}"
 
 
 def _load_inception(source: os.PathLike) -> FIDInceptionV3:

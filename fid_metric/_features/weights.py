@@ -94,9 +94,6 @@ INCEPTION = WeightsSpec(
     env_path="FID_METRIC_WEIGHTS",
     env_url="FID_METRIC_WEIGHTS_URL",
 )
-# INCEPTION's fields under the names 0.1 exported (the command line quotes some in its messages).
-DEFAULT_URL, ENV_WEIGHTS, ENV_URL = INCEPTION.url, INCEPTION.env_path, INCEPTION.env_url
-CACHE_NAME, OFFICIAL_SHA256, OFFICIAL_SIZE = Path(DEFAULT_URL).name, INCEPTION.sha256, INCEPTION.size
 ENV_TIMEOUT = "FID_METRIC_DOWNLOAD_TIMEOUT"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,64})\.")
 _READ_TIMEOUT_S = 60

@@ -49,7 +49,7 @@ from fid_metric._version import __version__
 from fid_metric._warnings import warn_caller
 
 FORMAT = "fid_metric._files.stats/1"
-_METADATA = ("extractor", "weights_sha256", "compat", "precision")
+_METADATA = ("extractor", "weights_sha256", "compat", "arithmetic")
 _SUMS = ("n", "feature_sum", "outer_sum")
 _ADM_SFID = ("mu_s", "sigma_s")
 _KEYS = ("mu", "sigma", *_SUMS, *_ADM_SFID, *_METADATA)  # all that load() reads
@@ -184,7 +184,7 @@ class FeatureStats:
         extractor: e.g. ``"inception-2015-12-05/2048"``, or "" if unknown.
         weights_sha256: hex SHA-256 of the network weights file, or "" if unknown.
         compat: the preprocessing pipeline (``"tensorflow"``, ...), or "" if unknown.
-        precision: the network's arithmetic (``"exact"``, or a fast mode, which is not the definition), or "".
+        arithmetic: the network's arithmetic (``"exact"``, or a fast mode, which is not the definition), or "".
         extra: ADM's sFID statistics ``mu_s`` ``(k,)`` and ``sigma_s`` ``(k, k)``, float64, when a file held them.
     """
 
@@ -196,7 +196,7 @@ class FeatureStats:
     extractor: str = ""
     weights_sha256: str = ""
     compat: str = ""
-    precision: str = ""
+    arithmetic: str = ""
     extra: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -212,7 +212,7 @@ class FeatureStats:
         extractor: str = "",
         weights_sha256: str = "",
         compat: str = "",
-        precision: str = "",
+        arithmetic: str = "",
     ) -> FeatureStats:
         """From the sums of ``n >= 2`` samples (the metric's states), with what made their features."""
         if n < 2:
@@ -220,15 +220,15 @@ class FeatureStats:
         feature_sum = feature_sum.detach().to("cpu", torch.float64)
         outer_sum = outer_sum.detach().to("cpu", torch.float64)
         mean, covariance = mean_and_covariance(n, feature_sum, outer_sum)
-        return cls(mean, covariance, int(n), feature_sum, outer_sum, extractor, weights_sha256, compat, precision)
+        return cls(mean, covariance, int(n), feature_sum, outer_sum, extractor, weights_sha256, compat, arithmetic)
 
     @classmethod
     def from_features(
-        cls, features: Tensor, extractor: str = "", weights_sha256: str = "", compat: str = "", precision: str = ""
+        cls, features: Tensor, extractor: str = "", weights_sha256: str = "", compat: str = "", arithmetic: str = ""
     ) -> FeatureStats:
         """From ``(n, d)`` features."""
         f = features.detach().to("cpu", torch.float64)
-        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, extractor, weights_sha256, compat, precision)
+        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, extractor, weights_sha256, compat, arithmetic)
 
     @property
     def feature_dim(self) -> int:
@@ -292,7 +292,7 @@ class FeatureStats:
             extractor=self.extractor if self.extractor == other.extractor else "",
             weights_sha256=self.weights_sha256 if self.weights_sha256 == other.weights_sha256 else "",
             compat=self.compat if self.compat == other.compat else "",
-            precision=self.precision if self.precision == other.precision else "",
+            arithmetic=self.arithmetic if self.arithmetic == other.arithmetic else "",
         )
 
     __add__ = merge

@@ -18,7 +18,7 @@ from typing import Any, cast
 import torch
 from torch import Tensor, nn
 
-from fid_metric._features.arithmetic import PRECISIONS
+from fid_metric._features.arithmetic import ARITHMETICS
 from fid_metric._features.extractor import Extractor, FeatureNetwork
 from fid_metric._features.preprocess import resolve_compat, to_uint8_rgb
 from fid_metric._files.stats import FeatureStats, StatsMismatchError
@@ -55,7 +55,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         compat: str | None = None,
         real_stats: str | os.PathLike | FeatureStats | None = None,
         dataset_size: int | None = None,
-        precision: str = "exact",
+        arithmetic: str = "exact",
         fid_sums: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -64,10 +64,10 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             raise ValueError(f"`normalize` must be a bool, got {normalize!r}.")
         if not isinstance(reset_real_features, bool):
             raise ValueError(f"`reset_real_features` must be a bool, got {reset_real_features!r}.")
-        if precision not in PRECISIONS:
-            raise ValueError(f"`precision` must be one of {PRECISIONS}, got {precision!r}.")
+        if arithmetic not in ARITHMETICS:
+            raise ValueError(f"`arithmetic` must be one of {ARITHMETICS}, got {arithmetic!r}.")
         self._quota = SamplerQuota(dataset_size)
-        self.precision, self.normalize, self.reset_real_features = precision, normalize, reset_real_features
+        self.arithmetic, self.normalize, self.reset_real_features = arithmetic, normalize, reset_real_features
         self.compat = resolve_compat(compat, antialias)
         if isinstance(feature, nn.Module):
             self._extractor = Extractor.custom(feature, normalize, input_img_size)
@@ -85,7 +85,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         if real_stats is not None:
             stats = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
             ours = {"feature_dim": self.num_features, **self._extractor.metadata(with_hash=bool(stats.weights_sha256))}
-            ours["precision"] = self.precision
+            ours["arithmetic"] = self.arithmetic
             stats.check_compatible(ours, "real_stats", "this metric")
             self._check_definition_known(stats, "(a FeatureStats)" if real_stats is stats else f"({real_stats})")
             self._reference = FixedReference(stats)
@@ -215,13 +215,13 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         custom or shared module's in their own dtype."""
         if self._shared_network is not None:
             return {self._extractor.feature_output: self._shared_features(imgs)}
-        return self._extractor.outputs(imgs, self._network_outputs, self.device, self.precision)
+        return self._extractor.outputs(imgs, self._network_outputs, self.device, self.arithmetic)
 
     @property
     def inception(self) -> nn.Module:
         """The feature network, as torchmetrics' ``metric.inception``: a module mapping a batch of images, as
         torchmetrics' network takes them (uint8 ``(N, 3, H, W)``), to the ``(N, d)`` float32 FID features of
-        this metric's compat pipeline and precision; a custom ``feature`` module itself; or the network
+        this metric's compat pipeline and arithmetic; a custom ``feature`` module itself; or the network
         ``torchmetrics.wrappers.FeatureShare`` set. Holds no parameters of the Inception network (it never
         enters a ``state_dict``).
         """
@@ -229,7 +229,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
             return self._shared_network
         if self._extractor.is_custom:
             return self._extractor.module
-        return FeatureNetwork(self._extractor, self.precision)
+        return FeatureNetwork(self._extractor, self.arithmetic)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # ``metric.inception = network`` (torchmetrics.wrappers.FeatureShare does it): features come from that
@@ -348,7 +348,7 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
             n, feature_sum, outer_sum = self._gaussian.sums(self, side)
             stats = FeatureStats.from_sums(
-                n, feature_sum, outer_sum, **self._extractor.metadata(), precision=self.precision
+                n, feature_sum, outer_sum, **self._extractor.metadata(), arithmetic=self.arithmetic
             )
             for accumulator in self._accumulators[1:]:
                 if isinstance(accumulator, GaussianSums) and accumulator.extra_names:
@@ -372,10 +372,10 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
 
     def identity(self, with_hash: bool = True) -> dict[str, object]:
         """What makes two metrics' sums addable: feature dimension, extractor, compat, weights SHA-256 and
-        precision. ``state_dict()`` records it; loading, ``merge_state`` and the DDP sync refuse another.
+        arithmetic. ``state_dict()`` records it; loading, ``merge_state`` and the DDP sync refuse another.
         ``with_hash=False`` leaves the SHA-256 empty (the file is read once, when first needed)."""
         metadata = self._extractor.metadata(with_hash=with_hash)
-        return {"feature_dim": self.num_features, **metadata, "precision": self.precision}
+        return {"feature_dim": self.num_features, **metadata, "arithmetic": self.arithmetic}
 
     def reset(self) -> None:
         """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""

@@ -40,7 +40,7 @@ class FrechetInceptionDistance(FeatureSumsMetric):
             divisible by the number of processes W, always at the tail of each rank's sequence, so rank r
             counts only its first ``ceil((N - r) / W)`` images per side and the rest (at most one) is
             dropped. ``fid_metric.lightning.ExactlyOnce`` sets it from the trainer's validation loader.
-        precision: ``"exact"`` (default): the network in float32 with autocast off and TF32 off, whatever
+        arithmetic: ``"exact"`` (default): the network in float32 with autocast off and TF32 off, whatever
             the host's settings. Fast modes for development loops, not for reported numbers: ``"bf16"``
             (autocast to bfloat16; CPUs with AMX/AVX512-BF16 and GPUs) and ``"tf32"`` (TF32 on CUDA). The
             states and the distance stay float64; docs/performance.md states each mode's measured FID deviation.
@@ -49,7 +49,7 @@ class FrechetInceptionDistance(FeatureSumsMetric):
     Raises:
         ValueError: ``feature`` is an int other than 64, 192, 768, 2048; ``compat`` is unknown or contradicts
             ``antialias``; ``normalize`` or ``reset_real_features`` is not a bool; ``real_stats`` is not
-            readable; ``dataset_size`` is not a positive int; ``precision`` is unknown.
+            readable; ``dataset_size`` is not a positive int; ``arithmetic`` is unknown.
         fid_metric.StatsMismatchError: ``real_stats`` was made with another feature dimension, extractor,
             weights or compat mode (and, later: a checkpoint, ``merge_state`` input or another process's
             metric of another configuration).

@@ -35,7 +35,7 @@ class InceptionScore(FeatureSumsMetric):
         split_size: ADM's consecutive splits of this many images, as in ``InceptionMetrics``.
         split_seed: torch-fidelity's shuffled splits with this seed, as in ``InceptionMetrics``.
         kwargs: ``normalize`` (images are floats in [0, 1] when True, uint8 in [0, 255] when False), ``compat``,
-            ``feature_extractor_weights_path``, ``precision``, ``dataset_size`` and torchmetrics' ``Metric``
+            ``feature_extractor_weights_path``, ``arithmetic``, ``dataset_size`` and torchmetrics' ``Metric``
             arguments, as for ``FrechetInceptionDistance``.
 
     Raises:

@@ -1,7 +1,7 @@
 """What crosses a checkpoint, a merge or a process boundary: checked, converted, copied, and of one configuration.
 
 A metric's *identity* is what makes two sets of its sums addable: the feature dimension, the extractor, the
-compat pipeline, the weights' SHA-256 and the arithmetic (``precision``). ``state_dict()`` records it under
+compat pipeline, the weights' SHA-256 and the network arithmetic (``arithmetic``). ``state_dict()`` records it under
 torch's extra-state key, and loading refuses a checkpoint of another identity (``StatsMismatchError``), as
 statistics files are refused. Every state that enters a metric from outside goes through ``checked_state``:
 the shape of this metric's state, float64 sums or int64 counts (other float dtypes converted, non-integral
