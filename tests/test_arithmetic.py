@@ -30,8 +30,8 @@ def test_cuda_fp32_sets_and_restores_the_global_flags() -> None:
 
 
 def test_network_math_leaves_cudnn_algorithm_choice_to_its_heuristics() -> None:
-    """cuDNN autotuning stays as the caller set it (off by default): it measured no faster on an H100 and would
-    make the algorithm, and so the round-off, vary from run to run."""
+    """cuDNN autotuning stays as the caller set it (off by default): it would make the algorithm, and so the
+    round-off, vary from run to run (and is no faster: docs/performance.md)."""
     saved = torch.backends.cudnn.benchmark
     try:
         for flag in (False, True):

@@ -2,8 +2,8 @@
 
 No pretrained weights can be downloaded here, so the module builds a random state dict in the layout of Meta's
 ``dinov2_vitl14_pretrain.pth`` (the hub model at 518 px: ``pos_embed`` (1, 1370, 1024), ``mask_token``, ...)
-once, writes it to a temporary file and loads it like the real one. ViT-L is 1.2 GB and about 1.5 s per
-image on two CPU cores, so the network is built once and every forward pass uses a handful of images.
+once, writes it to a temporary file and loads it like the real one. ViT-L is 1.2 GB and slow on a CPU, so the
+network is built once and every forward pass uses a handful of images.
 Every test runs with ``TORCH_HOME`` in a temporary folder and without the DINOv2 environment variables.
 """
 
@@ -304,7 +304,7 @@ def test_preprocessing_is_the_documented_formula() -> None:
 
 @pytest.mark.parametrize("size", [(32, 32), (64, 64), (100, 77), (256, 256), (300, 512)])
 def test_resize_matches_pillow_bicubic(size: tuple[int, int]) -> None:
-    """dgm-eval resizes with Pillow; we agree up to Pillow's fixed-point rounding (module docstring)."""
+    """dgm-eval resizes with Pillow; we agree up to Pillow's fixed-point rounding (pil_bicubic_224)."""
     g = torch.Generator().manual_seed(size[0] * 1000 + size[1])
     noise = torch.randint(0, 256, (1, 3, *size), dtype=torch.uint8, generator=g)
     imgs = torch.cat([noise, smooth_images(1, size, seed=size[0])])
@@ -366,7 +366,7 @@ def test_rejects_what_is_not_an_image_batch(features: DINOv2Features, imgs, erro
 @pytest.mark.filterwarnings("ignore:Covariance cancellation")
 def test_fd_dinov2_end_to_end(features: DINOv2Features) -> None:
     """The metric over DINOv2Features against fixed reference statistics (N(0, I / 100), as a statistics file of
-    a dataset would give them; ViT-L costs ~1.5 s an image here): what the network gives the metric ((N, 1024)
+    a dataset would give them; two images, as ViT-L is slow on a CPU): what the network gives the metric ((N, 1024)
     float32, finite, depending on the image) and a finite positive float64 FD."""
     reference = FeatureStats(
         torch.zeros(1024, dtype=torch.float64),

@@ -9,7 +9,7 @@ from helpers import smooth_images
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.metric_isc import isc_features_to_metric
 
-from fid_metric import FeatureStats, InceptionMetrics, StatsMismatchError
+from fid_metric import FeatureStats, InceptionMetrics, InceptionScore, StatsMismatchError
 from fid_metric._features.inception import FIDInceptionV3
 from fid_metric._features.preprocess import inception_input
 from fid_metric._states.exactly_once import sampler_positions
@@ -97,7 +97,7 @@ def twelve(inception_weights) -> tuple[torch.Tensor, torch.Tensor]:
     """12 generated images and our network's logits without bias of them, in one batch of 12 (the float32 matmul's
     round-off follows the batch shape, so the metrics below are fed the same batch)."""
     imgs = smooth_images(12, 40, seed=23)
-    metric = InceptionMetrics(fid=False, sfid=False, feature_extractor_weights_path=inception_weights)
+    metric = InceptionScore(splits=1, feature_extractor_weights_path=inception_weights)
     logits = metric._extractor.outputs(imgs, ("logits_unbiased",), torch.device("cpu"), "exact")["logits_unbiased"]
     return imgs, logits.double()
 
@@ -107,14 +107,14 @@ def _inception_score(imgs: torch.Tensor, weights, world: int = 1, **kwargs) -> t
     states merged, which the DDP sync does by the same sums)."""
     ranks = []
     for rank in range(world):
-        metric = InceptionMetrics(fid=False, sfid=False, feature_extractor_weights_path=weights, **kwargs)
+        metric = InceptionScore(feature_extractor_weights_path=weights, **kwargs)
         metric._world_and_rank = lambda rank=rank: (world, rank)  # type: ignore[method-assign]
-        metric.update(imgs[rank::world], real=False)
+        metric.update(imgs[rank::world])
         ranks.append(metric)
     for other in ranks[1:]:
         ranks[0].merge_state(other)
-    values = ranks[0].compute()
-    return float(values["inception_score"]), float(values["inception_score_std"])
+    mean, std = ranks[0].compute()
+    return float(mean), float(std)
 
 
 def test_adm_splits_are_consecutive_chunks_of_split_size(twelve, inception_weights) -> None:
@@ -145,9 +145,7 @@ def test_torch_fidelity_splits_are_its_shuffled_chunks(twelve, inception_weights
     with pytest.raises(ValueError, match="need `dataset_size`"):
         _inception_score(imgs, inception_weights, splits=3, split_seed=1)
     with pytest.raises(ValueError, match="not both"):
-        InceptionMetrics(
-            fid=False, sfid=False, split_size=5, split_seed=1, feature_extractor_weights_path=inception_weights
-        )
+        InceptionScore(split_size=5, split_seed=1, feature_extractor_weights_path=inception_weights)
 
 
 def test_spatial_feature_is_mixed_6d_branch1x1_in_nhwc_order(inception_weights) -> None:
@@ -214,7 +212,7 @@ def test_fid_infinity_recovers_the_closed_form(inception_weights) -> None:
     features = torch.randn(n, d, generator=g, dtype=torch.float64) + delta
     for first in range(0, n, 1000):
         batch = features[first : first + 1000]
-        metric._accumulate("fake", {"64": batch}, sampler_positions(first, len(batch), world=1, rank=0))
+        metric._accumulators.add(metric, "fake", {"64": batch}, sampler_positions(first, len(batch), world=1, rank=0))
     values = metric.compute()
     sizes, by_size = metric.fid_by_size
     bias = d * (d + 5) / (4 * sizes)
@@ -262,8 +260,8 @@ def test_fid_infinity_is_never_negative(inception_weights) -> None:
     metric = InceptionMetrics(
         sfid=False, inception_score=False, fid_groups=4, feature=64, feature_extractor_weights_path=inception_weights
     )
-    metric._accumulate("real", {"64": features}, sampler_positions(0, len(features), world=1, rank=0))
-    metric._accumulate("fake", {"64": features}, sampler_positions(0, len(features), world=1, rank=0))
+    metric._accumulators.add(metric, "real", {"64": features}, sampler_positions(0, len(features), world=1, rank=0))
+    metric._accumulators.add(metric, "fake", {"64": features}, sampler_positions(0, len(features), world=1, rank=0))
     with pytest.warns(UserWarning, match="before the ``update`` method"):  # sums set directly, not by update()
         values = metric.compute()
     sizes, by_size = metric.fid_by_size
@@ -274,42 +272,32 @@ def test_fid_infinity_is_never_negative(inception_weights) -> None:
 
 
 def test_inception_score_alone_from_generated_images_only(images, suite_values, inception_weights) -> None:
-    """fid=False, sfid=False: the Inception Score without a real side (as torchmetrics' InceptionScore), equal
-    to the one computed beside the FID from the same generated batches."""
-    alone = InceptionMetrics(
-        fid=False, sfid=False, splits=1, feature=64, feature_extractor_weights_path=inception_weights
-    )
+    """InceptionScore: the Inception Score without a real side, equal to the one InceptionMetrics computes beside
+    the FID from the same generated batches; InceptionMetrics has no way to drop the FID (one way to each thing)."""
+    alone = InceptionScore(splits=1, feature_extractor_weights_path=inception_weights)
     with pytest.raises(ValueError, match="generated images only"):
         alone.update(images["real"], real=True)
-    alone.update(images["fake"][:5], real=False)
-    alone.update(images["fake"][5:], real=False)
-    values = alone.compute()
-    assert set(values) == {"inception_score", "inception_score_std"}
-    assert (
-        abs(float(values["inception_score"]) - suite_values["inception_score"])
-        <= 1e-12 * suite_values["inception_score"]
-    )
-    with pytest.raises(ValueError, match="needs inception_score=True, sfid=False"):
+    alone.update(images["fake"][:5])
+    alone.update(images["fake"][5:])
+    mean, _ = alone.compute()
+    assert abs(float(mean) - suite_values["inception_score"]) <= 1e-12 * suite_values["inception_score"]
+    with pytest.raises(ValueError, match="Unexpected keyword arguments: `fid`"):
         InceptionMetrics(fid=False, feature=64, feature_extractor_weights_path=inception_weights)
 
 
 def test_merge_state_refuses_another_split_convention(inception_weights) -> None:
     """The DDP sync compares the accumulators' settings; merge_state compared the identity only and added the
     split sums of ADM's convention to torch-fidelity's."""
-    consecutive = InceptionMetrics(
-        fid=False, sfid=False, splits=3, split_size=2, feature_extractor_weights_path=inception_weights
-    )
-    shuffled = InceptionMetrics(
-        fid=False, sfid=False, splits=3, split_seed=1, feature_extractor_weights_path=inception_weights
-    )
+    consecutive = InceptionScore(splits=3, split_size=2, feature_extractor_weights_path=inception_weights)
+    shuffled = InceptionScore(splits=3, split_seed=1, feature_extractor_weights_path=inception_weights)
     with pytest.raises(StatsMismatchError, match="accumulators: .*split_size=2"):
         consecutive.merge_state(shuffled)
 
 
 def test_the_inception_score_alone_warns_when_the_set_is_not_covered(twelve, inception_weights) -> None:
     imgs, _ = twelve
-    metric = InceptionMetrics(fid=False, sfid=False, dataset_size=12, feature_extractor_weights_path=inception_weights)
-    metric.update(imgs[:5], real=False)
+    metric = InceptionScore(splits=1, dataset_size=12, feature_extractor_weights_path=inception_weights)
+    metric.update(imgs[:5])
     with pytest.warns(UserWarning, match="dataset_size=12, but 5 generated images were counted"):
         metric.compute()
 
@@ -320,4 +308,6 @@ def test_arguments_cannot_be_misread(inception_weights) -> None:
         InceptionMetrics(2048)  # type: ignore[misc]
     for splits in (True, 0, 2.0):
         with pytest.raises(ValueError, match="`splits` must be a positive int"):
-            InceptionMetrics(fid=False, sfid=False, splits=splits, feature_extractor_weights_path=inception_weights)
+            InceptionMetrics(sfid=False, splits=splits, feature_extractor_weights_path=inception_weights)
+        with pytest.raises(ValueError, match="`splits` must be a positive int"):
+            InceptionScore(splits=splits, feature_extractor_weights_path=inception_weights)

@@ -59,7 +59,6 @@ def test_kid_over_all_pairs_and_the_argument_checks() -> None:
     kid, _ = kernel_inception_distance(network(fake), network(real), subset_size=None)
     assert float(values["kid"]) == float(kid) and float(values["kid_std"]) == 0.0
     for kwargs, match in [
-        ({"precision_recall": True, "fid": False, "sfid": False}, "need fid=True"),
         ({"precision_recall": True, "prc_neighborhood": 0}, "prc_neighborhood"),
         ({"kid": True, "kid_subsets": 0}, "kid_subsets"),
         ({"kid": True, "kid_subset_size": 1}, "kid_subset_size"),

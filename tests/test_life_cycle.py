@@ -261,7 +261,7 @@ def test_a_covariance_without_a_correct_digit_is_named_not_refused() -> None:
     with pytest.warns(UserWarning, match="Covariance cancellation: feature . lost all of float64's"):
         fid = metric.compute()
     assert torch.isfinite(fid)
-    assert torch.equal(metric._gaussian.mean_and_covariance(metric, "real")[1], torch.zeros(3, 3, dtype=torch.float64))
+    assert torch.equal(metric._fid_sums.mean_and_covariance(metric, "real")[1], torch.zeros(3, 3, dtype=torch.float64))
 
 
 @pytest.mark.parametrize("num_features", [0, -1, True])

@@ -261,7 +261,8 @@ def test_inception_score_as_torchmetrics(inception_weights) -> None:
     assert relative(mean, tm_mean) <= 2e-5
 
     three = InceptionScore(splits=3, feature_extractor_weights_path=inception_weights)
-    beside = InceptionMetrics(fid=False, sfid=False, splits=3, feature_extractor_weights_path=inception_weights)
+    beside = InceptionMetrics(sfid=False, splits=3, feature=64, feature_extractor_weights_path=inception_weights)
+    beside.update(imgs[:4], real=True)  # the FID beside it needs a real side
     for metric in (three, beside):  # splits of 2, 1 and 1 images
         metric.update(imgs[:3], real=False)
         metric.update(imgs[3:4], real=False)

@@ -34,7 +34,7 @@ import torch
 from helpers import ForkedPython
 
 import fid_metric
-from fid_metric._features import dinov2, weights
+from fid_metric._features import dinov2, weights, weights_cache
 from fid_metric._features.inception import FIDInceptionV3
 from fid_metric._features.weights import WeightsUnavailableError
 
@@ -422,7 +422,7 @@ def test_cached_file_hashed_once(tmp_path: Path, official: bytes, monkeypatch: p
         assert weights.sha256_of(cached) == weights.INCEPTION.sha256
     assert made["sha256"] == 1
 
-    monkeypatch.setattr(weights, "_known_hashes", {})  # what a new process starts with
+    monkeypatch.setattr(weights_cache, "_known_hashes", {})  # what a new process starts with
     assert weights.resolve() == cached
     assert weights.sha256_of(cached) == weights.INCEPTION.sha256
     assert made["sha256"] == 1  # read from the record beside the file
@@ -830,7 +830,7 @@ def test_example_without_weights_says_so_in_one_line(
     """Offline with no weights, an example ends with one line naming --inception-weights, not a traceback.
 
     Run as ``__main__`` in this process (runpy): what the interpreter would print is the ``SystemExit`` message,
-    and an uncaught exception would be the traceback. A fresh interpreter would spend ~10 s importing Lightning.
+    and an uncaught exception would be the traceback. A fresh interpreter would import Lightning anew.
     """
     # offline: nothing listens
     monkeypatch.setenv(weights.INCEPTION.env_url, f"http://127.0.0.1:{_free_port()}/{weights.INCEPTION.name}")

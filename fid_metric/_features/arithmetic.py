@@ -17,9 +17,8 @@ def network_math(device: torch.device, arithmetic: str) -> Iterator[None]:
     "exact": float32 with autocast off and, on CUDA, IEEE float32 instead of TF32. "tf32": float32 with
     TF32 convolutions and matmuls on CUDA (the same as "exact" elsewhere). "bf16": autocast to bfloat16.
     cuDNN picks its convolution algorithms by its heuristics, as PyTorch's default: autotuning
-    (``cudnn.benchmark``) was no faster (docs/performance.md)
-    and would let the choice, and so the float32 round-off, change from run to run. Global CUDA flags are
-    restored afterwards.
+    (``cudnn.benchmark``) would let the choice, and so the float32 round-off, change from run to run (and is
+    no faster: docs/performance.md). Global CUDA flags are restored afterwards.
     """
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode())

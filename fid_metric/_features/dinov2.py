@@ -1,52 +1,15 @@
-"""FD_DINOv2: the DINOv2 ViT-L/14 feature extractor of Stein et al. 2023, built on timm.
+"""FD_DINOv2's feature network: DINOv2 ViT-L/14 CLS features at 224 px, built on timm.
 
-Stein et al. 2023, "Exposing flaws of generative model evaluation metrics and their unfair treatment of
-diffusion models" (NeurIPS), compute the Fréchet distance on DINOv2 ViT-L/14 features with their dgm-eval
-code (github.com/layer6ai-labs/dgm-eval). ``DINOv2Features`` reproduces its default pipeline
-(``--model dinov2``, no ``--clean_resize``), step by step:
+Holds ``DINOV2`` (Meta's weights file, for ``fid_metric._features.weights.resolve``; no hash is published,
+so there is no default download), ``DINOv2Features``, its preprocessing (``dinov2_input``,
+``pil_bicubic_224``) and the loading of Meta's torch hub checkpoint into timm's ViT (``hub_pos_embed_224``,
+``load_vit``). It reproduces the default pipeline of dgm-eval (Stein et al. 2023,
+github.com/layer6ai-labs/dgm-eval, ``--model dinov2``) and, with ``resize="edm2"``, the ``DINOv2Detector`` of
+EDM2 (NVlabs/edm2 ``calculate_metrics.py``, ``resize_mode="torch"``); docs/definitions.md says how, step by step.
 
-* decode: ``PIL.Image.open(path).convert("RGB")``; here a uint8 batch, grey repeated to RGB;
-* resize: ``TF.Resize((224, 224), InterpolationMode.BICUBIC)`` on the PIL image, i.e. Pillow's
-  ``Image.resize``; here ``pil_bicubic_224``, torch's antialiased bicubic run as Pillow runs it;
-* scale and normalise: ``ToTensor()`` then ``Normalize`` with the ImageNet mean and std; the same float32
-  arithmetic here (``dinov2_input``);
-* network: ``torch.hub.load("facebookresearch/dinov2", "dinov2_vitl14")``; here timm's
-  ``vit_large_patch14_dinov2`` with ``img_size=224, num_classes=0`` and the same weights;
-* feature: ``model(x)``, the hub's ``x_norm_clstoken`` (the final LayerNorm's output at the CLS token),
-  ``(N, 1024)``; here timm's ``global_pool="token"`` after its final ``norm``, the same tensor.
-
-The resize. Pillow resamples an 8-bit image in two passes, horizontal then vertical (libImaging/Resample.c),
-each a separable antialiased bicubic (a = -0.5, support scaled by the reduction factor) whose result is
-rounded half up and clipped to uint8 before the next pass. ``F.interpolate(mode="bicubic", antialias=True)``
-computes the same kernel weights, so ``pil_bicubic_224`` runs it one axis at a time and rounds and clips
-after each pass. What remains is Pillow's fixed-point arithmetic (22-bit coefficients), which moves a value
-that lies within about 1e-4 of a rounding boundary by one level: tests/test_dinov2.py holds the result to
-Pillow at most 2/255 apart with under 1% of values differing (float resizing in one pass, clipped once,
-differs by up to 23/255 in about 20% of values on noisy images, because Pillow clips the overshoot of the
-first pass). Pillow 13.0.0 as installed here runs the vertical pass first for some reductions (e.g. 512x300
--> 224x224 as H x W), and there up to 7 levels differ in about a quarter of the values.
-
-The network. The official checkpoint ``dinov2_vitl14_pretrain.pth`` is the hub model at 518 px: its
-``pos_embed`` is ``(1, 1 + 37 * 37, 1024)``. At 224 px the hub model resamples it on every forward in
-``DinoVisionTransformer.interpolate_pos_encoding``: bicubic, no antialias, ``scale_factor=(16 + 0.1) / 37``
-(the "+ 0.1" offset of DINO issue #8, ``interpolate_offset=0.1``, ``interpolate_antialias=False`` in the hub
-constructors), so source coordinates step by 37 / 16.1, not 37 / 16. timm's ``checkpoint_filter_fn`` would
-resample to a 16x16 grid with ``antialias=True`` and ``size=(16, 16)``, a different tensor, so
-``hub_pos_embed_224`` resamples it the hub's way first and ``checkpoint_filter_fn`` then only drops
-``mask_token`` (its own resampling is skipped once the token count matches; on random weights it would move
-the features by 0.6% relative). The rest is the same arithmetic: pre-norm blocks with LayerScale, LayerNorm
-eps 1e-6, exact GELU, ``scaled_dot_product_attention``. Given the same network input, the feature equalled
-the hub model's ``x_norm_clstoken`` bit for bit (CPU, facebookresearch/dinov2 at b8931f7 without xformers,
-random weights in the official layout); the hub's xformers or older explicit-softmax attention differ from
-it at float32 rounding. End to end, on the same images, it was 2e-4 relative from dgm-eval's feature, all of
-it from the resized values that Pillow rounds differently.
-
-Weights: ``DINOV2`` describes the file to ``fid_metric._features.weights.resolve``, first match wins: the
-``weights_path=`` argument; ``$FID_METRIC_DINOV2_WEIGHTS``; the torch hub cache
-(``torch.hub.get_dir()/checkpoints/dinov2_vitl14_pretrain.pth``, where ``torch.hub.load`` of the official
-model, and so dgm-eval, leaves it); a download from ``$FID_METRIC_DINOV2_WEIGHTS_URL``, verified by the SHA-256
-prefix its file name must carry. Meta publishes no hash of the file, so there is no default download.
-Loading uses ``torch.load(weights_only=True)``.
+tests/test_dinov2.py holds: the dgm-eval resize at most 2/255 from Pillow's, with under 1% of values
+differing (Pillow's fixed-point rounding); EDM2's network input, and the hub model's 224 px position
+embedding, to the bit; the checkpoint loaded strictly.
 """
 
 from __future__ import annotations
@@ -59,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fid_metric._checks import checked_choice
 from fid_metric._features import weights
 from fid_metric._features.preprocess import check_images, to_uint8_rgb
 
@@ -93,7 +57,9 @@ class DINOv2Features(nn.Module):
 
     Args:
         weights_path: a local ``dinov2_vitl14_pretrain.pth`` (Meta's torch hub state dict). Default:
-            ``$FID_METRIC_DINOV2_WEIGHTS``, the torch hub cache or a mirror (see the module docstring).
+            ``$FID_METRIC_DINOV2_WEIGHTS``, else the torch hub cache (``torch.hub.get_dir()/checkpoints``, where
+            ``torch.hub.load`` leaves it), else a download from ``$FID_METRIC_DINOV2_WEIGHTS_URL``, a mirror whose
+            file name carries the file's SHA-256 prefix. Meta publishes no hash, so there is no default download.
         resize: ``"dgm-eval"``: Pillow's bicubic of the 8-bit image, rounded after each pass
             (``pil_bicubic_224``), as dgm-eval and EDM2's ``resize_mode="pil"``; ``"edm2"``: EDM2's default
             ``resize_mode="torch"`` of ``calculate_metrics.DINOv2Detector``, one float32
@@ -104,6 +70,7 @@ class DINOv2Features(nn.Module):
         extractor_id: ``"dinov2-vitl14-<resize>/1024"``, recorded in statistics files and checkpoints.
 
     Raises:
+        ValueError: ``resize`` is not one of ``RESIZES``.
         ImportError: timm is not installed (``pip install fid_metric[dinov2]``).
         fid_metric._features.weights.WeightsUnavailableError: no weights file was found.
         RuntimeError: the file is not a DINOv2 ViT-L/14 state dict.
@@ -113,10 +80,8 @@ class DINOv2Features(nn.Module):
 
     def __init__(self, weights_path: str | os.PathLike | None = None, resize: str = "dgm-eval") -> None:
         super().__init__()
-        if resize not in RESIZES:
-            raise ValueError(f"`resize` must be one of {RESIZES}, got {resize!r}.")
-        self.resize = resize
-        self.extractor_id = f"dinov2-vitl14-{resize}/{NUM_FEATURES}"
+        self.resize = checked_choice("resize", resize, RESIZES)
+        self.extractor_id = f"dinov2-vitl14-{self.resize}/{NUM_FEATURES}"
         self.weights_path = weights.resolve(weights_path, DINOV2)
         self.model = load_vit(self.weights_path)
         self.requires_grad_(False)
@@ -157,7 +122,8 @@ def pil_bicubic_224(imgs: Tensor) -> Tensor:
 
     Pillow's ``Image.resize((224, 224), Image.BICUBIC)`` of an 8-bit image: the horizontal pass, rounded
     half up and clipped to [0, 255], then the vertical pass, rounded and clipped; a pass whose size does not
-    change is skipped. Agrees with Pillow to within its fixed-point rounding (see the module docstring).
+    change is skipped. Differs from Pillow only by its fixed-point rounding: a test holds it at most 2/255
+    apart, with under 1% of values differing.
     """
     x = imgs.float()
     if x.shape[-1] != IMAGE_SIZE:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import cast
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 from fid_metric._checks import checked_int
 from fid_metric._features import weights
 from fid_metric._features.arithmetic import network_math, network_memory_format
-from fid_metric._features.inception import INCEPTION_ID, POOL_FEATURES, FIDInceptionV3, fold_batch_norm
+from fid_metric._features.inception import FEATURE_DIMS, INCEPTION_ID, POOL_FEATURES, FIDInceptionV3, fold_batch_norm
 from fid_metric._features.preprocess import ImageInputError, check_images, inception_input, to_uint8_rgb
 
 CUSTOM_OUTPUT = "features"
@@ -64,20 +65,22 @@ class Extractor:
         self.memory_format = memory_format
 
     @classmethod
-    def inception(cls, feature: int, weights_path: str | os.PathLike | None, compat: str) -> Extractor:
-        """The FID Inception network with ``feature`` (64, 192, 768 or 2048) pool features.
+    def inception(cls, feature: int | str, weights_path: str | os.PathLike | None, compat: str) -> Extractor:
+        """The FID Inception network whose features are ``feature``: 64, 192, 768 or 2048 pool features, or
+        ``"logits_unbiased"`` (the 1008 logits without bias, which the Inception Score reads).
 
         Raises:
             ValueError: another ``feature``, or weights that are not a finite pt_inception state dict.
             fid_metric.WeightsUnavailableError: no weights file could be found or downloaded.
         """
-        if feature not in POOL_FEATURES:
+        if feature not in (*POOL_FEATURES, "logits_unbiased"):
             raise ValueError(
                 f"Integer input to argument `feature` must be one of {POOL_FEATURES} (or an nn.Module), got {feature}."
             )
         path = weights.resolve(weights_path)
         network = _load_inception(path)
-        return cls(network, feature, str(feature), f"{INCEPTION_ID}/{feature}", compat, path, torch.channels_last)
+        dim, output = FEATURE_DIMS[str(feature)], str(feature)
+        return cls(network, dim, output, f"{INCEPTION_ID}/{feature}", compat, path, torch.channels_last)
 
     @classmethod
     def custom(cls, module: nn.Module, normalize: bool, input_img_size: tuple[int, int, int]) -> Extractor:
@@ -96,6 +99,13 @@ class Extractor:
     def weights_sha256(self) -> str:
         """Hex SHA-256 of the weights file, computed on first use and remembered; "" for a custom module."""
         return "" if self.weights_path is None else weights.sha256_of(self.weights_path)
+
+    def instance(self) -> dict[str, object]:
+        """What tells this extractor apart from another of the same ``metadata`` within one process: the weights
+        file's path (without hashing its 92 MB), or a custom module's instance (known by class and width only)."""
+        if self.is_custom:
+            return {"extractor_instance": id(self.module)}
+        return {"weights": self.weights_path}
 
     def metadata(self, with_hash: bool = True) -> dict[str, str]:
         """What statistics files record about how their features were made (``FeatureStats`` fields)."""
@@ -132,19 +142,57 @@ class Extractor:
             network = self.on(device)
             with network_math(device, arithmetic):
                 features = network(imgs.to(device, non_blocking=True))
-            if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
-                shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-                raise ValueError(
-                    f"The custom feature extractor must return (N, {self.num_features}) features for a batch of "
-                    f"N = {imgs.shape[0]}, got {shape}."
-                )
-            return {CUSTOM_OUTPUT: features}
+            return {CUSTOM_OUTPUT: self._checked_features(features, imgs.shape[0], "The custom feature extractor")}
         layout = network_memory_format(device, arithmetic)
         network = self.on(device, layout)
         with network_math(device, "exact"):
             x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True), self.compat), self.compat)
         with network_math(device, arithmetic):
             return network(x.contiguous(memory_format=layout), names)
+
+    def checked_shared(self, network: object, outputs: tuple[str, ...]) -> Callable[[Tensor], Tensor]:
+        """``network``, the feature network ``torchmetrics.wrappers.FeatureShare`` gives a metric that reads the
+        extractor ``outputs``, checked.
+
+        Raises:
+            TypeError: ``network`` is not callable.
+            ValueError: the metric reads more than one output of a pass (a shared network gives one).
+        """
+        if not callable(network):
+            raise TypeError(f"`inception` must be a module mapping images to features, got {type(network).__name__}.")
+        if len(outputs) > 1:
+            raise ValueError(
+                f"This metric takes {len(outputs)} outputs of one Inception pass ({', '.join(outputs)}); a shared "
+                "network gives one. Share the network between metrics that need only the FID features."
+            )
+        return cast(Callable[[Tensor], Tensor], network)
+
+    def shared_outputs(
+        self, network: Callable[[Tensor], Tensor], imgs: Tensor, device: torch.device
+    ) -> dict[str, Tensor]:
+        """A shared network's features of checked images, in its own dtype, on ``device``. The images are given
+        as they came for a custom extractor and for uint8 RGB (the very tensor, so that FeatureShare's cache
+        recognises it), else converted to uint8 RGB as this compat pipeline does.
+
+        Raises:
+            ValueError: the network's output is not ``(N, d)``.
+        """
+        plain = self.is_custom or (imgs.dtype == torch.uint8 and imgs.shape[1] == 3)
+        features = network(imgs if plain else to_uint8_rgb(imgs, self.compat))
+        return {
+            self.feature_output: self._checked_features(features, imgs.shape[0], "The shared feature network").to(
+                device
+            )
+        }
+
+    def _checked_features(self, features: object, n: int, source: str) -> Tensor:
+        """``features`` if they are an ``(n, d)`` tensor; else a ``ValueError`` naming ``source``."""
+        if not isinstance(features, Tensor) or features.shape != (n, self.num_features):
+            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
+            raise ValueError(
+                f"{source} must return (N, {self.num_features}) features for a batch of N = {n}, got {shape}."
+            )
+        return features
 
     def check_finite(self, outputs: dict[str, Tensor], normalize: bool) -> None:
         """Raise if an output holds NaN or infinite values.

@@ -79,7 +79,7 @@ def _spatial_mean(x: Tensor) -> Tensor:
     return F.adaptive_avg_pool2d(x, (1, 1)).flatten(1)
 
 
-class FIDInceptionA(InceptionA):
+class _FIDInceptionA(InceptionA):
     """torchvision's InceptionA with TensorFlow's padding-excluding average pool."""
 
     def _forward(self, x: Tensor) -> list[Tensor]:
@@ -90,7 +90,7 @@ class FIDInceptionA(InceptionA):
         return [branch1x1, branch5x5, branch3x3dbl, branch_pool]
 
 
-class FIDInceptionC(InceptionC):
+class _FIDInceptionC(InceptionC):
     """torchvision's InceptionC with TensorFlow's padding-excluding average pool."""
 
     def _forward(self, x: Tensor) -> list[Tensor]:
@@ -103,7 +103,7 @@ class FIDInceptionC(InceptionC):
         return [branch1x1, branch7x7, branch7x7dbl, branch_pool]
 
 
-class FIDInceptionE(InceptionE):
+class _FIDInceptionE(InceptionE):
     """torchvision's InceptionE with TensorFlow's pooling: padding-excluding average (Mixed_7b) or max (Mixed_7c).
 
     The max pool in Mixed_7c is what the 2015-12-05 graph does, most likely a bug in that graph; FID is
@@ -142,17 +142,17 @@ class FIDInceptionV3(nn.Module):
         self.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
         self.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
         self.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
-        self.Mixed_5b = FIDInceptionA(192, pool_features=32)
-        self.Mixed_5c = FIDInceptionA(256, pool_features=64)
-        self.Mixed_5d = FIDInceptionA(288, pool_features=64)
+        self.Mixed_5b = _FIDInceptionA(192, pool_features=32)
+        self.Mixed_5c = _FIDInceptionA(256, pool_features=64)
+        self.Mixed_5d = _FIDInceptionA(288, pool_features=64)
         self.Mixed_6a = InceptionB(288)
-        self.Mixed_6b = FIDInceptionC(768, channels_7x7=128)
-        self.Mixed_6c = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6d = FIDInceptionC(768, channels_7x7=160)
-        self.Mixed_6e = FIDInceptionC(768, channels_7x7=192)
+        self.Mixed_6b = _FIDInceptionC(768, channels_7x7=128)
+        self.Mixed_6c = _FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6d = _FIDInceptionC(768, channels_7x7=160)
+        self.Mixed_6e = _FIDInceptionC(768, channels_7x7=192)
         self.Mixed_7a = InceptionD(768)
-        self.Mixed_7b = FIDInceptionE(1280, max_pool=False)
-        self.Mixed_7c = FIDInceptionE(2048, max_pool=True)
+        self.Mixed_7b = _FIDInceptionE(1280, max_pool=False)
+        self.Mixed_7c = _FIDInceptionE(2048, max_pool=True)
         self.fc = nn.Linear(2048, 1008)
         self.requires_grad_(False)
         super().train(False)
@@ -162,6 +162,11 @@ class FIDInceptionV3(nn.Module):
         return self
 
     def forward(self, x: Tensor, outputs: Sequence[str] = ("2048",)) -> dict[str, Tensor]:
+        """``(N, 3, 299, 299)`` float32 -> ``{name: (N, FEATURE_DIMS[name]) float32}`` for each name in ``outputs``.
+
+        Raises:
+            ValueError: a name is not one of ``OUTPUTS``.
+        """
         unknown = set(outputs) - set(OUTPUTS)
         if unknown:
             raise ValueError(f"Unknown Inception outputs {sorted(unknown)}; available: {OUTPUTS}.")

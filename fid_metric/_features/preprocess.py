@@ -15,7 +15,7 @@ compat          resize to 299x299                            network input      
                 False, antialias=True, on 0..255 floats                            default (antialias=True)
 "clean-fid"     PIL ``Image.resize(BICUBIC)`` of each channel  ``(x - 128) / 128``   clean-fid's default
                 in float mode ``F`` (antialiased), clipped to                      ``mode="clean"``
-                [0, 255] (``resize_pil_bicubic``)
+                [0, 255] (``_resize_pil_bicubic``)
 =============== ============================================ ===================== =======================
 
 All four feed the same network (the TensorFlow FID graph's weights). clean-fid's other modes are two of these:
@@ -29,6 +29,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from fid_metric._checks import checked_choice
 
 COMPAT_MODES = ("tensorflow", "pytorch-fid", "torchmetrics", "clean-fid")
 # What each mode's number equals, for printed results.
@@ -48,13 +50,15 @@ def resolve_compat(compat: str | None, antialias: bool | None) -> str:
 
     ``antialias=True`` is torchmetrics' default resize ("torchmetrics"), ``antialias=False`` its TF1 resize
     ("tensorflow"). With neither given, the default is "tensorflow", the original definition of FID.
+
+    Raises:
+        ValueError: ``compat`` is not one of ``COMPAT_MODES``, or ``antialias`` contradicts it.
     """
     if compat is None:
         if antialias is None:
             return "tensorflow"
         return "torchmetrics" if antialias else "tensorflow"
-    if compat not in COMPAT_MODES:
-        raise ValueError(f"`compat` must be one of {COMPAT_MODES}, got {compat!r}.")
+    compat = checked_choice("compat", compat, COMPAT_MODES)
     if antialias is not None and (compat == "torchmetrics") != antialias:
         raise ValueError(
             f"`antialias={antialias}` contradicts `compat={compat!r}`: antialias=True means compat='torchmetrics', "
@@ -163,7 +167,7 @@ def resize_tf1_bilinear(x: Tensor, size: int) -> Tensor:
     return top + (rows.index_select(2, y_hi) - top) * dy.view(-1, 1)
 
 
-def resize_pil_bicubic(x: Tensor, size: int) -> Tensor:
+def _resize_pil_bicubic(x: Tensor, size: int) -> Tensor:
     """Pillow's ``Image.resize((size, size), Image.BICUBIC)`` of each channel of ``(N, C, H, W)`` floats, as an
     image of mode ``F``; returns ``(N, C, size, size)`` float32.
 
@@ -188,7 +192,12 @@ def resize_pil_bicubic(x: Tensor, size: int) -> Tensor:
 
 
 def inception_input(imgs: Tensor, compat: str) -> Tensor:
-    """``(N, 3, H, W)`` uint8 -> ``(N, 3, 299, 299)`` float32 network input, as the ``compat`` reference makes it."""
+    """``(N, 3, H, W)`` uint8 -> ``(N, 3, 299, 299)`` float32 network input, as the ``compat`` reference makes it.
+
+    Raises:
+        ValueError: ``compat`` is not one of ``COMPAT_MODES``.
+    """
+    checked_choice("compat", compat, COMPAT_MODES)
     x = imgs.float()
     if compat == "tensorflow":
         if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
@@ -202,8 +211,7 @@ def inception_input(imgs: Tensor, compat: str) -> Tensor:
             x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False, antialias=True
         )
         return x.sub_(128).div_(128)
-    if compat == "clean-fid":
-        if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):  # Pillow returns a copy at the same size
-            x = resize_pil_bicubic(x, INCEPTION_SIZE).clamp_(0, 255)
-        return x.sub_(128).div_(128)
-    raise ValueError(f"`compat` must be one of {COMPAT_MODES}, got {compat!r}.")
+    # "clean-fid"
+    if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):  # Pillow returns a copy at the same size
+        x = _resize_pil_bicubic(x, INCEPTION_SIZE).clamp_(0, 255)
+    return x.sub_(128).div_(128)

@@ -87,6 +87,9 @@ def read_edm2_pickle(path: Path, key: str | None) -> tuple[dict[str, np.ndarray]
     definition the entry holds (``EDM2_DEFINITIONS``; the extractor with its dimension, e.g.
     ``"inception-2015-12-05/2048"``).
 
+    ``mu`` and ``sigma`` are non-empty numpy arrays of numbers, as stored (the caller checks that they are
+    ``(d,)`` and ``(d, d)``); ``num_images`` is None unless it is an int >= 2.
+
     Raises:
         ValueError: naming the file: it cannot be read, refers to anything but numpy arrays (nothing it names
             is called), is not EDM2's layout, or ``key`` is missing or not given where the file holds several.

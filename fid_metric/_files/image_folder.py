@@ -71,27 +71,27 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(found, key=lambda path: path.relative_to(root).parts)
 
 
-def open_image(path: str | Path) -> Image.Image:
+def _open_image(path: str | Path) -> Image.Image:
     """PIL's lazy ``Image.open``, restricted to ``FORMATS``: reads the header, decodes no pixels."""
     return Image.open(path, formats=FORMATS)
 
 
 def read_image(path: str | Path) -> Tensor:
     """The image at ``path`` as a ``(3, H, W)`` uint8 tensor, via PIL's ``convert("RGB")``."""
-    with open_image(path) as img:
+    with _open_image(path) as img:
         rgb = np.array(img.convert("RGB"))
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
 def check_header(path: str | Path) -> BadImage | None:
-    """None if ``path`` is a regular file whose header ``open_image`` reads, else why not, as a ``BadImage``.
+    """None if ``path`` is a regular file whose header ``_open_image`` reads, else why not, as a ``BadImage``.
 
     Only the header is read: a file cut short in its pixel data passes, and fails when it is decoded.
     """
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO named x.png would block open() forever
             return BadImage(str(path), "not a regular file")
-        with open_image(path):
+        with _open_image(path):
             return None
     except Exception as err:  # whatever the decoder raises, this file is the one at fault
         return _bad(path, err)

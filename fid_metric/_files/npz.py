@@ -50,6 +50,7 @@ class ArrayHeader:
 
     @property
     def nbytes(self) -> int:
+        """The bytes of data the header announces."""
         return math.prod(self.shape) * self.dtype.itemsize
 
 

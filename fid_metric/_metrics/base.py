@@ -1,168 +1,90 @@
-"""What every metric of this package shares: one extractor, a list of accumulators, one sync.
+"""What every metric of this package shares: one extractor, a set of accumulators, and the states' boundaries.
 
-    update(imgs): check -> exactly-once quota -> extractor outputs -> each accumulator adds to its float64 sums
-    sync:         the processes' configurations compared, then one all_reduce of every state (fid_metric._states.sync)
-    compute():    the metric turns the sums into its numbers (FrechetInceptionDistance, InceptionMetrics)
+    update(imgs): check -> exactly-once quota -> extractor outputs -> each accumulator adds to its states
+    sync:         the processes' configurations compared, one all_reduce of the sums, a gather of kept rows
+    compute():    the subclass turns the states into its numbers
 
-``FeatureSumsMetric`` holds that machinery and the boundaries around it (checkpoints, merges, statistics
-files); ``FrechetInceptionDistance`` and ``InceptionMetrics`` are siblings on top, each with its own ``compute()``.
+``FeatureSumsMetric`` calls the accumulators (``fid_metric._states.accumulator``) the same way at every boundary:
+the DDP sync, checkpoints, merges, resets and device moves. Derived results (torchmetrics' cached ``compute()``
+value and ``_derived``, e.g. ``fid_by_size``) are dropped by ``_state_changed()``, which runs whenever a state is
+assigned (load, merge, reset, device move, a DDP sync, ``MetricCollection``'s shared states, a user's
+assignment) and at every ``update()`` (which adds in place); restoring the local states after a sync
+(``unsync``) is not a change. The torchmetrics members used are checked by tests/test_torchmetrics_contract.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 import torch
 from torch import Tensor, nn
+from torchmetrics import Metric
 
+from fid_metric._checks import checked_bool, checked_choice
 from fid_metric._features.arithmetic import ARITHMETICS
 from fid_metric._features.extractor import Extractor, FeatureNetwork
-from fid_metric._features.preprocess import resolve_compat, to_uint8_rgb
-from fid_metric._files.stats import FeatureStats, StatsMismatchError
-from fid_metric._functional.distance import CovarianceFactor, frechet_distance
-from fid_metric._metrics.reference import FixedReference
-from fid_metric._states.accumulators import SIDES, GaussianSums, Registered
-from fid_metric._states.boundaries import StatesAcrossBoundaries, copy_state
-from fid_metric._states.exactly_once import SamplerQuota, sampler_positions
-from fid_metric._states.kept_features import KeptFeatures
-from fid_metric._warnings import warn_caller
+from fid_metric._files.stats import StatsMismatchError
+from fid_metric._states.accumulator import Accumulator, Accumulators, copy_state, empty_like
+from fid_metric._states.checkpoint import EXTRA_STATE_KEY, StateLayout, check_mergeable, load_states, merged_states
+from fid_metric._states.exactly_once import SamplerQuota, sampler_positions, world_and_rank
+from fid_metric._states.sync import sync_accumulators
+
+UPDATE_CONFIGURATION = "update_configuration"
 
 
-class FeatureSumsMetric(StatesAcrossBoundaries):
-    """The shared core of ``FrechetInceptionDistance`` and ``InceptionMetrics``; see those for the arguments.
+class FeatureSumsMetric(Metric):
+    """The shared core of this package's metrics; see ``FrechetInceptionDistance`` for the arguments."""
 
-    It registers the FID's ``GaussianSums`` (``"features"``, the first accumulator) unless ``fid_sums=False``; a
-    subclass registers any others with ``_register`` and implements ``compute()``.
-    """
-
-    higher_is_better = False
     is_differentiable = False
     full_state_update = False
-    # The attribute that torchmetrics.wrappers.FeatureShare reads, and replaces by the network it shares.
-    feature_network: str = "inception"
+    feature_network: str = "inception"  # what torchmetrics.wrappers.FeatureShare reads and replaces
 
     def __init__(
         self,
-        feature: int | nn.Module = 2048,
-        reset_real_features: bool = True,
+        extractor: Extractor,
+        *,
         normalize: bool = False,
-        input_img_size: tuple[int, int, int] = (3, 299, 299),
-        feature_extractor_weights_path: str | os.PathLike | None = None,
-        antialias: bool | None = None,
-        compat: str | None = None,
-        real_stats: str | os.PathLike | FeatureStats | None = None,
+        reset_real_features: bool = True,
         dataset_size: int | None = None,
         arithmetic: str = "exact",
-        fid_sums: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if not isinstance(normalize, bool):
-            raise ValueError(f"`normalize` must be a bool, got {normalize!r}.")
-        if not isinstance(reset_real_features, bool):
-            raise ValueError(f"`reset_real_features` must be a bool, got {reset_real_features!r}.")
-        if arithmetic not in ARITHMETICS:
-            raise ValueError(f"`arithmetic` must be one of {ARITHMETICS}, got {arithmetic!r}.")
+        self.normalize = checked_bool("normalize", normalize)
+        self.reset_real_features = checked_bool("reset_real_features", reset_real_features)
+        self.arithmetic = checked_choice("arithmetic", arithmetic, ARITHMETICS)
         self._quota = SamplerQuota(dataset_size)
-        self.arithmetic, self.normalize, self.reset_real_features = arithmetic, normalize, reset_real_features
-        self.compat = resolve_compat(compat, antialias)
-        if isinstance(feature, nn.Module):
-            self._extractor = Extractor.custom(feature, normalize, input_img_size)
-        elif isinstance(feature, int) and not isinstance(feature, bool):
-            self._extractor = Extractor.inception(feature, feature_extractor_weights_path, self.compat)
-        else:
-            raise TypeError(
-                f"Got unknown input to argument `feature`: expected an int (an Inception layer) or an nn.Module, "
-                f"got {type(feature)}."
-            )
-        self.used_custom_model = self._extractor.is_custom
-        self.num_features = self._extractor.num_features
-        self.extractor_id = self._extractor.extractor_id
-        self._reference: FixedReference | None = None
-        if real_stats is not None:
-            stats = real_stats if isinstance(real_stats, FeatureStats) else FeatureStats.load(real_stats)
-            ours = {"feature_dim": self.num_features, **self._extractor.metadata(with_hash=bool(stats.weights_sha256))}
-            ours["arithmetic"] = self.arithmetic
-            stats.check_compatible(ours, "real_stats", "this metric")
-            self._check_definition_known(stats, "(a FeatureStats)" if real_stats is stats else f"({real_stats})")
-            self._reference = FixedReference(stats)
-        self._shared_network: nn.Module | None = None
+        self._extractor = extractor
+        self.used_custom_model = extractor.is_custom
+        self.num_features, self.extractor_id = extractor.num_features, extractor.extractor_id
+        self._shared_network: Callable[[Tensor], Tensor] | None = None
         self._derived: dict[str, Any] = {}  # results derived from the states; _state_changed() empties it
-        self._accumulators: list[Any] = []
-        self._symmetric_states: set[str] = set()
-        self._real_states: list[str] = []
+        self._accumulators = Accumulators()
         self.add_state(UPDATE_CONFIGURATION, _fingerprint({}), dist_reduce_fx=None)
-        if fid_sums:  # off only for the Inception Score alone, which compares nothing with real images
-            self._register(GaussianSums("features", self._extractor.feature_output, self.num_features))
-        self._refresh_update_configuration()
 
-    def _check_definition_known(self, stats: FeatureStats, what: str) -> None:
-        """Raise ``StatsMismatchError`` where this metric's features have a known definition (a compat mode of
-        the Inception network, or a module's ``extractor_id``) and ``stats`` do not say theirs."""
-        if not self._extractor.is_custom and not stats.compat:
-            raise StatsMismatchError(_UNKNOWN_DEFINITION.format(what=what, compat=self.compat))
-        if hasattr(self._extractor.module, "extractor_id") and not stats.extractor:  # e.g. DINOv2Features
-            raise StatsMismatchError(
-                f"real_stats {what} does not record which feature network made it, and this metric's is "
-                f"{self.extractor_id!r} (another preprocessing of the same network is another number): say it with "
-                f"FeatureStats.load(path, extractor={self.extractor_id!r}) if so."
-            )
-
-    def _register(self, *accumulators: Any) -> None:
-        """Add the accumulators' states (``Metric.add_state``) and remember which are symmetric and real."""
-        keep_real = not self.reset_real_features and self._reference is None
+    def _register(self, *accumulators: Accumulator) -> None:
+        """Add the accumulators and their states; the real ones persist when ``reset()`` keeps them."""
         for accumulator in accumulators:
-            registered: Registered = accumulator.register(self, keep_real)
-            self._symmetric_states |= registered.symmetric
-            self._real_states += registered.real
-        self._accumulators += accumulators
+            self._accumulators.append(accumulator, self, keep_real=not self.reset_real_features)
         self._refresh_update_configuration()
 
-    def _update_configuration(self, with_hash: bool = True) -> dict[str, str]:
-        """What decides how ``update()`` and ``reset()`` change the states: the identity, the input convention, the
-        real side's life and reference, ``dataset_size`` and the accumulators (their dimensions, splits, groups)."""
-        reference = "" if self._reference is None else self._reference.fingerprint
-        fields = {
-            **self.identity(with_hash),
+    def _update_fields(self) -> dict[str, object]:
+        """What decides how ``update()`` and ``reset()`` change the states (a subclass adds its own)."""
+        return {
             "normalize": self.normalize,
             "reset_real_features": self.reset_real_features,
-            "real_stats": reference,
             "dataset_size": self.dataset_size,
-            "accumulators": ";".join(map(repr, self.__dict__.get("_accumulators", []))),
+            "accumulators": repr(self.__dict__.get("_accumulators", "")),
         }
-        return {name: str(value) for name, value in fields.items()}
 
     def _refresh_update_configuration(self) -> None:
-        """Set the ``update_configuration`` state (and its default) to the fingerprint of the configuration.
-
-        torchmetrics' ``MetricCollection`` (``compute_groups=True``, its default) lets metrics whose states are
-        equal after the first batch share their states, updating only one of them. This state makes two of our
-        metrics' states equal only where sharing is right: where update() and reset() treat them alike.
-        """
-        # Within one process the weights file's path tells two Inception networks apart, without hashing 92 MB at
-        # every construction; a custom module is known by class and width only, so its instance is added.
-        fields = self._update_configuration(with_hash=False)
-        fields["weights_path"] = str(self._extractor.weights_path)
-        if self._extractor.is_custom:
-            fields["extractor_instance"] = str(id(self._extractor.module))
+        """Set the ``update_configuration`` state and its default to the fingerprint of the configuration."""
+        fields = {**self.identity(with_hash=False), **self._update_fields(), **self._extractor.instance()}
         fingerprint = _fingerprint(fields).to(self._state_device)
         self._defaults[UPDATE_CONFIGURATION] = fingerprint
         setattr(self, UPDATE_CONFIGURATION, fingerprint.clone())
-
-    @property
-    def _gaussian(self) -> GaussianSums:
-        """The FID's features: the first accumulator.
-
-        Raises:
-            RuntimeError: the metric keeps no FID sums (the Inception Score alone).
-        """
-        first = self._accumulators[0] if self._accumulators else None
-        if not isinstance(first, GaussianSums) or first.name != "features":
-            raise RuntimeError(f"{type(self).__name__} keeps no FID statistics: it scores generated images alone.")
-        return first
 
     @property
     def dataset_size(self) -> int | None:
@@ -175,211 +97,96 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         self._refresh_update_configuration()
 
     def update(self, imgs: Tensor, real: bool) -> None:
-        """Add a batch to the real or the generated statistics.
-
-        Args:
-            imgs: ``(N, 3, H, W)`` or ``(N, 1, H, W)`` images, uint8 in [0, 255] (``normalize=False``) or
-                float in [0, 1] (``normalize=True``); any H, W; any device (moved to the metric's device).
-            real: True for real images, False for generated ones.
+        """Add a batch of ``(N, 3 or 1, H, W)`` images (uint8, or float in [0, 1] with ``normalize``) to a side.
 
         Raises:
-            TypeError, ValueError: the batch is not what the metric expects (the message says what is), or the
-                network gave NaN or infinite values for it; the states are then unchanged.
+            TypeError, ValueError: the batch is not what the metric expects, or the network gave NaN or infinite
+                values for it; the states are then unchanged.
         """
         if not isinstance(real, bool):
             raise TypeError(f"`real` must be a bool, got {type(real).__name__}.")
-        if real and self._reference is not None:
-            raise ValueError(
-                "This metric was built with fixed reference statistics (`real_stats=`), which are the real side; "
-                "update(imgs, real=True) would be ignored. Feed only generated images (real=False)."
-            )
         side = "real" if real else "fake"
         self._extractor.check(imgs, self.normalize)
         self._state_changed()  # the accumulators add in place
         world, rank = self._world_and_rank()
         keep = self._quota.counted(side, imgs.shape[0], world, rank)
         if keep:
-            outputs = self._outputs(imgs if keep == imgs.shape[0] else imgs[:keep])
+            imgs = imgs if keep == imgs.shape[0] else imgs[:keep]
+            if self._shared_network is not None:
+                outputs = self._extractor.shared_outputs(self._shared_network, imgs, self.device)
+            else:
+                outputs = self._extractor.outputs(imgs, self._accumulators.outputs, self.device, self.arithmetic)
             self._extractor.check_finite(outputs, self.normalize)
             with torch.inference_mode():
-                self._accumulate(side, outputs, sampler_positions(self._quota.seen[side], keep, world, rank))
+                positions = sampler_positions(self._quota.seen[side], keep, world, rank)
+                self._accumulators.add(self, side, outputs, positions)
         self._quota.advance(side, imgs.shape[0])
 
-    @property
-    def _network_outputs(self) -> tuple[str, ...]:
-        """The extractor outputs the accumulators read, each once."""
-        return tuple(dict.fromkeys(accumulator.output for accumulator in self._accumulators))
-
-    def _outputs(self, imgs: Tensor) -> dict[str, Tensor]:
-        """Checked images -> the extractor's outputs on the metric's device: float32 from the Inception network, a
-        custom or shared module's in their own dtype."""
-        if self._shared_network is not None:
-            return {self._extractor.feature_output: self._shared_features(imgs)}
-        return self._extractor.outputs(imgs, self._network_outputs, self.device, self.arithmetic)
+    def forward(self, *args: Any, **kwargs: Any) -> None:
+        """Same as ``update``; returns None (no batch-local value, which for FID is an eigendecomposition per
+        batch). In a MetricCollection compute group, whose members' states are one set of tensors, each member
+        adds to copies of its own, as torchmetrics' forward does, so the batch counts once."""
+        if self._is_synced:
+            raise RuntimeError("The metric is synced; call `unsync()` before `forward`.")
+        for name, value in self.metric_state.items():
+            setattr(self, name, copy_state(value))
+        self.update(*args, **kwargs)
 
     @property
     def inception(self) -> nn.Module:
-        """The feature network, as torchmetrics' ``metric.inception``: a module mapping a batch of images, as
-        torchmetrics' network takes them (uint8 ``(N, 3, H, W)``), to the ``(N, d)`` float32 FID features of
-        this metric's compat pipeline and arithmetic; a custom ``feature`` module itself; or the network
-        ``torchmetrics.wrappers.FeatureShare`` set. Holds no parameters of the Inception network (it never
-        enters a ``state_dict``).
-        """
+        """The feature network, as torchmetrics' ``metric.inception``: uint8 ``(N, 3, H, W)`` images -> ``(N, d)``
+        features of this metric's compat pipeline and arithmetic; a custom module itself; or the network that
+        ``torchmetrics.wrappers.FeatureShare`` set. Never in a ``state_dict``."""
         if self._shared_network is not None:
-            return self._shared_network
-        if self._extractor.is_custom:
-            return self._extractor.module
-        return FeatureNetwork(self._extractor, self.arithmetic)
+            return cast(nn.Module, self._shared_network)
+        return self._extractor.module if self._extractor.is_custom else FeatureNetwork(self._extractor, self.arithmetic)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # ``metric.inception = network`` (torchmetrics.wrappers.FeatureShare does it): features come from that
-        # network from now on; it is not registered as a submodule, so its weights stay out of state_dict().
-        if name == "inception":
-            self._share_network(value)
-        else:
-            super().__setattr__(name, value)
+        if name == "inception":  # FeatureShare: features come from that network, kept out of state_dict()
+            network = self._extractor.checked_shared(value, self._accumulators.outputs)
+            return object.__setattr__(self, "_shared_network", network)
+        super().__setattr__(name, value)
+        if name in self.__dict__.get("_defaults", ()) and not self.__dict__.get("_is_synced", False):
+            self._state_changed()
 
-    def _share_network(self, network: nn.Module) -> None:
-        if not callable(network):
-            raise TypeError(f"`inception` must be a module mapping images to features, got {type(network).__name__}.")
-        if len(self._network_outputs) > 1:
-            raise ValueError(
-                f"{type(self).__name__} takes {len(self._network_outputs)} outputs of one Inception pass "
-                f"({', '.join(self._network_outputs)}); a shared network gives one. Share the network between "
-                "metrics that need only the FID features."
-            )
-        object.__setattr__(self, "_shared_network", network)
-
-    def _shared_features(self, imgs: Tensor) -> Tensor:
-        """The shared network's features of checked images: given as they came for a custom extractor and for
-        uint8 RGB (the very tensor, so that FeatureShare's cache recognises it), else as uint8 RGB."""
-        assert self._shared_network is not None
-        plain = self._extractor.is_custom or (imgs.dtype == torch.uint8 and imgs.shape[1] == 3)
-        features = self._shared_network(imgs if plain else to_uint8_rgb(imgs, self.compat))
-        if not isinstance(features, Tensor) or features.shape != (imgs.shape[0], self.num_features):
-            shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-            raise ValueError(
-                f"The shared feature network must return (N, {self.num_features}) features for a batch of "
-                f"N = {imgs.shape[0]}, got {shape}."
-            )
-        return features.to(self.device)  # in its own dtype: the accumulators take what holds it exactly
+    def _state_changed(self) -> None:
+        """Drop every result derived from the states: they no longer answer for the states as they are now."""
+        self.__dict__["_computed"] = None
+        self.__dict__.setdefault("_derived", {}).clear()
 
     def plot(self, val: Any = None, ax: Any = None) -> Any:
-        """Plot a value of the metric, or a sequence of them, as torchmetrics' metrics do (needs matplotlib).
-
-        Args:
-            val: ``compute()``'s result, or a list of them (e.g. one per epoch); None: ``compute()`` now.
-            ax: a matplotlib axis to draw into; None: a new figure.
-
-        Returns:
-            ``(figure, axis)``.
-        """
+        """Plot ``compute()``'s value, or a list of them (e.g. one per epoch), as torchmetrics does: ``(fig, ax)``."""
         return self._plot(val, ax)
-
-    def _accumulate(self, side: str, outputs: dict[str, Tensor], positions: range) -> None:
-        """Add a batch's outputs (as the extractor gave them) to the accumulators of ``side``, each of which takes
-        them in its own dtype; ``positions``: the images' positions in the sampler's order (``sampler_positions``),
-        which fix split and group."""
-        for accumulator in self._accumulators:
-            accumulator.add(self, side, outputs, positions)
 
     def _world_and_rank(self) -> tuple[int, int]:
         """Size of the metric's process group and this process's rank in it; (1, 0) without DDP."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_world_size(self.process_group), torch.distributed.get_rank(self.process_group)
-        return 1, 0
-
-    def forward(self, imgs: Tensor, real: bool) -> None:
-        """Same as ``update``; returns None.
-
-        torchmetrics' ``forward`` computes a batch-local FID, which for FID means an eigendecomposition per
-        batch, and with ``reset_real_features=False`` adds the real batch twice; here each image counts once.
-        """
-        if self._is_synced:
-            raise RuntimeError("The metric is synced; call `unsync()` before `forward`.")
-        # MetricCollection calls forward on every member of a compute group, whose states are then one set of
-        # tensors: each member adds to copies of its own (as torchmetrics' forward does), so the batch counts once.
-        for name, value in self.metric_state.items():
-            setattr(self, name, copy_state(value))
-        self.update(imgs, real)
-
-    def _check_counts(self) -> None:
-        """For each side the FID uses (generated only, with a fixed reference): raise below 2 images; warn below
-        the feature dimension (the covariance is singular) or when not ``dataset_size``."""
-        counts = {side: self._gaussian.sums(self, side)[0] for side in ("real", "fake")}
-        if self._reference is not None:
-            del counts["real"]
-        names = {"real": "real", "fake": "generated"}
-        needed = " and ".join(f"2 {names[side]}" for side in counts)
-        got = " and ".join(f"{n} {names[side]}" for side, n in counts.items())
-        if min(counts.values()) < 2:
-            both = "More than one sample is required for both the real and fake distributed to compute FID: "
-            raise RuntimeError(
-                f"{both if len(counts) == 2 else ''}FID needs at least {needed} images to estimate covariances; got "
-                f"{got}. Call update(imgs, real=...) first."
-            )
-        if min(counts.values()) < self.num_features:
-            warn_caller(
-                f"FID from {got} images with {self.num_features}-dimensional features: fewer samples than "
-                "dimensions makes the covariance singular, and FID is strongly biased. Use more images (FID is "
-                "usually reported on 10k-50k) or a smaller `feature`."
-            )
-        self._quota.warn_if_not_covered(counts)
-
-    def _real_side(self) -> tuple[Tensor, Tensor, CovarianceFactor]:
-        """Real mean ``(d,)``, covariance ``(d, d)`` and its factor, float64: the fixed reference's (factor cached
-        across epochs) or the accumulated statistics' (factored once per compute)."""
-        if self._reference is not None:
-            return self._reference.on(self._state_device)
-        return self._gaussian.factored(self, "real")
-
-    def _fid(self, mu_real: Tensor, sigma_real: Tensor, factor: CovarianceFactor) -> Tensor:
-        """FID of the accumulated generated statistics against the given real side."""
-        mu_fake, sigma_fake = self._gaussian.mean_and_covariance(self, "fake")
-        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
-
-    def statistics(self, real: bool) -> FeatureStats:
-        """The accumulated real or generated statistics, over all processes under DDP, as ``FeatureStats``; the
-        other Gaussian accumulators' mean and covariance ride along in ``extra`` (sFID's ``mu_s``, ``sigma_s``).
-
-        Under DDP this is a collective call: every process must make it.
-        """
-        side = "real" if real else "fake"
-        with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
-            n, feature_sum, outer_sum = self._gaussian.sums(self, side)
-            stats = FeatureStats.from_sums(
-                n, feature_sum, outer_sum, **self._extractor.metadata(), arithmetic=self.arithmetic
-            )
-            for accumulator in self._accumulators[1:]:
-                if isinstance(accumulator, GaussianSums) and accumulator.extra_names:
-                    mean, covariance = accumulator.mean_and_covariance(self, side)
-                    stats.extra.update(zip(accumulator.extra_names, (mean.cpu(), covariance.cpu())))
-        return stats
-
-    def save_real_stats(self, path: str | os.PathLike) -> None:
-        """Write the accumulated real statistics to ``path`` (``.npz``, atomically), for ``real_stats=`` later.
-
-        Under DDP every process must call it (the statistics are synced); rank 0 writes the file.
-        """
-        stats = self.statistics(real=True)
-        if self._world_and_rank()[1] == 0:
-            stats.save(path)
-
-    def _accumulation(self) -> str:
-        """What the states hold beyond the identity, which two metrics must share for one's states to be added to
-        the other's: the accumulators but the kept features (where those live does not matter to a merge)."""
-        return ";".join(repr(a) for a in self._accumulators if not isinstance(a, KeptFeatures))
+        return world_and_rank(self.process_group)
 
     def identity(self, with_hash: bool = True) -> dict[str, object]:
-        """What makes two metrics' sums addable: feature dimension, extractor, compat, weights SHA-256 and
-        arithmetic. ``state_dict()`` records it; loading, ``merge_state`` and the DDP sync refuse another.
-        ``with_hash=False`` leaves the SHA-256 empty (the file is read once, when first needed)."""
+        """What makes two metrics' sums addable: feature dimension, extractor, compat, weights SHA-256 (empty with
+        ``with_hash=False``) and arithmetic. Checkpoints record it; loading, merging and the sync refuse another."""
         metadata = self._extractor.metadata(with_hash=with_hash)
         return {"feature_dim": self.num_features, **metadata, "arithmetic": self.arithmetic}
 
+    def _sync_fields(self) -> dict[str, str]:
+        """What every process must share for its states to be combined: the update configuration, every state's
+        shape and what ``compute()`` does with them (``_compute_configuration``)."""
+        shapes = ";".join(f"{name}{tuple(value.shape)}" for name, value in self._layout().templates.items())
+        fields = {"metric": type(self).__name__, **self.identity(), **self._update_fields(), "states": shapes}
+        return {name: str(value) for name, value in {**fields, **self._compute_configuration()}.items()}
+
+    def _compute_configuration(self) -> dict[str, object]:
+        """The arguments that change what ``compute()`` makes of the states (none here)."""
+        return {}
+
+    def set_dtype(self, dst_type: str | torch.dtype) -> FeatureSumsMetric:
+        """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""
+        return self
+
     def reset(self) -> None:
-        """Zero the statistics; the real ones are kept when ``reset_real_features=False``."""
-        kept = {} if self.reset_real_features else {name: copy_state(getattr(self, name)) for name in self._real_states}
+        """Zero the states; the real ones are kept when ``reset_real_features=False``."""
+        real = () if self.reset_real_features else self._accumulators.real_states
+        kept = {name: copy_state(getattr(self, name)) for name in real}
         for name, default in self._defaults.items():
             if isinstance(default, list):  # Metric.reset clears lists in place: a list another metric shares
                 setattr(self, name, [])
@@ -389,56 +196,103 @@ class FeatureSumsMetric(StatesAcrossBoundaries):
         self._quota.reset(keep_real=not self.reset_real_features)
         self._state_changed()
 
-    @property
-    def _kept_accumulator(self) -> KeptFeatures | None:
-        """The ``KeptFeatures`` accumulator, if precision/recall or KID asked for one."""
-        return next((a for a in self._accumulators if isinstance(a, KeptFeatures)), None)
+    def _layout(self) -> StateLayout:
+        templates = self._accumulators.templates(self, self._defaults)
+        persistent = frozenset(name for name in templates if self._persistent[name])
+        return StateLayout(self._accumulators, templates, persistent, (UPDATE_CONFIGURATION,))
 
-    @property
-    def _templates(self) -> dict[str, Tensor]:
-        kept = self._kept_accumulator
-        return {
-            name: default if isinstance(default, Tensor) else cast(KeptFeatures, kept).template(self)
-            for name, default in self._defaults.items()
-        }
+    def _copy_state_dict(self) -> dict[str, Tensor | list[Tensor]]:
+        # What unsync() restores: the states themselves, not clones. _sync_dist assigns new tensors and lists and
+        # never changes a state in place, so the local ones stay intact without copying.
+        return {name: list(value) if isinstance(value, list) else value for name, value in self.metric_state.items()}
 
-    @property
-    def _row_states(self) -> dict[str, Tensor]:
-        kept = self._kept_accumulator
-        return {} if kept is None else {kept.state(side): kept.local(self, side) for side in SIDES}
+    def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
+        # One configuration check and one all_reduce instead of torchmetrics' all_gather per state.
+        group = process_group or self.process_group
+        for name, value in sync_accumulators(self._accumulators, self, self._sync_fields(), group).items():
+            setattr(self, name, value)
+        if not self.reset_real_features and self._cache is not None:
+            # Kept real states fold onto rank 0: the local states that unsync() restores become the global ones on
+            # rank 0 and empty elsewhere, so rank 0's checkpoint holds every process's real statistics.
+            is_rank0 = torch.distributed.get_rank(group) == 0
+            for name in self._accumulators.real_states:
+                value = getattr(self, name)
+                self._cache[name] = copy_state(value) if is_rank0 else empty_like(value)
 
-    def set_dtype(self, dst_type: str | torch.dtype) -> FeatureSumsMetric:
-        """No-op: the states are always float64 (torchmetrics users call ``set_dtype(torch.float64)``)."""
+    def persistent(self, mode: bool = False) -> None:
+        """torchmetrics' ``persistent``; states that describe the metric (``update_configuration``) never persist."""
+        super().persistent(mode)
+        self._persistent[UPDATE_CONFIGURATION] = False
+
+    def state_dict(self, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """torchmetrics' state dict (persistent states, copied) plus ``identity()`` under torch's extra-state key."""
+        destination = super().state_dict(destination=destination, prefix=prefix, keep_vars=keep_vars)
+        if any(self._persistent[name] for name in self._accumulators.names):
+            destination[prefix + EXTRA_STATE_KEY] = self.identity()
+        return destination
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        # args: torch's local_metadata, strict, missing_keys, unexpected_keys, error_msgs. Every state is checked
+        # before any changes, then copies are assigned.
+        loaded = load_states(state_dict, prefix, self.identity(), self._layout(), missing_keys=args[2])
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        for name, value in loaded.items():
+            setattr(self, name, value)
+        # A checkpoint holds the global real states (see _sync_dist); every process loads it, so only rank 0 may
+        # keep them or the next all_reduce would count them world_size times.
+        real = self._accumulators.real_states
+        if real and real[0] in loaded and self._world_and_rank()[1] != 0:
+            for name in real:
+                setattr(self, name, empty_like(getattr(self, name)))
+
+    def merge_state(self, incoming_state: dict[str, Any] | Metric) -> None:
+        """Add another metric's states (or a dict of them) to this one's: sums add, kept features are appended.
+
+        Raises:
+            StatsMismatchError: another class or ``identity()``, or a state's shape differs.
+            ValueError: a state of the dict is missing, not a tensor, non-finite, or a count that is not one.
+        """
+        states: Any = incoming_state
+        if not isinstance(incoming_state, dict):
+            if type(incoming_state) is not type(self):
+                raise StatsMismatchError(
+                    f"Cannot merge a {type(incoming_state).__name__} into a {type(self).__name__}: their states differ."
+                )
+            other: FeatureSumsMetric = incoming_state
+            accumulation = (self._accumulators.description(rows=False), other._accumulators.description(rows=False))
+            check_mergeable(self.identity(), other.identity(), accumulation)
+            states = other.metric_state
+        for name, value in merged_states(states, self.identity(), self._layout()).items():
+            setattr(self, name, getattr(self, name) + value)  # tensors add, lists concatenate: new objects
+
+    def _apply(self, fn: Callable, exclude_state: Any = "") -> FeatureSumsMetric:
+        # Move the states with the module, never changing their dtype: Lightning's "bf16-true" calls
+        # module.to(torch.bfloat16), which torchmetrics would apply to the float64 sums.
+        super()._apply(fn, exclude_state=tuple(self._defaults))
+        device = self._state_device
+        for name, default in self._defaults.items():
+            if isinstance(default, Tensor):
+                self._defaults[name] = default.to(device)
+        states = {name: getattr(self, name) for name in self._accumulators.names}
+        for name, value in self._accumulators.placed(self, states, device).items():
+            setattr(self, name, value)
+        setattr(self, UPDATE_CONFIGURATION, getattr(self, UPDATE_CONFIGURATION).to(device))
         return self
 
-    def _sync_fields(self) -> dict[str, str]:
-        """What every process must share for its states to be combined: the update configuration (which includes
-        the identity, the fixed reference and ``dataset_size``), every state's shape and what ``compute()`` does
-        with the states (``_compute_configuration``)."""
-        shapes = ";".join(
-            f"{name}{tuple(value.shape)}" for name, value in self._templates.items() if name != UPDATE_CONFIGURATION
-        )
-        fields = {"metric": type(self).__name__, **self._update_configuration(), "states": shapes}
-        return {**fields, **{name: str(value) for name, value in self._compute_configuration().items()}}
-
-    def _compute_configuration(self) -> dict[str, object]:
-        """The arguments that change what ``compute()`` makes of the states (none here; see ``InceptionMetrics``)."""
-        return {}
+    @property
+    def _state_device(self) -> torch.device:
+        # Apple's MPS has no float64: the network runs there, the float64 sums stay on the CPU.
+        return torch.device("cpu") if self.device.type == "mps" else self.device
 
 
-UPDATE_CONFIGURATION = "update_configuration"
+def _fingerprint(fields: dict[str, object]) -> Tensor:
+    """The SHA-256 of ``fields`` as ``(32,)`` float64 byte values (0-255: ``allclose`` tells any two apart): the
+    ``update_configuration`` state.
 
-_UNKNOWN_DEFINITION = (
-    "real_stats {what} does not record which definition of FID made it, and this metric is compat={compat!r}: "
-    "statistics of another definition would give another number without a word. Say which it holds: "
-    "FeatureStats.load(path, compat=...) with 'pytorch-fid' for pytorch-fid --save-stats files, 'clean-fid' or "
-    "'tensorflow' for clean-fid's mode='clean' or 'legacy_tensorflow' files (named so, they say it themselves), "
-    "or the compat= of FeatureStats.from_features / from_sums for statistics made in code; then pass that "
-    "FeatureStats as real_stats."
-)
-
-
-def _fingerprint(fields: dict[str, str]) -> Tensor:
-    """The SHA-256 of ``fields`` as ``(32,)`` float64 byte values (0-255: ``allclose`` tells any two apart)."""
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).digest()
+    torchmetrics' ``MetricCollection`` (``compute_groups=True``) lets metrics whose states are equal after the
+    first batch share their states, updating only one of them; this state makes two metrics' states equal only
+    where update() and reset() treat them alike.
+    """
+    text = {name: str(value) for name, value in fields.items()}
+    digest = hashlib.sha256(json.dumps(text, sort_keys=True).encode()).digest()
     return torch.tensor(list(digest), dtype=torch.float64)

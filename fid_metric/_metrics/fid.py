@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from fid_metric._metrics.base import FeatureSumsMetric
+from fid_metric._metrics.frechet import FrechetMetric
 
 
-class FrechetInceptionDistance(FeatureSumsMetric):
+class FrechetInceptionDistance(FrechetMetric):
     r"""Fréchet Inception Distance, exact by default, drop-in for ``torchmetrics.image.fid.FrechetInceptionDistance``.
 
     For real and generated images the metric keeps three states, all summed across batches and processes:
@@ -45,6 +45,8 @@ class FrechetInceptionDistance(FeatureSumsMetric):
             (autocast to bfloat16; CPUs with AMX/AVX512-BF16 and GPUs) and ``"tf32"`` (TF32 on CUDA). The
             states and the distance stay float64; docs/performance.md states each mode's measured FID deviation.
         kwargs: torchmetrics ``Metric`` arguments (``sync_on_compute``, ``process_group``, ...).
+
+    The first six arguments are torchmetrics' and keep its positions; ``compat`` and the rest are keyword-only.
 
     Raises:
         ValueError: ``feature`` is an int other than 64, 192, 768, 2048; ``compat`` is unknown or contradicts

@@ -1,7 +1,7 @@
 """``InceptionMetrics``: FID, sFID, Inception Score, FID-infinity and a standard error from one Inception pass.
 
 The numbers ADM, DiT and EDM print, as accumulators over the same Inception outputs
-(``fid_metric._states.accumulators``), all sums, so that the one all_reduce combines them across processes:
+(``fid_metric._states``), all sums, so that the one all_reduce combines them across processes:
 
 * FID: as ``FrechetInceptionDistance``;
 * sFID (ADM's evaluator): mean and covariance of the (N, 2023) ``mixed_6/conv[..., :7]`` features, real and
@@ -24,25 +24,26 @@ from typing import Any, cast
 
 from torch import Tensor, nn
 
-from fid_metric._checks import checked_int
+from fid_metric._checks import checked_bool, checked_int
 from fid_metric._features.inception import FEATURE_DIMS
 from fid_metric._files.stats import mean_and_covariance
 from fid_metric._functional.distance import frechet_distance
 from fid_metric._functional.kid import kernel_inception_distance
 from fid_metric._functional.precision_recall import precision_recall
-from fid_metric._metrics.base import FeatureSumsMetric
-from fid_metric._states.accumulators import GaussianSums, GroupSums, SplitScores, split_scores
+from fid_metric._metrics.frechet import FrechetMetric
+from fid_metric._states.gaussian_sums import GaussianSums, GroupSums
 from fid_metric._states.kept_features import KeptFeatures
+from fid_metric._states.split_scores import split_scores
 
 _SFID = GaussianSums(
     "spatial", "spatial", FEATURE_DIMS["spatial"], count_of="features", extra_names=("mu_s", "sigma_s")
 )
 
 
-class InceptionMetrics(FeatureSumsMetric):
+class InceptionMetrics(FrechetMetric):
     """FID plus, from the same Inception forward pass, sFID, Inception Score and FID-infinity.
 
-    ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid`` if ``fid``;
+    ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid``;
     ``sfid`` if ``sfid``; ``inception_score`` and ``inception_score_std`` if ``inception_score``;
     ``fid_infinity`` and ``fid_stderr`` if ``fid_groups``; ``precision`` and ``recall`` if ``precision_recall``;
     ``kid`` and ``kid_std`` if ``kid``. The FID is the one ``FrechetInceptionDistance``
@@ -50,8 +51,6 @@ class InceptionMetrics(FeatureSumsMetric):
     ``(sample sizes, FID)`` pairs behind ``fid_infinity``.
 
     Args:
-        fid: compute the FID (default). ``fid=False, sfid=False`` gives the Inception Score alone, from generated
-            images only, as torchmetrics' ``InceptionScore`` (``update(imgs, real=True)`` is then an error).
         sfid: also compute sFID.
         inception_score: also compute the Inception Score of the generated images.
         splits: number of Inception Score splits. Which images a split holds (``SplitScores``): by default the
@@ -93,7 +92,6 @@ class InceptionMetrics(FeatureSumsMetric):
         splits: int = 1,
         fid_groups: int = 0,
         feature: int | nn.Module = 2048,
-        fid: bool = True,
         precision_recall: bool = False,
         prc_neighborhood: int = 3,
         kid: bool = False,
@@ -110,35 +108,32 @@ class InceptionMetrics(FeatureSumsMetric):
                 "sFID and the Inception Score need an Inception `feature` (64, 192, 768 or 2048), not a module; "
                 "with sfid=False and inception_score=False any feature module works."
             )
-        scores = split_scores(splits, split_size, split_seed)
+        self.sfid, self.inception_score = checked_bool("sfid", sfid), checked_bool("inception_score", inception_score)
+        self.splits, scores = splits, split_scores(splits, split_size, split_seed)
         if checked_int("fid_groups", fid_groups, 0, what="0 (off) or an int >= 2") == 1:
             raise ValueError("`fid_groups` must be 0 (off) or an int >= 2, got 1.")
-        if not fid and (sfid or fid_groups or not inception_score):
-            raise ValueError(
-                "fid=False computes the Inception Score alone: it needs inception_score=True, sfid=False and "
-                "fid_groups=0 (sFID and FID-infinity compare with real images)."
-            )
-        _check_kept_arguments(fid, precision_recall, prc_neighborhood, kid, kid_subsets, kid_subset_size)
-        super().__init__(feature=feature, fid_sums=fid, **kwargs)
-        self.fid = fid
-        self.precision_recall, self.prc_neighborhood = precision_recall, prc_neighborhood
-        self.kid, self.kid_subsets, self.kid_subset_size, self.kid_seed = kid, kid_subsets, kid_subset_size, kid_seed
+        self.fid_groups = fid_groups
+        self.precision_recall = checked_bool("precision_recall", precision_recall)
+        self.prc_neighborhood = cast(int, checked_int("prc_neighborhood", prc_neighborhood, 1))
+        self.kid, self.kid_subsets = checked_bool("kid", kid), cast(int, checked_int("kid_subsets", kid_subsets, 1))
+        self.kid_subset_size = checked_int(
+            "kid_subset_size", kid_subset_size, 2, none=True, what="an int >= 2 or None (all pairs)"
+        )
+        self.kid_seed = cast(int, checked_int("kid_seed", kid_seed, 0))
+        super().__init__(feature=feature, **kwargs)
         if (precision_recall or kid) and self._reference is not None:
             raise ValueError(
                 "precision_recall and kid need the real images' features; `real_stats` holds only their mean and "
                 "covariance. Feed the real images (update(imgs, real=True)) instead."
             )
-        self.sfid, self.inception_score, self.splits, self.fid_groups = sfid, inception_score, splits, fid_groups
         if sfid and self._reference is not None and not {"mu_s", "sigma_s"} <= set(self._reference.stats.extra):
             raise ValueError("sfid=True with `real_stats` needs a file holding 'mu_s' and 'sigma_s' (ADM's format).")
-        if sfid:
-            self._register(_SFID)
-        if inception_score:
-            self._register(scores)
-        if fid_groups:
-            self._register(GroupSums(fid_groups, self.num_features, self._extractor.feature_output))
-        if precision_recall or kid:
-            self._register(KeptFeatures(self._extractor.feature_output, self.num_features, on_cpu=features_on_cpu))
+        output = self._extractor.feature_output
+        self._scores = scores if inception_score else None
+        self._groups = GroupSums(fid_groups, self.num_features, output) if fid_groups else None
+        kept = precision_recall or kid
+        self._kept = KeptFeatures(output, self.num_features, on_cpu=features_on_cpu) if kept else None
+        self._register(*(a for a in (_SFID if sfid else None, self._scores, self._groups, self._kept) if a))
 
     @property
     def fid_by_size(self) -> tuple[Tensor, Tensor] | None:
@@ -148,7 +143,6 @@ class InceptionMetrics(FeatureSumsMetric):
 
     def _compute_configuration(self) -> dict[str, object]:
         return {
-            "fid": self.fid,
             "sfid": self.sfid,
             "inception_score": self.inception_score,
             "splits": self.splits,
@@ -161,46 +155,29 @@ class InceptionMetrics(FeatureSumsMetric):
             "kid_seed": self.kid_seed,
         }
 
-    def update(self, imgs: Tensor, real: bool) -> None:
-        """As ``FrechetInceptionDistance.update``; with ``fid=False`` only generated images (``real=False``)."""
-        if real and not self.fid:
-            raise ValueError(
-                "fid=False: the Inception Score uses generated images only; call update(imgs, real=False)."
-            )
-        super().update(imgs, real)
-
     def compute(self) -> dict[str, Tensor]:
         """The requested metrics over everything accumulated (all processes under DDP), 0-d float64 tensors."""
-        if not self.fid:
-            scores = next(a for a in self._accumulators if isinstance(a, SplitScores))
-            self._quota.warn_if_not_covered({"fake": int(cast(Tensor, self.is_num_samples).sum())})
-            mean, std = scores.score(self)
-            return {"inception_score": mean, "inception_score_std": std}
         self._check_counts()
         real = self._real_side()  # factored once for FID and every FID-infinity group distance
         results = {"fid": self._fid(*real)}
         if self.sfid:
             results["sfid"] = self._sfid()
-        if self.inception_score:
-            scores = next(a for a in self._accumulators if isinstance(a, SplitScores))
-            results["inception_score"], results["inception_score_std"] = scores.score(self)
-        if self.fid_groups:
-            groups = next(a for a in self._accumulators if isinstance(a, GroupSums))
+        if self._scores is not None:
+            results["inception_score"], results["inception_score_std"] = self._scores.score(self)
+        if self._groups is not None:
 
             def fid_of(count: Tensor, total: Tensor, outer: Tensor) -> Tensor:
                 mu, sigma = mean_and_covariance(count, total, outer)
                 return frechet_distance(real[0], real[1], mu, sigma, sigma1_factor=real[2])
 
-            results["fid_infinity"], results["fid_stderr"], self._derived["fid_by_size"] = groups.extrapolate(
+            results["fid_infinity"], results["fid_stderr"], self._derived["fid_by_size"] = self._groups.extrapolate(
                 self, fid_of, results["fid"]
             )
-        if self.precision_recall or self.kid:
-            results.update(self._from_kept_features())
+        if self._kept is not None:
+            results.update(self._from_kept_features(self._kept))
         return results
 
-    def _from_kept_features(self) -> dict[str, Tensor]:
-        kept = self._kept_accumulator
-        assert kept is not None  # registered whenever precision_recall or kid
+    def _from_kept_features(self, kept: KeptFeatures) -> dict[str, Tensor]:
         real, fake = kept.features(self, "real"), kept.features(self, "fake")
         results = {}
         if self.precision_recall:
@@ -218,13 +195,3 @@ class InceptionMetrics(FeatureSumsMetric):
         else:
             mu_real, sigma_real, factor = _SFID.factored(self, "real")  # 2023-d: singular below 2024 images
         return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
-
-
-def _check_kept_arguments(
-    fid: bool, precision_recall: bool, k: int, kid: bool, subsets: int, subset_size: int | None
-) -> None:
-    if (precision_recall or kid) and not fid:
-        raise ValueError("precision_recall and kid compare with real images: they need fid=True.")
-    checked_int("prc_neighborhood", k, 1)
-    checked_int("kid_subsets", subsets, 1)
-    checked_int("kid_subset_size", subset_size, 2, none=True, what="an int >= 2 or None (all pairs)")

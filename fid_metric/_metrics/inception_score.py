@@ -2,7 +2,7 @@
 
 For code written for ``torchmetrics.image.inception.InceptionScore``: ``InceptionScore(feature="logits_unbiased",
 splits=10, normalize=False)``, ``update(imgs)`` with generated images only, ``compute()`` returning the tuple
-``(mean, std)``. The score is ``InceptionMetrics``' (``fid_metric._states.accumulators.SplitScores``): per-split sums of
+``(mean, std)``. The score is ``InceptionMetrics``' (``fid_metric._states.split_scores``): per-split sums of
 ``p log p`` and ``p`` from the 1008 logits without bias, in float64, one all_reduce under DDP, no features kept.
 Two things differ from torchmetrics on purpose: the image at sampler position j belongs to split ``j % splits``
 (torchmetrics shuffles with the global RNG, so its value changes from run to run and with the number of
@@ -13,12 +13,15 @@ processes; ``split_size`` and ``split_seed`` give ADM's and torch-fidelity's rep
 
 from __future__ import annotations
 
+import os
 from typing import Any, cast
 
 from torch import Tensor, nn
 
+from fid_metric._features.extractor import Extractor
+from fid_metric._features.preprocess import resolve_compat
 from fid_metric._metrics.base import FeatureSumsMetric
-from fid_metric._states.accumulators import split_scores
+from fid_metric._states.split_scores import split_scores
 
 _TORCHMETRICS_FEATURES = ("logits_unbiased", 64, 192, 768, 2048)
 
@@ -32,11 +35,15 @@ class InceptionScore(FeatureSumsMetric):
         splits: number of splits (10, as torchmetrics). By default the image at sampler position j is in split
             ``j % splits``; ``split_size`` and ``split_seed`` give ADM's and torch-fidelity's splits, as in
             ``InceptionMetrics``.
+        normalize: images are floats in [0, 1] when True, uint8 in [0, 255] when False.
         split_size: ADM's consecutive splits of this many images, as in ``InceptionMetrics``.
         split_seed: torch-fidelity's shuffled splits with this seed, as in ``InceptionMetrics``.
-        kwargs: ``normalize`` (images are floats in [0, 1] when True, uint8 in [0, 255] when False), ``compat``,
-            ``feature_extractor_weights_path``, ``arithmetic``, ``dataset_size`` and torchmetrics' ``Metric``
-            arguments, as for ``FrechetInceptionDistance``.
+        compat: the preprocessing, as for ``FrechetInceptionDistance``.
+        feature_extractor_weights_path: as for ``FrechetInceptionDistance``.
+        kwargs: ``arithmetic``, ``dataset_size`` and torchmetrics' ``Metric`` arguments, as for
+            ``FrechetInceptionDistance``.
+
+    The first three arguments are torchmetrics' and keep its positions; the others are keyword-only.
 
     Raises:
         ValueError: ``feature`` is another value that torchmetrics accepts, or one it does not; ``splits`` is not
@@ -51,8 +58,12 @@ class InceptionScore(FeatureSumsMetric):
         self,
         feature: str | int | nn.Module = "logits_unbiased",
         splits: int = 10,
+        normalize: bool = False,
+        *,
         split_size: int | None = None,
         split_seed: int | None = None,
+        compat: str | None = None,
+        feature_extractor_weights_path: str | os.PathLike | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(feature, (str, int, nn.Module)):
@@ -74,8 +85,10 @@ class InceptionScore(FeatureSumsMetric):
                 f"The Inception Score uses generated images only: {', '.join(real_side)} would be ignored. Use "
                 "FrechetInceptionDistance or InceptionMetrics for a comparison with real images."
             )
-        super().__init__(feature=2048, fid_sums=False, **kwargs)
-        self.splits = splits
+        compat = resolve_compat(compat, None)
+        extractor = Extractor.inception("logits_unbiased", feature_extractor_weights_path, compat)
+        super().__init__(extractor, normalize=normalize, **kwargs)
+        self.compat, self.splits = compat, splits
         self._scores = scores
         self._register(self._scores)
 
@@ -84,10 +97,6 @@ class InceptionScore(FeatureSumsMetric):
         if real is not False:
             raise ValueError("The Inception Score uses generated images only: call update(imgs).")
         super().update(imgs, real=False)
-
-    def forward(self, imgs: Tensor, real: bool = False) -> None:
-        """Same as ``update``; returns None (no batch-local score)."""
-        super().forward(imgs, real)
 
     def compute(self) -> tuple[Tensor, Tensor]:
         """``(mean, std)`` over the splits, 0-d float64 tensors (all processes under DDP).

@@ -15,30 +15,35 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from fid_metric._features.inception import FIDInceptionV3
 from fid_metric._files.stats import StatsMismatchError
-from fid_metric._states.kept_features import KeptFeatures, kept_dtype
+from fid_metric._states.accumulator import Accumulators
+from fid_metric._states.kept_features import kept_dtype
 
 
-class FeatureSumsMetricLike(Protocol):
-    """What loading and merging read of a metric (``fid_metric._metrics.base.FeatureSumsMetric``)."""
+@dataclass(frozen=True)
+class StateLayout:
+    """What loading and merging need to know of a metric's states.
 
-    _defaults: dict[str, Any]
-    _persistent: dict[str, bool]
-    _reductions: dict[str, Any]
-    _symmetric_states: set[str]
+    Attributes:
+        accumulators: the accumulators that own the data states (which are rows, which symmetric, what
+            incoming states must satisfy together).
+        templates: every data state's template (``Accumulators.templates``).
+        persistent: the data states that ``state_dict()`` holds.
+        descriptive: the states that describe the metric rather than its data (``update_configuration``):
+            never loaded or merged.
+    """
 
-    def identity(self) -> dict[str, object]: ...
-
-    def _accumulation(self) -> str: ...
-
-    @property
-    def _templates(self) -> dict[str, Tensor]: ...
+    accumulators: Accumulators
+    templates: dict[str, Tensor]
+    persistent: frozenset[str]
+    descriptive: tuple[str, ...]
 
 
 _log = logging.getLogger("fid_metric")
@@ -138,19 +143,6 @@ def checked_rows(name: str, value: object, template: Tensor, what: str) -> list[
     return [torch.cat([part.detach().to(template.device, dtype) for part in parts])]
 
 
-def _check_rows_match_counts(states: Mapping[str, object], what: str) -> None:
-    """Raise ``ValueError`` where a side's kept features are not as many as its count says."""
-    for side in ("real", "fake"):
-        rows, count = states.get(KeptFeatures.state(side)), states.get(f"{side}_features_num_samples")
-        if isinstance(rows, list) and isinstance(count, Tensor):
-            n = sum(len(part) for part in rows)
-            if n != int(count):
-                raise ValueError(
-                    f"{what} holds {n} {side} feature rows but counts {int(count)} {side} images: its features "
-                    "and its sums do not belong together, so nothing was loaded or merged."
-                )
-
-
 def _is_outer_product_sum(matrices: Tensor) -> bool:
     """Symmetric to round-off (1e-10 of the largest entry) with a non-negative diagonal, over the last two dims."""
     scale = matrices.abs().amax(dim=(-2, -1), keepdim=True).clamp_min(torch.finfo(matrices.dtype).tiny)
@@ -162,29 +154,27 @@ _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int6
 
 
 def load_states(
-    metric: FeatureSumsMetricLike, state_dict: dict, prefix: str, missing_keys: list[str]
-) -> dict[str, Tensor]:
-    """Pop ``metric``'s states (and its configuration record) from a state dict being loaded, check them all, and
+    state_dict: dict, prefix: str, identity: Mapping[str, object], layout: StateLayout, missing_keys: list[str]
+) -> dict[str, Any]:
+    """Pop a metric's states (and its configuration record) from a state dict being loaded, check them all, and
     return checked copies to assign; nothing of the metric changes here.
 
     Each side's states (``real_*``; ``fake_*`` with the Inception Score's and FID-infinity's) are one unit: a
     state dict with some but not all of a side's is refused with ``ValueError`` whatever ``strict`` says, since
     a part of the sums gives a wrong FID. Persistent states of a side it does not hold at all are reported in
     ``missing_keys``, as torch does for parameters (an error under ``strict=True``). A record of another
-    ``identity()`` is refused with ``StatsMismatchError`` (a state dict without one, as written by fid_metric
-    0.1, is checked by its shapes). The states are popped so that torchmetrics' own loader, which would keep the
-    caller's tensors, never sees them.
+    ``identity`` is refused with ``StatsMismatchError`` (a state dict without one is checked by its shapes). The
+    states are popped so that torchmetrics' own loader, which would keep the caller's tensors, never sees them.
     """
     what = f"the checkpoint's {prefix.rstrip('.') or 'metric'}"
     record = state_dict.pop(prefix + EXTRA_STATE_KEY, None)
     if record is not None:
-        check_same_identity(metric.identity(), record, what)
+        check_same_identity(identity, record, what)
     if _pop_torchmetrics_network(state_dict, prefix, what) and record is None:
-        _check_torchmetrics_compatible(metric.identity(), what)
-    names = _data_states(metric)
-    for name in metric._defaults:  # states that describe the metric (update_configuration) are its own
-        if name not in names:
-            state_dict.pop(prefix + name, None)
+        _check_torchmetrics_compatible(identity, what)
+    for name in layout.descriptive:
+        state_dict.pop(prefix + name, None)
+    names = list(layout.templates)
     incoming = {name: state_dict.pop(prefix + name) for name in names if prefix + name in state_dict}
     sides = {_side(name) for name in incoming}
     partial = [name for name in names if _side(name) in sides and name not in incoming]
@@ -194,8 +184,8 @@ def load_states(
             "part of them gives a wrong FID), so nothing was loaded."
         )
     # torch passes strict=True to modules and drops these itself under strict=False
-    missing_keys.extend(prefix + name for name in names if metric._persistent[name] and name not in incoming)
-    return _checked(metric, incoming, what)
+    missing_keys.extend(prefix + name for name in names if name in layout.persistent and name not in incoming)
+    return _checked(layout, incoming, what)
 
 
 def _side(name: str) -> str:
@@ -203,21 +193,16 @@ def _side(name: str) -> str:
     return "real" if name.startswith("real_") else "fake"
 
 
-def _data_states(metric: FeatureSumsMetricLike) -> list[str]:
-    """The states that hold data (all but those without a reduction, which describe the metric)."""
-    return [name for name in metric._defaults if metric._reductions[name] is not None]
-
-
-def _checked(metric: FeatureSumsMetricLike, states: Mapping[str, object], what: str) -> dict[str, Any]:
-    """Checked copies of ``states`` (a subset of the metric's data states), rows and counts consistent."""
-    templates = metric._templates
+def _checked(layout: StateLayout, states: Mapping[str, object], what: str) -> dict[str, Any]:
+    """Checked copies of ``states`` (a subset of the data states), consistent as their accumulators require."""
+    symmetric = layout.accumulators.symmetric_states
     checked: dict[str, Any] = {
-        name: checked_rows(name, value, templates[name], what)
-        if isinstance(metric._defaults[name], list)
-        else checked_state(name, value, templates[name], name in metric._symmetric_states, what)
+        name: checked_rows(name, value, layout.templates[name], what)
+        if layout.accumulators.is_rows(name)
+        else checked_state(name, value, layout.templates[name], name in symmetric, what)
         for name, value in states.items()
     }
-    _check_rows_match_counts(checked, what)
+    layout.accumulators.check_incoming(checked, what)
     return checked
 
 
@@ -265,38 +250,34 @@ def _check_torchmetrics_compatible(identity: Mapping[str, object], what: str) ->
         )
 
 
-def merged_states(metric: FeatureSumsMetricLike, incoming: object) -> dict[str, Tensor]:
-    """Checked copies of the states of ``incoming`` (a metric of ``metric``'s class and identity, or a dict of
-    states), for ``merge_state``.
+def check_mergeable(mine: Mapping[str, object], theirs: Mapping[str, object], accumulation: tuple[str, str]) -> None:
+    """Raise ``StatsMismatchError`` unless two metrics of one class have one ``identity`` and accumulate alike
+    (``accumulation``: both metrics' descriptions of their accumulators, this one's first)."""
+    differences = identity_differences(mine, theirs)
+    if accumulation[0] != accumulation[1]:
+        differences.append(f"accumulators: {accumulation[0]} vs {accumulation[1]}")
+    if differences:
+        raise StatsMismatchError(
+            f"Cannot merge metrics of different configurations ({'; '.join(differences)}; this metric's value "
+            "first): their statistics cannot be added."
+        )
+
+
+def merged_states(states: Mapping[str, object], identity: Mapping[str, object], layout: StateLayout) -> dict[str, Any]:
+    """Checked copies of another metric's data states (its ``metric_state``, or a dict of states, e.g. a
+    ``state_dict()``, whose configuration record must match ``identity``), for ``merge_state``.
 
     Raises:
-        StatsMismatchError: another class or ``identity()``, or a state's shape differs.
-        ValueError: a state of the dict is missing, not a tensor, non-finite, or a count that is not one.
+        StatsMismatchError: another ``identity()``, or a state's shape differs.
+        ValueError: a state is missing, not a tensor, non-finite, or a count that is not one.
     """
-    if isinstance(incoming, dict):
-        states = incoming
-        if EXTRA_STATE_KEY in incoming:  # a state_dict(): its configuration record
-            check_same_identity(metric.identity(), incoming[EXTRA_STATE_KEY], "merge_state's dict")
-    else:
-        if type(incoming) is not type(metric):
-            raise StatsMismatchError(
-                f"Cannot merge a {type(incoming).__name__} into a {type(metric).__name__}: their states differ."
-            )
-        differences = identity_differences(metric.identity(), incoming.identity())
-        theirs = incoming._accumulation()
-        if metric._accumulation() != theirs:
-            differences.append(f"accumulators: {metric._accumulation()} vs {theirs}")
-        if differences:
-            raise StatsMismatchError(
-                f"Cannot merge metrics of different configurations ({'; '.join(differences)}; this metric's value "
-                "first): their statistics cannot be added."
-            )
-        states = incoming.metric_state  # type: ignore[attr-defined]
-    names = _data_states(metric)
+    if EXTRA_STATE_KEY in states:  # a state_dict(): its configuration record
+        check_same_identity(identity, states[EXTRA_STATE_KEY], "merge_state's dict")
+    names = list(layout.templates)
     missing = [name for name in names if name not in states]
     if missing:
         raise ValueError(
             f"merge_state's input lacks the states {missing} that this metric keeps: it comes from a metric built "
             "otherwise (e.g. without precision_recall or kid), whose statistics cannot complete this one's."
         )
-    return _checked(metric, {name: states[name] for name in names}, "merge_state's input")
+    return _checked(layout, {name: states[name] for name in names}, "merge_state's input")

@@ -8,10 +8,20 @@ the rest (at most one): 1 and W processes then count every sample once.
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
+
 from fid_metric._checks import checked_int
+from fid_metric._states.accumulator import SIDE_NAMES
 from fid_metric._warnings import warn_caller
 
-_NAMES = {"real": "real", "fake": "generated"}  # the states say "fake", as torchmetrics' do; messages do not
+
+def world_and_rank(group: Any | None = None) -> tuple[int, int]:
+    """Size of ``group`` and this process's rank in it; (1, 0) without ``torch.distributed``."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+    return 1, 0
 
 
 def sampler_positions(first: int, count: int, world: int, rank: int) -> range:
@@ -57,7 +67,7 @@ class SamplerQuota:
             padding = f" (of which {dealt - quota} padding repeat)" if dealt > quota else ""
             raise ValueError(
                 f"dataset_size={self.dataset_size} over {world} process(es) gives rank {rank} {dealt} "
-                f"{_NAMES[side]} images per epoch{padding}, but it has been given {seen + batch}. "
+                f"{SIDE_NAMES[side]} images per epoch{padding}, but it has been given {seen + batch}. "
                 "Is dataset_size the size of the validation set, is reset() called each epoch, and is each "
                 "batch passed to update() once per side?"
             )
@@ -78,7 +88,7 @@ class SamplerQuota:
         for side, n in counted.items():
             if n != self.dataset_size:
                 warn_caller(
-                    f"dataset_size={self.dataset_size}, but {n} {_NAMES[side]} images were counted over all processes: "
-                    "the validation loop did not cover the set exactly once (limit_val_batches? a sampler with "
-                    "drop_last=True?), so this FID is not over the whole set."
+                    f"dataset_size={self.dataset_size}, but {n} {SIDE_NAMES[side]} images were counted over all "
+                    "processes: the validation loop did not cover the set exactly once (limit_val_batches? a sampler "
+                    "with drop_last=True?), so this FID is not over the whole set."
                 )

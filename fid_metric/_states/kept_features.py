@@ -18,13 +18,14 @@ process (and one process over the same data) sees the same sequence: row i of ra
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
-from fid_metric._states.accumulators import SIDES, Registered
+from fid_metric._states.accumulator import SIDE_NAMES, SIDES, Accumulator, State, state
 
 # Output dtypes whose every value a float32 holds exactly; anything else (float64, int32, int64) is kept in float64.
 _EXACT_IN_FLOAT32 = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.int8, torch.int16, torch.bool)
@@ -36,56 +37,74 @@ def kept_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 @dataclass(frozen=True)
-class KeptFeatures:
-    """Per side, the list state ``{side}_features`` of ``(n_i, dim)`` batches of ``output``, float32 or float64."""
+class KeptFeatures(Accumulator):
+    """Per side, the list state ``{side}_features`` of ``(n_i, dim)`` batches of ``output``, float32 or float64;
+    ``count_of``: the ``GaussianSums`` whose ``{side}_{count_of}_num_samples`` counts the same images."""
 
     output: str
     dim: int
     on_cpu: bool = False
+    count_of: str = "features"
 
     @staticmethod
     def state(side: str) -> str:
         return f"{side}_features"
 
-    def register(self, metric: Any, keep_real: bool) -> Registered:
-        for side in SIDES:
-            metric.add_state(self.state(side), [], "cat", persistent=keep_real and side == "real")
-        return Registered(real=(self.state("real"),))
+    def defaults(self) -> dict[str, State]:
+        return {self.state(side): [] for side in SIDES}
 
-    def home(self, metric: Any) -> torch.device:
+    def real_states(self) -> tuple[str, ...]:
+        return (self.state("real"),)
+
+    def home(self, metric: Metric) -> torch.device:
         """Where the features are kept: the CPU with ``on_cpu``, else the metric's device."""
         return torch.device("cpu") if self.on_cpu else metric.device
 
-    def template(self, metric: Any) -> Tensor:
+    def row_template(self, metric: Metric, name: str) -> Tensor:
         """An empty ``(0, dim)`` float32 tensor where the features live: what incoming rows are checked against."""
         return torch.zeros(0, self.dim, device=self.home(metric))
 
-    def add(self, metric: Any, side: str, outputs: dict[str, Tensor], positions: range) -> None:
+    def placed(self, metric: Metric, name: str, value: State, device: torch.device) -> State:
+        return [rows.to(self.home(metric)) for rows in value]
+
+    def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
         x = outputs[self.output]
         getattr(metric, self.state(side)).append(x.to(self.home(metric), kept_dtype(x.dtype)))
 
-    def local(self, metric: Any, side: str) -> Tensor:
-        """The ``(n, dim)`` features of ``side`` that the state holds now (after a sync: every process's, gathered),
+    def rows(self, metric: Metric, name: str) -> Tensor:
+        """The ``(n, dim)`` features the state ``name`` holds now (after a sync: every process's, gathered),
         concatenated once: the list is then that one tensor, changed in place so that nothing else changes."""
-        batches: list[Tensor] = getattr(metric, self.state(side))
+        batches: list[Tensor] = getattr(metric, name)
         if len(batches) != 1:
-            joined = torch.cat(batches) if batches else self.template(metric)
+            joined = torch.cat(batches) if batches else self.row_template(metric, name)
             batches[:] = [joined]
         return batches[0]
 
-    def features(self, metric: Any, side: str) -> Tensor:
+    def features(self, metric: Metric, side: str) -> Tensor:
         """The ``(N, dim)`` features of ``side``, over all processes when the metric is synced, in the sampler's order.
 
         Raises:
             RuntimeError: they are not as many as the FID statistics count, which only a state assembled by hand
                 (a ``merge_state`` dict or a checkpoint whose rows and counts disagree) can cause.
         """
-        rows = self.local(metric, side)
-        counted = metric._gaussian.sums(metric, side)[0]
+        rows = self.rows(metric, self.state(side))
+        counted = int(state(metric, f"{side}_{self.count_of}_num_samples"))
         if len(rows) != counted:
             raise RuntimeError(
-                f"{len(rows)} {'real' if side == 'real' else 'generated'} features are kept but the statistics "
-                f"count {counted} images: the states were assembled from parts that do not belong together (a "
-                "merge_state dict or a checkpoint whose features and sums differ). Feed the images to update() again."
+                f"{len(rows)} {SIDE_NAMES[side]} features are kept but the statistics count {counted} images: the "
+                "states were assembled from parts that do not belong together (a merge_state dict or a checkpoint "
+                "whose features and sums differ). Feed the images to update() again."
             )
         return rows
+
+    def check_incoming(self, states: Mapping[str, object], what: str) -> None:
+        """Raise ``ValueError`` where a side's incoming rows are not as many as its incoming count says."""
+        for side in SIDES:
+            rows, count = states.get(self.state(side)), states.get(f"{side}_{self.count_of}_num_samples")
+            if isinstance(rows, list) and isinstance(count, Tensor):
+                n = sum(len(part) for part in rows)
+                if n != int(count):
+                    raise ValueError(
+                        f"{what} holds {n} {side} feature rows but counts {int(count)} {side} images: its features "
+                        "and its sums do not belong together, so nothing was loaded or merged."
+                    )

@@ -10,12 +10,50 @@ and equal sizes from different pipelines would silently average two definitions 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics import Metric
 
 from fid_metric._files.stats import StatsMismatchError
+from fid_metric._states.accumulator import Accumulators, State
+
+_ROW_COUNTS = "rows_per_process"  # not a state: the all_reduce's entry of the list states' row counts
+
+
+def sync_accumulators(
+    accumulators: Accumulators, metric: Metric, fields: dict[str, str], group: Any | None = None
+) -> dict[str, State]:
+    """Every state of ``accumulators`` over the processes of ``group``: the configuration check, one all_reduce of
+    the tensor states (with each process's row counts riding along), then one all_gather per list state, its rows
+    in the sampler's order, in float64 through ``metric.device`` (NCCL needs CUDA) and back where they live.
+
+    Returns the new values (new tensors and lists; nothing of the metric is changed).
+
+    Raises:
+        StatsMismatchError: the processes' ``fields`` differ.
+        RuntimeError: a collective failed; the message says what usually causes it.
+    """
+    sums = accumulators.sums(metric)
+    rows = accumulators.rows(metric)
+    if rows:
+        world, rank = torch.distributed.get_world_size(group), torch.distributed.get_rank(group)
+        device = next(iter(sums.values())).device
+        counts = torch.zeros(len(rows), world, dtype=torch.float64, device=device)
+        counts[:, rank] = torch.tensor([float(len(r)) for r in rows.values()], dtype=torch.float64)
+        sums[_ROW_COUNTS] = counts
+    summed = _collective(lambda: sync_states(sums, set(accumulators.symmetric_states), fields, group))
+    row_counts = summed.pop(_ROW_COUNTS, None)
+    synced: dict[str, State] = dict(summed)
+    if row_counts is not None:
+        for (name, local), counts_of_name in zip(rows.items(), row_counts.long().tolist()):
+            gathered = _collective(
+                lambda: gather_rows(local.to(metric.device, torch.float64), counts_of_name, group)  # noqa: B023
+            )
+            synced[name] = [gathered.to(local.device)]
+    return synced
 
 
 def sync_states(
@@ -120,3 +158,20 @@ def _unpack(flat: Tensor, template: Tensor, symmetric: bool) -> Tensor:
         full[..., cols, rows] = triangles
         return full
     return flat.reshape(template.shape).to(template.dtype)
+
+
+_COLLECTIVE_HINT = (
+    "compute() (and statistics(), save_real_stats()) is a collective under DDP: every process of the group must "
+    "call it, in the same order as its other collectives. A process that skipped it (e.g. `if rank == 0: "
+    "metric.compute()`), or that failed, leaves the others waiting or mismatched."
+)
+
+
+def _collective(run: Callable[[], Any]) -> Any:
+    """``run()``, one of the sync's collectives; a failure of the collective itself says what usually causes it."""
+    try:
+        return run()
+    except StatsMismatchError:
+        raise
+    except RuntimeError as err:  # gloo: "Connection closed by peer", timeouts, size mismatches; NCCL: its errors
+        raise RuntimeError(f"The metric's sync failed: {err}. {_COLLECTIVE_HINT}") from err
