@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fid_metric._files.stats import mean_and_covariance
+from fid_metric._functional.covariance import mean_and_covariance
 from fid_metric._functional.distance import frechet_distance
 from fid_metric._functional.kid import kernel_inception_distance
 from fid_metric._functional.precision_recall import precision_recall

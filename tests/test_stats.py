@@ -20,7 +20,7 @@ from PIL import Image
 from pytorch_fid import fid_score
 
 from fid_metric import FeatureStats, FrechetInceptionDistance, StatsMismatchError, frechet_distance
-from fid_metric._files.stats import mean_and_covariance
+from fid_metric._functional.covariance import mean_and_covariance
 
 # Tests that feed fewer images than feature dimensions on purpose (bookkeeping, not the Cholesky path).
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions:UserWarning")
@@ -163,12 +163,12 @@ def test_fixed_reference_equals_two_sided_metric(tmp_path) -> None:
     metric = FrechetInceptionDistance(TinyFeatures(), real_stats=tmp_path / "ref.npz")
     metric.update(fake, real=False)
     first = metric.compute()
-    factor = metric._reference._factor
+    factor = metric._reference._factors[""]
     assert abs(first - two_sided.compute()) <= 1e-12 * first
     metric.reset()
     metric.update(fake[:9], real=False)
     metric.compute()
-    assert metric._reference._factor is factor, "the reference factor must be computed once"
+    assert metric._reference._factors[""] is factor, "the reference factor must be computed once"
     with pytest.raises(ValueError, match="fixed reference statistics"):
         metric.update(real, real=True)
     assert int(metric.real_features_num_samples) == 0

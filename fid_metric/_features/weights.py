@@ -36,7 +36,6 @@ from torch import Tensor
 
 from fid_metric._features.weights_cache import cache_dir, sha256_of
 from fid_metric._features.weights_download import (
-    download,
     download_verified,
     expected_hash_prefix,
     hashed_example,
@@ -48,7 +47,6 @@ __all__ = [
     "WeightsSpec",
     "WeightsUnavailableError",
     "cache_dir",
-    "download",
     "expected_hash_prefix",
     "load_state_dict",
     "resolve",

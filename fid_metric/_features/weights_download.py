@@ -62,18 +62,6 @@ def expected_hash_prefix(url: str) -> str:
     return match.group(1)
 
 
-def download(url: str, directory: str | os.PathLike) -> Path:
-    """Download ``url`` into ``directory`` under its own file name, verified by the SHA-256 prefix in that name
-    (``expected_hash_prefix``); bounded in time and atomic as ``resolve()``'s downloads.
-
-    Raises:
-        ValueError: the name carries no hash.
-        RuntimeError: the bytes do not hash to it (nothing is kept).
-        OSError, http.client.HTTPException: the server cannot be reached, is too slow, or breaks off.
-    """
-    return download_verified(url, Path(directory) / url_name(url), expected_hash_prefix(url), size=None)
-
-
 def download_verified(url: str, target: Path, sha256: str, size: int | None) -> Path:
     """Download ``url`` to ``target``: verified, atomic, within the deadline; return ``target``.
 

@@ -2,7 +2,7 @@
 
 Sums add exactly across batches, processes and jobs, so they are what the metric keeps, what DDP
 all-reduces and what our statistics files store; the mean and covariance follow from them
-(``fid_metric._files.stats_covariance``) only when a distance is computed. Files written by other tools hold
+(``fid_metric._functional.covariance``) only when a distance is computed. Files written by other tools hold
 only the mean and covariance: they serve as a fixed reference but cannot be merged. The file formats are
 ``fid_metric._files.stats_formats``.
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,10 +30,20 @@ from torch import Tensor
 from fid_metric._checks import checked_choice
 from fid_metric._features.inception import INCEPTION_ID, POOL_FEATURES
 from fid_metric._features.preprocess import COMPAT_MODES
-from fid_metric._files.stats_covariance import mean_and_covariance
 from fid_metric._files.stats_formats import METADATA_KEYS, read_stats_file, write_stats_file
+from fid_metric._functional.covariance import mean_and_covariance
 
-__all__ = ["FeatureStats", "StatsMismatchError", "mean_and_covariance"]
+
+def identity_differences(mine: Mapping[str, object], theirs: Mapping[str, object]) -> list[tuple[str, object, object]]:
+    """``(field, mine, theirs)`` for each field of two identities (feature dimension, extractor, weights SHA-256,
+    compat, arithmetic) that both know (neither missing nor empty) and that differs: the one comparison behind
+    statistics files, checkpoints and merges."""
+    unknown = ("", None)
+    return [
+        (key, value, theirs[key])
+        for key, value in mine.items()
+        if key in theirs and value not in unknown and theirs[key] not in unknown and value != theirs[key]
+    ]
 
 
 class StatsMismatchError(ValueError):
@@ -131,14 +142,13 @@ class FeatureStats:
         Fields that one side does not know (empty strings, e.g. from a pytorch-fid file) are not compared.
         """
         theirs = other if isinstance(other, dict) else {"feature_dim": other.feature_dim, **_metadata_of(other)}
-        mine = {"feature_dim": self.feature_dim, **_metadata_of(self)}
-        for key, value in mine.items():
-            other_value = theirs.get(key, "")
-            if value not in ("", None) and other_value not in ("", None) and value != other_value:
-                raise StatsMismatchError(
-                    f"Cannot combine {name} with {other_name}: {key} is {value!r} in {name} but {other_value!r} "
-                    f"in {other_name}."
-                )
+        differences = identity_differences({"feature_dim": self.feature_dim, **_metadata_of(self)}, theirs)
+        if differences:
+            key, value, other_value = differences[0]
+            raise StatsMismatchError(
+                f"Cannot combine {name} with {other_name}: {key} is {value!r} in {name} but {other_value!r} "
+                f"in {other_name}."
+            )
 
     def merge(self, other: FeatureStats) -> FeatureStats:
         """Statistics of the union of both sample sets (exact: the sums add); also ``a + b``.

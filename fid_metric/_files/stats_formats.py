@@ -29,7 +29,7 @@ from torch import Tensor
 from fid_metric._files.atomic_file import atomic_write
 from fid_metric._files.edm2_reference import read_edm2_pickle
 from fid_metric._files.npz import ArrayHeader, NpzArchive
-from fid_metric._files.stats_covariance import mean_and_covariance
+from fid_metric._functional.covariance import mean_and_covariance
 from fid_metric._functional.distance import check_symmetric
 from fid_metric._version import __version__
 

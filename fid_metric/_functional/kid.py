@@ -40,13 +40,16 @@ def kernel_inception_distance(
     """KID between features ``x`` ``(m, d)`` and ``y`` ``(n, d)``: ``(mean, std)``, 0-d float64 tensors.
 
     Args:
-        x, y: the two sets' features (real and generated; the estimate is symmetric in them).
+        x: ``(m, d)`` features of one set (torch-fidelity's ``features_1``: the generated images).
+        y: ``(n, d)`` features of the other set (the estimate is symmetric in x and y).
         subsets: number of subsets (ignored with ``subset_indices`` or ``subset_size=None``).
         subset_size: features per side per subset; None: all pairs (``std`` is then 0).
         seed: seeds numpy's ``RandomState`` that draws the subsets, as torch-fidelity's ``rng_seed`` (its
             default: 2020).
         subset_indices: the subsets' indices ``(into x, into y)``, instead of drawing them.
-        degree, gamma, coef: the polynomial kernel; ``gamma=None`` is ``1 / d``.
+        degree: the polynomial kernel's degree.
+        gamma: its scale; None is ``1 / d``.
+        coef: its constant term.
 
     Raises:
         ValueError: not two 2-d sets of one dimension, fewer than 2 features per side, or a subset larger than

@@ -36,6 +36,8 @@ class FrechetMetric(FeatureSumsMetric):
         *,
         compat: str | None = None,
         real_stats: str | os.PathLike | FeatureStats | None = None,
+        dataset_size: int | None = None,
+        arithmetic: str = "exact",
         **kwargs: Any,
     ) -> None:
         compat = resolve_compat(compat, antialias)
@@ -48,7 +50,14 @@ class FrechetMetric(FeatureSumsMetric):
                 f"Got unknown input to argument `feature`: expected an int (an Inception layer) or an nn.Module, "
                 f"got {type(feature)}."
             )
-        super().__init__(extractor, normalize=normalize, reset_real_features=reset_real_features, **kwargs)
+        super().__init__(
+            extractor,
+            normalize=normalize,
+            reset_real_features=reset_real_features,
+            dataset_size=dataset_size,
+            arithmetic=arithmetic,
+            **kwargs,
+        )
         self.compat = compat
         self._reference = None if real_stats is None else self._fixed_reference(real_stats)
         self._fid_sums = GaussianSums("features", extractor.feature_output, extractor.num_features)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from fid_metric._checks import checked_bool, checked_int
 from fid_metric._features.inception import FEATURE_DIMS
-from fid_metric._files.stats import mean_and_covariance
+from fid_metric._functional.covariance import mean_and_covariance
 from fid_metric._functional.distance import frechet_distance
 from fid_metric._functional.kid import kernel_inception_distance
 from fid_metric._functional.precision_recall import precision_recall

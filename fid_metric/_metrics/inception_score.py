@@ -40,8 +40,9 @@ class InceptionScore(FeatureSumsMetric):
         split_seed: torch-fidelity's shuffled splits with this seed, as in ``InceptionMetrics``.
         compat: the preprocessing, as for ``FrechetInceptionDistance``.
         feature_extractor_weights_path: as for ``FrechetInceptionDistance``.
-        kwargs: ``arithmetic``, ``dataset_size`` and torchmetrics' ``Metric`` arguments, as for
-            ``FrechetInceptionDistance``.
+        dataset_size: as for ``FrechetInceptionDistance``.
+        arithmetic: as for ``FrechetInceptionDistance``.
+        kwargs: torchmetrics' ``Metric`` arguments (``sync_on_compute``, ``process_group``, ...).
 
     The first three arguments are torchmetrics' and keep its positions; the others are keyword-only.
 
@@ -64,6 +65,8 @@ class InceptionScore(FeatureSumsMetric):
         split_seed: int | None = None,
         compat: str | None = None,
         feature_extractor_weights_path: str | os.PathLike | None = None,
+        dataset_size: int | None = None,
+        arithmetic: str = "exact",
         **kwargs: Any,
     ) -> None:
         if not isinstance(feature, (str, int, nn.Module)):
@@ -87,7 +90,7 @@ class InceptionScore(FeatureSumsMetric):
             )
         compat = resolve_compat(compat, None)
         extractor = Extractor.inception("logits_unbiased", feature_extractor_weights_path, compat)
-        super().__init__(extractor, normalize=normalize, **kwargs)
+        super().__init__(extractor, normalize=normalize, dataset_size=dataset_size, arithmetic=arithmetic, **kwargs)
         self.compat, self.splits = compat, splits
         self._scores = scores
         self._register(self._scores)

@@ -36,26 +36,28 @@ class FixedReference:
         for tensor in (self.stats.mean, self.stats.covariance):
             digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
         self.fingerprint = digest.hexdigest()
-        self._factor: CovarianceFactor | None = None
-        self._extra_factors: dict[str, CovarianceFactor] = {}
+        self._factors: dict[str, CovarianceFactor] = {}  # covariance name -> its factor, on the last device asked
 
     def on(self, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """Mean ``(d,)``, covariance ``(d, d)`` and its factor on ``device``, float64."""
-        self._factor = self._factor_on(self.stats.covariance, self._factor, device)
-        return self.stats.mean.to(device), self.stats.covariance.to(device), self._factor
+        return (
+            self.stats.mean.to(device),
+            self.stats.covariance.to(device),
+            self._factor("", self.stats.covariance, device),
+        )
 
     def extra_on(self, mean: str, covariance: str, device: torch.device) -> tuple[Tensor, Tensor, CovarianceFactor]:
         """Another mean/covariance pair the file held (ADM's ``mu_s``, ``sigma_s``) and the covariance's factor,
         on ``device``; the factor is cached as the main pair's is."""
         sigma = self.stats.extra[covariance]
-        factor = self._factor_on(sigma, self._extra_factors.get(covariance), device)
-        self._extra_factors[covariance] = factor
-        return self.stats.extra[mean].to(device), sigma.to(device), factor
+        return self.stats.extra[mean].to(device), sigma.to(device), self._factor(covariance, sigma, device)
 
-    def _factor_on(self, sigma: Tensor, cached: CovarianceFactor | None, device: torch.device) -> CovarianceFactor:
-        """``cached`` if it is on ``device``, else ``sigma``'s factor there; n - 1 bounds the rank of the
-        covariance of n samples (files without n: no bound)."""
-        if cached is not None and cached.device == device:
-            return cached
-        n = self.stats.n
-        return sqrt_factor(sigma.to(device), rank_bound=n - 1 if n is not None and n > 1 else None)
+    def _factor(self, name: str, sigma: Tensor, device: torch.device) -> CovarianceFactor:
+        """The factor of the covariance ``name`` (``""``: the main one) on ``device``, computed there once; n - 1
+        bounds the rank of the covariance of n samples (files without n: no bound)."""
+        cached = self._factors.get(name)
+        if cached is None or cached.device != device:
+            n = self.stats.n
+            cached = sqrt_factor(sigma.to(device), rank_bound=n - 1 if n is not None and n > 1 else None)
+            self._factors[name] = cached
+        return cached

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from fid_metric._features.inception import FIDInceptionV3
-from fid_metric._files.stats import StatsMismatchError
+from fid_metric._files.stats import StatsMismatchError, identity_differences
 from fid_metric._states.accumulator import Accumulators
 from fid_metric._states.kept_features import kept_dtype
 
@@ -51,21 +51,15 @@ _log = logging.getLogger("fid_metric")
 EXTRA_STATE_KEY = "_extra_state"  # torch's own name for a module's extra state in a state dict
 
 
-def identity_differences(mine: Mapping[str, object], theirs: Mapping[str, object]) -> list[str]:
-    """``"field: mine vs theirs"`` for each field both sides know (neither missing nor empty) that differs."""
-    unknown = ("", None)
-    return [
-        f"{key}: {value!r} vs {theirs[key]!r}"
-        for key, value in mine.items()
-        if key in theirs and value not in unknown and theirs[key] not in unknown and value != theirs[key]
-    ]
+def _described(differences: list[tuple[str, object, object]]) -> list[str]:
+    return [f"{key}: {mine!r} vs {theirs!r}" for key, mine, theirs in differences]
 
 
 def check_same_identity(mine: Mapping[str, object], theirs: object, what: str) -> None:
     """Raise ``StatsMismatchError`` unless ``theirs`` (a record from ``what``) matches this metric's identity."""
     if not isinstance(theirs, Mapping):
         raise StatsMismatchError(f"{what} records its configuration as {type(theirs).__name__}, not a dict.")
-    differences = identity_differences(mine, theirs)
+    differences = _described(identity_differences(mine, theirs))
     if differences:
         raise StatsMismatchError(
             f"{what} was made by a metric of another configuration ({'; '.join(differences)}; this metric's value "
@@ -253,7 +247,7 @@ def _check_torchmetrics_compatible(identity: Mapping[str, object], what: str) ->
 def check_mergeable(mine: Mapping[str, object], theirs: Mapping[str, object], accumulation: tuple[str, str]) -> None:
     """Raise ``StatsMismatchError`` unless two metrics of one class have one ``identity`` and accumulate alike
     (``accumulation``: both metrics' descriptions of their accumulators, this one's first)."""
-    differences = identity_differences(mine, theirs)
+    differences = _described(identity_differences(mine, theirs))
     if accumulation[0] != accumulation[1]:
         differences.append(f"accumulators: {accumulation[0]} vs {accumulation[1]}")
     if differences:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from fid_metric._files.stats import mean_and_covariance
+from fid_metric._functional.covariance import mean_and_covariance
 from fid_metric._functional.distance import CovarianceFactor, sqrt_factor
 from fid_metric._states.accumulator import SIDES, Accumulator, State, add_outer_products, as_float64, index_on, state
 
