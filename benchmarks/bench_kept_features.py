@@ -72,8 +72,8 @@ def run(n: int, d: int, device: torch.device, subsets: int) -> dict:
     resident = _peak_bytes(device)
     rows = {
         "fid_from_sums": _timed(fid, device),
-        "precision_recall_k3": _timed(lambda: precision_recall(real, fake, 3), device),
-        f"kid_{subsets}x1000": _timed(lambda: kernel_inception_distance(real, fake, subsets, 1000), device),
+        "precision_recall_k3": _timed(lambda: precision_recall(real, fake, k=3), device),
+        f"kid_{subsets}x1000": _timed(lambda: kernel_inception_distance(real, fake, subsets=subsets, subset_size=1000), device),
         "kid_all_pairs": _timed(lambda: kernel_inception_distance(real, fake, subset_size=None), device),
     }
     rate = matmul_rate(d, device)

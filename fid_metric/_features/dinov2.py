@@ -78,7 +78,7 @@ class DINOv2Features(nn.Module):
 
     num_features = NUM_FEATURES
 
-    def __init__(self, weights_path: str | os.PathLike | None = None, resize: str = "dgm-eval") -> None:
+    def __init__(self, weights_path: str | os.PathLike | None = None, *, resize: str = "dgm-eval") -> None:
         super().__init__()
         self.resize = checked_choice("resize", resize, RESIZES)
         self.extractor_id = f"dinov2-vitl14-{self.resize}/{NUM_FEATURES}"

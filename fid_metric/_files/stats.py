@@ -86,6 +86,7 @@ class FeatureStats:
         n: int,
         feature_sum: Tensor,
         outer_sum: Tensor,
+        *,
         extractor: str = "",
         weights_sha256: str = "",
         compat: str = "",
@@ -105,11 +106,23 @@ class FeatureStats:
 
     @classmethod
     def from_features(
-        cls, features: Tensor, extractor: str = "", weights_sha256: str = "", compat: str = "", arithmetic: str = ""
+        cls,
+        features: Tensor,
+        *,
+        extractor: str = "",
+        weights_sha256: str = "",
+        compat: str = "",
+        arithmetic: str = "",
     ) -> FeatureStats:
         """From ``(n, d)`` features of any float dtype and device (summed in float64 on the CPU), n >= 2."""
         f = features.detach().to("cpu", torch.float64)
-        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, extractor, weights_sha256, compat, arithmetic)
+        metadata = {
+            "extractor": extractor,
+            "weights_sha256": weights_sha256,
+            "compat": compat,
+            "arithmetic": arithmetic,
+        }
+        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, **metadata)
 
     @property
     def feature_dim(self) -> int:
@@ -191,7 +204,12 @@ class FeatureStats:
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, compat: str | None = None, key: str | None = None, extractor: str | None = None
+        cls,
+        path: str | os.PathLike,
+        *,
+        compat: str | None = None,
+        key: str | None = None,
+        extractor: str | None = None,
     ) -> FeatureStats:
         """Read our ``.npz``, a pytorch-fid / clean-fid ``.npz``, an ADM reference batch or an EDM2 ``.pkl``.
 

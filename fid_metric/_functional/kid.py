@@ -29,6 +29,7 @@ _BLOCK_ELEMENTS = 1 << 24  # kernel entries per block: 128 MiB of float64
 def kernel_inception_distance(
     x: Tensor,
     y: Tensor,
+    *,
     subsets: int = 100,
     subset_size: int | None = 1000,
     seed: int = 2020,

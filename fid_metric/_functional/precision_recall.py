@@ -18,7 +18,7 @@ from torch import Tensor
 _BLOCK_ELEMENTS = 1 << 24  # distances per block: 128 MiB of float64
 
 
-def precision_recall(real: Tensor, fake: Tensor, k: int = 3) -> tuple[Tensor, Tensor]:
+def precision_recall(real: Tensor, fake: Tensor, *, k: int = 3) -> tuple[Tensor, Tensor]:
     """``(precision, recall)`` of generated features ``fake`` ``(n, d)`` against ``real`` ``(m, d)``, 0-d float64.
 
     Raises:

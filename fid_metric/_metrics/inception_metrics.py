@@ -103,12 +103,12 @@ class InceptionMetrics(FrechetMetric):
         split_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
+        self.sfid, self.inception_score = checked_bool("sfid", sfid), checked_bool("inception_score", inception_score)
         if (sfid or inception_score) and (not isinstance(feature, int) or isinstance(feature, bool)):
             raise TypeError(
                 "sFID and the Inception Score need an Inception `feature` (64, 192, 768 or 2048), not a module; "
                 "with sfid=False and inception_score=False any feature module works."
             )
-        self.sfid, self.inception_score = checked_bool("sfid", sfid), checked_bool("inception_score", inception_score)
         self.splits, scores = splits, split_scores(splits, split_size, split_seed)
         if checked_int("fid_groups", fid_groups, 0, what="0 (off) or an int >= 2") == 1:
             raise ValueError("`fid_groups` must be 0 (off) or an int >= 2, got 1.")
@@ -132,7 +132,8 @@ class InceptionMetrics(FrechetMetric):
         self._scores = scores if inception_score else None
         self._groups = GroupSums(fid_groups, self.num_features, output) if fid_groups else None
         kept = precision_recall or kid
-        self._kept = KeptFeatures(output, self.num_features, on_cpu=features_on_cpu) if kept else None
+        on_cpu = checked_bool("features_on_cpu", features_on_cpu)
+        self._kept = KeptFeatures(output, self.num_features, on_cpu=on_cpu) if kept else None
         self._register(*(a for a in (_SFID if sfid else None, self._scores, self._groups, self._kept) if a))
 
     @property
@@ -181,10 +182,10 @@ class InceptionMetrics(FrechetMetric):
         real, fake = kept.features(self, "real"), kept.features(self, "fake")
         results = {}
         if self.precision_recall:
-            results["precision"], results["recall"] = precision_recall(real, fake, self.prc_neighborhood)
+            results["precision"], results["recall"] = precision_recall(real, fake, k=self.prc_neighborhood)
         if self.kid:
             results["kid"], results["kid_std"] = kernel_inception_distance(  # generated first, as torch-fidelity
-                fake, real, self.kid_subsets, self.kid_subset_size, self.kid_seed
+                fake, real, subsets=self.kid_subsets, subset_size=self.kid_subset_size, seed=self.kid_seed
             )
         return results
 
