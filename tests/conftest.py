@@ -11,11 +11,6 @@ What the test modules share besides fixtures (images, extractors, launchers) is 
 
 from __future__ import annotations
 
-from warm_processes import start_warm_processes
-
-# First: the forkserver's imports then run beside this process's own (below), before the first test.
-start_warm_processes()
-
 import copy
 import os
 from collections.abc import Callable, Iterator

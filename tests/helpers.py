@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
-import multiprocessing
 import os
 import queue
 import socket
@@ -146,49 +145,38 @@ _LAUNCHER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORL
 
 
 def run_python(
-    script: Path | str, *args: str, timeout: float = 300, ranks: int = 1, fresh: bool = False, **env_vars: str
+    script: Path | str, *args: str, timeout: float = 300, ranks: int = 1, **env_vars: str
 ) -> subprocess.CompletedProcess:
-    """Run ``python script args`` from the repository root as a new process; fail with its output.
+    """Run ``python script args`` from the repository root in a fresh interpreter; fail with its output.
 
-    The process is a ``ForkedPython``: new, with its own state, but with its libraries already imported.
-    ``script`` may also be ``"-m module"`` or ``"-c"`` (then ``args[0]`` is the code). ``fresh=True`` starts a new
-    interpreter instead, for what must see one (a Lightning script that re-launches itself for its other ranks).
-
-    ``ranks=N`` starts N such processes as an external launcher (``torchrun``) would: ``RANK``, ``LOCAL_RANK``,
-    ``WORLD_SIZE``, ``MASTER_ADDR`` and a free ``MASTER_PORT`` set, so that Lightning's "ddp" strategy and
-    ``torch.distributed.init_process_group("gloo")`` join them in one group. Returns rank 0's output.
+    ``script`` may also be ``"-m module"`` or ``"-c"`` (then ``args[0]`` is the code). ``ranks=N`` starts N
+    interpreters as an external launcher (``torchrun``) would (``launcher_variables``), so that Lightning's
+    "ddp" strategy and ``torch.distributed.init_process_group("gloo")`` join them in one group. Returns rank 0's
+    output.
     """
     command = [*str(script).split(" ", 1), *args] if str(script).startswith("-m ") else [str(script), *args]
-    if fresh:
-        assert ranks == 1, "fresh processes are started one at a time"
-        proc = subprocess.run(
-            [sys.executable, *command],
-            cwd=REPO,
-            env=_child_env(env_vars),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        outputs = [proc]
+    if ranks == 1:
+        processes = [PythonProcess(*command, **env_vars)]
     else:
-        launcher = {}
-        if ranks > 1:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(ranks)}
+        launcher = launcher_variables(ranks)
         processes = [
-            ForkedPython(
-                *command, **launcher, **({"RANK": str(r), "LOCAL_RANK": str(r)} if ranks > 1 else {}), **env_vars
-            )
-            for r in range(ranks)
+            PythonProcess(*command, RANK=str(r), LOCAL_RANK=str(r), **launcher, **env_vars) for r in range(ranks)
         ]
-        deadline = time.monotonic() + timeout
-        outputs = [process.wait(max(0.0, deadline - time.monotonic())) for process in processes]
+    deadline = time.monotonic() + timeout
+    outputs = [process.wait(max(0.0, deadline - time.monotonic())) for process in processes]
     for rank, proc in enumerate(outputs):
         output = f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
         assert proc.returncode == 0, f"{command[0]} (rank {rank} of {ranks}) failed ({proc.returncode}):\n{output}"
     return outputs[0]
+
+
+def launcher_variables(world_size: int) -> dict[str, str]:
+    """What torchrun sets for every process of a ``world_size`` group on this machine (each adds its ``RANK``):
+    ``MASTER_ADDR``, a ``MASTER_PORT`` that is free now, ``WORLD_SIZE``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(world_size)}
 
 
 def _child_env(env_vars: dict[str, str]) -> dict[str, str]:
@@ -200,97 +188,58 @@ def _child_env(env_vars: dict[str, str]) -> dict[str, str]:
     return env
 
 
-class ForkedPython:
-    """``python *command`` (a script and its arguments, ``-m module ...`` or ``-c code ...``) from the repository
-    root, in a process forked from the session's forkserver (``warm_processes``): a new process with its own
-    state, whose libraries are already imported. It runs the program as ``python`` would: ``__main__``,
-    ``sys.argv``, the script's folder first on ``sys.path``, atexit handlers, the exit status of ``SystemExit``.
-    Its environment is ``_child_env(env_vars)``; its output goes to files, read by ``stdout()`` and ``wait()``.
-    """
+class PythonProcess:
+    """``python *command`` (a script and its arguments, ``-m module ...`` or ``-c code ...``) started from the
+    repository root in a fresh interpreter, with the environment ``_child_env(env_vars)``; its output goes to
+    files, so that ``stdout()`` can be read while it runs."""
 
     def __init__(self, *command: str, **env_vars: str) -> None:
-        self.command = list(command)
+        self.command = [sys.executable, *command]
         self._folder = tempfile.TemporaryDirectory()
-        self._out, self._err = f"{self._folder.name}/stdout", f"{self._folder.name}/stderr"
-        context = multiprocessing.get_context("forkserver")
-        self.process = context.Process(
-            target=_run_as_main, args=(self.command, _child_env(env_vars), self._out, self._err)
-        )
-        self.process.start()
+        self._out, self._err = Path(self._folder.name, "stdout"), Path(self._folder.name, "stderr")
+        with self._out.open("w") as out, self._err.open("w") as err:
+            self.process = subprocess.Popen(self.command, cwd=REPO, env=_child_env(env_vars), stdout=out, stderr=err)
 
     @property
     def returncode(self) -> int | None:
         """The exit status; minus the signal's number if a signal ended it; None while it runs."""
-        return self.process.exitcode
+        return self.process.poll()
 
     def stdout(self) -> str:
-        return Path(self._out).read_text() if Path(self._out).exists() else ""
+        return self._out.read_text()
 
     def send_signal(self, signum: int) -> None:
-        os.kill(self.process.pid, signum)
+        self.process.send_signal(signum)
 
     def wait(self, timeout: float) -> subprocess.CompletedProcess:
         """Wait up to ``timeout`` s (then kill it: return code -9); its exit status and output."""
-        self.process.join(timeout)
-        if self.process.is_alive():
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
             self.process.kill()
-            self.process.join()
-        stderr = Path(self._err).read_text() if Path(self._err).exists() else ""
-        result = subprocess.CompletedProcess(self.command, self.process.exitcode, self.stdout(), stderr)
+            self.process.wait()
+        result = subprocess.CompletedProcess(
+            self.command, self.process.returncode, self.stdout(), self._err.read_text()
+        )
         self._folder.cleanup()
         return result
 
 
-def _run_as_main(command: list[str], env: dict[str, str], stdout: str, stderr: str) -> None:
-    """In a process forked from the forkserver: run ``python *command`` in this process, then exit."""
-    import atexit
-    import runpy
-
-    for fd, path in ((1, stdout), (2, stderr)):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
-    os.environ.clear()
-    os.environ.update(env)
-    os.chdir(REPO)
-    torch.set_num_threads(1)
-    code = 0
-    try:
-        if command[0] == "-m":
-            sys.argv = [command[1], *command[2:]]
-            runpy.run_module(command[1], run_name="__main__", alter_sys=True)
-        elif command[0] == "-c":
-            sys.argv = ["-c", *command[2:]]
-            sys.path.insert(0, "")
-            exec(compile(command[1], "<string>", "exec"), {"__name__": "__main__"})
-        else:
-            sys.argv = list(command)
-            sys.path.insert(0, str(Path(command[0]).resolve().parent))
-            runpy.run_path(command[0], run_name="__main__")
-    except SystemExit as exit_:
-        if exit_.code is None or isinstance(exit_.code, int):
-            code = exit_.code or 0
-        else:
-            print(exit_.code, file=sys.stderr)
-            code = 1
-    except BaseException:
-        traceback.print_exc()
-        code = 1
-    atexit._run_exitfuncs()  # as the interpreter would at exit (loggers finish their runs there)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)  # multiprocessing runs its finalizers, then exits with this status
+ForkedPython = PythonProcess  # the former name, which test_stats.py and test_weights.py still import
 
 
 class DDPLauncher:
     """Two-process (``world_size``) gloo runs on the CPU; each returns what every rank reported, by rank.
 
     * ``run(target, *args)``: ``target(rank, world_size, *args) -> dict``, a module-level function, runs in
-      every rank of a process group. The processes (forked from the forkserver, one thread each) start at the first
-      call and serve every later call. A failure or a timeout in any rank
-      stops them (the next call starts new ones) and fails the calling test with the ranks' tracebacks.
+      every rank of a process group. The processes (started by multiprocessing's "spawn", one thread each) start
+      at the first call and serve every later call: their imports are paid once per session. A failure or a
+      timeout in any rank stops them (the next call starts new ones) and fails the calling test with the ranks'
+      tracebacks.
     * ``run_script(script, out_dir, *args)``: ``python script OUT_DIR *args`` in ``world_size`` processes started
       as torchrun starts them (``run_python(..., ranks=world_size)``); Lightning's "ddp" strategy then finds
-      its ranks in the environment instead of re-running the script in new interpreters (4-5 s of imports
-      each). Each rank writes ``OUT_DIR/rank{r}.json``.
+      its ranks in the environment instead of launching the script again for them. Each rank writes
+      ``OUT_DIR/rank{r}.json``.
     """
 
     def __init__(self, workdir: Path, world_size: int = 2) -> None:
@@ -331,7 +280,7 @@ class DDPLauncher:
         return [json.loads((out_dir / f"rank{rank}.json").read_text()) for rank in range(self.world_size)]
 
     def _start(self) -> None:
-        context = torch.multiprocessing.get_context("forkserver")
+        context = torch.multiprocessing.get_context("spawn")
         self._started += 1
         init_file = self.workdir / f"dist_init_{self._started}"
         self._tasks = [context.SimpleQueue() for _ in range(self.world_size)]
@@ -362,7 +311,7 @@ class DDPLauncher:
 
 def _serve_rank(rank: int, world_size: int, init_file: str, tasks: Any, results: Any) -> None:
     """A rank of ``DDPLauncher``: joins the gloo group, then runs tasks until it receives None. Its output goes to
-    ``rank{rank}.log`` beside ``init_file`` (a forkserver child would otherwise write to the terminal)."""
+    ``rank{rank}.log`` beside ``init_file`` (it would otherwise write to the test's terminal)."""
     log = os.open(Path(init_file).with_name(f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     for fd in (1, 2):
         os.dup2(log, fd)

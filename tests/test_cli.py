@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import pickle
 import re
-import runpy
-import socket
-import sys
 import time
 import tracemalloc
 import warnings
@@ -19,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ForkedPython, relative, smooth_images
+from helpers import PythonProcess, launcher_variables, relative, smooth_images
 from PIL import EpsImagePlugin, Image
 from pytorch_fid import inception as pfid_inception
 from pytorch_fid.fid_score import calculate_fid_given_paths
@@ -249,25 +245,6 @@ def test_usage_errors_exit_2_with_one_line(argv, fragment, capsys) -> None:
     code, out, err = _run(capsys, *argv)
     assert code == 2 and out == ""
     _assert_one_line_error(err, fragment)
-
-
-def test_python_m_help_and_console_script(monkeypatch, capsys) -> None:
-    """`python -m fid_metric --help` documents the exit codes; the installed console script is ``cli:main``.
-
-    In this process: ``python -m`` is ``runpy.run_module(..., run_name="__main__")``, and the console script is
-    what the package's ``console_scripts`` entry point names (a fresh interpreter would spend ~8 s on imports).
-    """
-    monkeypatch.setattr(sys, "argv", ["fid-metric", "--help"])
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module("fid_metric", run_name="__main__")
-    assert exit_info.value.code == 0
-    out = capsys.readouterr().out
-    assert "exit codes" in out and "score" in out and "stats" in out
-
-    (entry,) = (e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "fid-metric")
-    assert entry.value == "fid_metric._cli.main:main"
-    assert entry.load()(["score", "/nonexistent/a", "/nonexistent/b"]) == 2
-    _assert_one_line_error(capsys.readouterr().err, "/nonexistent/a does not exist")
 
 
 def test_listing_is_recursive_sorted_and_filtered(tmp_path) -> None:
@@ -641,12 +618,9 @@ def test_inconsistent_launcher_variables_exit_2_at_once(launcher, fragment, monk
 def test_a_process_without_peers_stops_after_the_join_timeout() -> None:
     """WORLD_SIZE=2 RANK=0 with no second process waited for torch's default 30 minutes; now --join-timeout (60 s by
     default, 2 s here) bounds it: exit 2, one line, the time well under the join timeout plus the start."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
+    launcher = launcher_variables(2)
     start = time.monotonic()
-    done = ForkedPython("-m", "fid_metric", "score", "a", "b", "--join-timeout", "2", RANK="0", **launcher).wait(60)
+    done = PythonProcess("-m", "fid_metric", "score", "a", "b", "--join-timeout", "2", RANK="0", **launcher).wait(60)
     assert time.monotonic() - start < 30
     assert done.returncode == 2, done.stderr
     _assert_one_line_error(done.stderr, "could not join the others", "within 2 s")

@@ -9,13 +9,12 @@ recall exactly. Image sets have odd sizes, so the processes' shares differ (3 an
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import ForkedPython, run_python, smooth_images
+from helpers import PythonProcess, launcher_variables, run_python, smooth_images
 from PIL import Image
 
 from fid_metric import InceptionMetrics
@@ -159,12 +158,9 @@ def test_a_process_that_fails_stops_both(images, inputs, inception_weights, tmp_
         Image.fromarray(img.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
     whole = (folder / "001.png").read_bytes()
     (folder / "001.png").write_bytes(whole[: len(whole) // 2])
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    launcher = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": "2"}
+    launcher = launcher_variables(2)
     ranks = [
-        ForkedPython("-m", "fid_metric", *_argv(inputs[0], folder, inception_weights), RANK=str(r), **launcher)
+        PythonProcess("-m", "fid_metric", *_argv(inputs[0], folder, inception_weights), RANK=str(r), **launcher)
         for r in range(2)
     ]
     done = [rank.wait(240) for rank in ranks]
@@ -180,11 +176,10 @@ def test_inception_score_splits_of_the_command_are_adms(inputs, images, inceptio
         capsys, *_argv(*inputs, inception_weights, "--metrics", "is", "--is-split-size", "2", "--json")
     )
     assert code == 0, err
-    metric = InceptionMetrics(
-        fid=False, sfid=False, splits=3, split_size=2, feature_extractor_weights_path=inception_weights
-    )
-    for batch in images[1].split(4):
-        metric.update(batch, real=False)
+    metric = InceptionMetrics(sfid=False, splits=3, split_size=2, feature_extractor_weights_path=inception_weights)
+    for real, imgs in ((True, images[0]), (False, images[1])):
+        for batch in imgs.split(4):
+            metric.update(batch, real=real)
     values = metric.compute()
     printed = json.loads(out)
     assert printed["inception_score"] == pytest.approx(float(values["inception_score"]), rel=1e-7)

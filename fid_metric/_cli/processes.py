@@ -19,9 +19,10 @@ from typing import Any, TypeVar
 
 import torch
 
+from fid_metric._cli.parser import JOIN_TIMEOUT
+
 T = TypeVar("T")
 _LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-JOIN_TIMEOUT = 60.0  # seconds every process waits for the others to join (--join-timeout)
 
 
 @dataclass(frozen=True)

@@ -45,8 +45,7 @@ def kernel_inception_distance(
         y: ``(n, d)`` features of the other set (the estimate is symmetric in x and y).
         subsets: number of subsets (ignored with ``subset_indices`` or ``subset_size=None``).
         subset_size: features per side per subset; None: all pairs (``std`` is then 0).
-        seed: seeds numpy's ``RandomState`` that draws the subsets, as torch-fidelity's ``rng_seed`` (its
-            default: 2020).
+        seed: seeds numpy's ``RandomState`` that draws the subsets (torch-fidelity's ``rng_seed``, default 2020).
         subset_indices: the subsets' indices ``(into x, into y)``, instead of drawing them.
         degree: the polynomial kernel's degree.
         gamma: its scale; None is ``1 / d``.
