@@ -17,9 +17,15 @@ import torch
 from helpers import TinyFeatures, ddp_features, feed, kept_features_metric, relative, smooth_images
 from torchmetrics import MetricCollection
 
-from fid_metric import FeatureStats, FrechetInceptionDistance, InceptionMetrics, InceptionScore, frechet_distance
-from fid_metric._functional.kid import kernel_inception_distance
-from fid_metric._functional.precision_recall import precision_recall
+from fid_metric import (
+    FeatureStats,
+    FrechetInceptionDistance,
+    InceptionMetrics,
+    InceptionScore,
+    frechet_distance,
+    kernel_inception_distance,
+    precision_recall,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:FID from .* fewer samples than dimensions")
 
@@ -420,3 +426,33 @@ def test_an_inception_score_metric_loads_its_own_state_dict(inception_weights) -
     copy.persistent(True)
     copy.load_state_dict(metric.state_dict())
     assert tuple(copy.compute()) == tuple(metric.compute())
+
+
+def test_a_fixed_reference_keeps_no_real_states_in_checkpoints(tmp_path) -> None:
+    """With real_stats the reference is the real side: reset_real_features=False keeps no (all-zero) real sums in
+    state_dict(), so the checkpoint holds nothing but what update() adds, and loads with strict=True."""
+    real, fake = _sets(5)
+    two_sided = feed(FrechetInceptionDistance(TinyFeatures()), real, fake)
+    two_sided.save_real_stats(tmp_path / "ref.npz")
+    metric = FrechetInceptionDistance(TinyFeatures(), reset_real_features=False, real_stats=tmp_path / "ref.npz")
+    assert metric.state_dict() == {}
+    FrechetInceptionDistance(
+        TinyFeatures(), reset_real_features=False, real_stats=tmp_path / "ref.npz"
+    ).load_state_dict(metric.state_dict(), strict=True)
+
+
+def test_a_state_that_no_accumulator_owns_is_refused_at_the_boundaries() -> None:
+    """A subclass's own add_state would be neither synced, saved nor merged by the accumulators: every boundary
+    that would drop it says so instead."""
+
+    class Counting(FrechetInceptionDistance):
+        def __init__(self) -> None:
+            super().__init__(TinyFeatures())
+            self.add_state("calls", torch.tensor(0), dist_reduce_fx="sum")
+
+    real, fake = _sets(6)
+    a, b = feed(Counting(), real, fake), feed(Counting(), real, fake)
+    with pytest.raises(TypeError, match=r"accumulators' states only, not \['calls'\]"):
+        a.merge_state(b)
+    with pytest.raises(TypeError, match=r"not \['calls'\]"):
+        a.load_state_dict(b.state_dict())

@@ -132,12 +132,22 @@ class Extractor:
         elif not isinstance(imgs, Tensor) or imgs.ndim == 0:
             raise ImageInputError(f"Expected a batch of images as a torch.Tensor, got {type(imgs).__name__}.")
 
-    def outputs(self, imgs: Tensor, names: tuple[str, ...], device: torch.device, arithmetic: str) -> dict[str, Tensor]:
-        """Checked images -> the named outputs, on ``device``, in the ``arithmetic`` mode.
+    def outputs(
+        self,
+        imgs: Tensor,
+        names: tuple[str, ...],
+        device: torch.device,
+        arithmetic: str,
+        shared: Callable[[Tensor], Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """Checked images -> the named outputs, on ``device``, in the ``arithmetic`` mode; from the ``shared``
+        network that ``torchmetrics.wrappers.FeatureShare`` set, if any (see ``shared_outputs``).
 
         Raises:
-            ValueError: a custom module's output is not ``(N, d)``.
+            ValueError: a custom module's or the shared network's output is not ``(N, d)``.
         """
+        if shared is not None:
+            return self.shared_outputs(shared, imgs, device)
         if self.is_custom:
             network = self.on(device)
             with network_math(device, arithmetic):
@@ -149,6 +159,13 @@ class Extractor:
             x = inception_input(to_uint8_rgb(imgs.to(device, non_blocking=True), self.compat), self.compat)
         with network_math(device, arithmetic):
             return network(x.contiguous(memory_format=layout), names)
+
+    def network(self, arithmetic: str, shared: Callable[[Tensor], Tensor] | None = None) -> nn.Module:
+        """The network as torchmetrics' ``metric.inception`` is: the ``shared`` one if given, a custom module
+        itself, else the Inception network as a ``FeatureNetwork`` in ``arithmetic``."""
+        if shared is not None:
+            return cast(nn.Module, shared)
+        return self.module if self.is_custom else FeatureNetwork(self, arithmetic)
 
     def checked_shared(self, network: object, outputs: tuple[str, ...]) -> Callable[[Tensor], Tensor]:
         """``network``, the feature network ``torchmetrics.wrappers.FeatureShare`` gives a metric that reads the

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any, Callable, cast
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +24,7 @@ from torchmetrics import Metric
 
 from fid_metric._checks import checked_bool, checked_choice
 from fid_metric._features.arithmetic import ARITHMETICS
-from fid_metric._features.extractor import Extractor, FeatureNetwork
-from fid_metric._files.stats import StatsMismatchError
+from fid_metric._features.extractor import Extractor
 from fid_metric._states.accumulator import Accumulator, Accumulators, copy_state, empty_like
 from fid_metric._states.checkpoint import EXTRA_STATE_KEY, StateLayout, check_mergeable, load_states, merged_states
 from fid_metric._states.exactly_once import SamplerQuota, sampler_positions, world_and_rank
@@ -67,8 +66,12 @@ class FeatureSumsMetric(Metric):
     def _register(self, *accumulators: Accumulator) -> None:
         """Add the accumulators and their states; the real ones persist when ``reset()`` keeps them."""
         for accumulator in accumulators:
-            self._accumulators.append(accumulator, self, keep_real=not self.reset_real_features)
+            self._accumulators.append(accumulator, self, keep_real=self._keeps_real_states())
         self._refresh_update_configuration()
+
+    def _keeps_real_states(self) -> bool:
+        """Whether ``reset()`` keeps the real states, which ``state_dict()`` then holds."""
+        return not self.reset_real_features
 
     def _update_fields(self) -> dict[str, object]:
         """What decides how ``update()`` and ``reset()`` change the states (a subclass adds its own)."""
@@ -100,8 +103,7 @@ class FeatureSumsMetric(Metric):
         """Add a batch of ``(N, 3 or 1, H, W)`` images (uint8, or float in [0, 1] with ``normalize``) to a side.
 
         Raises:
-            TypeError, ValueError: the batch is not what the metric expects, or the network gave NaN or infinite
-                values for it; the states are then unchanged.
+            TypeError, ValueError: not a batch the metric expects, or NaN or infinite outputs (nothing added).
         """
         if not isinstance(real, bool):
             raise TypeError(f"`real` must be a bool, got {type(real).__name__}.")
@@ -112,10 +114,8 @@ class FeatureSumsMetric(Metric):
         keep = self._quota.counted(side, imgs.shape[0], world, rank)
         if keep:
             imgs = imgs if keep == imgs.shape[0] else imgs[:keep]
-            if self._shared_network is not None:
-                outputs = self._extractor.shared_outputs(self._shared_network, imgs, self.device)
-            else:
-                outputs = self._extractor.outputs(imgs, self._accumulators.outputs, self.device, self.arithmetic)
+            names, shared = self._accumulators.outputs, self._shared_network
+            outputs = self._extractor.outputs(imgs, names, self.device, self.arithmetic, shared=shared)
             self._extractor.check_finite(outputs, self.normalize)
             with torch.inference_mode():
                 positions = sampler_positions(self._quota.seen[side], keep, world, rank)
@@ -123,9 +123,8 @@ class FeatureSumsMetric(Metric):
         self._quota.advance(side, imgs.shape[0])
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
-        """Same as ``update``; returns None (no batch-local value, which for FID is an eigendecomposition per
-        batch). In a MetricCollection compute group, whose members' states are one set of tensors, each member
-        adds to copies of its own, as torchmetrics' forward does, so the batch counts once."""
+        """Same as ``update``; returns None (no batch-local value). In a MetricCollection compute group, whose
+        members' states are one set of tensors, each adds to copies of its own, so the batch counts once."""
         if self._is_synced:
             raise RuntimeError("The metric is synced; call `unsync()` before `forward`.")
         for name, value in self.metric_state.items():
@@ -137,9 +136,7 @@ class FeatureSumsMetric(Metric):
         """The feature network, as torchmetrics' ``metric.inception``: uint8 ``(N, 3, H, W)`` images -> ``(N, d)``
         features of this metric's compat pipeline and arithmetic; a custom module itself; or the network that
         ``torchmetrics.wrappers.FeatureShare`` set. Never in a ``state_dict``."""
-        if self._shared_network is not None:
-            return cast(nn.Module, self._shared_network)
-        return self._extractor.module if self._extractor.is_custom else FeatureNetwork(self._extractor, self.arithmetic)
+        return self._extractor.network(self.arithmetic, shared=self._shared_network)
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "inception":  # FeatureShare: features come from that network, kept out of state_dict()
@@ -185,33 +182,31 @@ class FeatureSumsMetric(Metric):
 
     def reset(self) -> None:
         """Zero the states; the real ones are kept when ``reset_real_features=False``."""
-        real = () if self.reset_real_features else self._accumulators.real_states
+        real = self._accumulators.real_states if self._keeps_real_states() else ()
         kept = {name: copy_state(getattr(self, name)) for name in real}
-        for name, default in self._defaults.items():
-            if isinstance(default, list):  # Metric.reset clears lists in place: a list another metric shares
-                setattr(self, name, [])
+        for name in [n for n, d in self._defaults.items() if isinstance(d, list)]:  # Metric.reset would clear
+            setattr(self, name, [])  # them in place, which a metric sharing the lists would see
         super().reset()
         for name, value in kept.items():
             setattr(self, name, value)
-        self._quota.reset(keep_real=not self.reset_real_features)
+        self._quota.reset(keep_real=self._keeps_real_states())
         self._state_changed()
 
     def _layout(self) -> StateLayout:
-        templates = self._accumulators.templates(self, self._defaults)
+        """The states as loading, merging and the sync see them (``Accumulators.templates`` refuses others)."""
+        templates = self._accumulators.templates(self, self._defaults, descriptive=(UPDATE_CONFIGURATION,))
         persistent = frozenset(name for name in templates if self._persistent[name])
         return StateLayout(self._accumulators, templates, persistent, (UPDATE_CONFIGURATION,))
 
     def _copy_state_dict(self) -> dict[str, Tensor | list[Tensor]]:
-        # What unsync() restores: the states themselves, not clones. _sync_dist assigns new tensors and lists and
-        # never changes a state in place, so the local ones stay intact without copying.
+        # What unsync() restores: the states themselves, not clones (_sync_dist never changes one in place).
         return {name: list(value) if isinstance(value, list) else value for name, value in self.metric_state.items()}
 
     def _sync_dist(self, dist_sync_fn: Callable | None = None, process_group: Any | None = None) -> None:
-        # One configuration check and one all_reduce instead of torchmetrics' all_gather per state.
         group = process_group or self.process_group
         for name, value in sync_accumulators(self._accumulators, self, self._sync_fields(), group).items():
             setattr(self, name, value)
-        if not self.reset_real_features and self._cache is not None:
+        if self._keeps_real_states() and self._cache is not None:
             # Kept real states fold onto rank 0: the local states that unsync() restores become the global ones on
             # rank 0 and empty elsewhere, so rank 0's checkpoint holds every process's real statistics.
             is_rank0 = torch.distributed.get_rank(group) == 0
@@ -231,11 +226,21 @@ class FeatureSumsMetric(Metric):
             destination[prefix + EXTRA_STATE_KEY] = self.identity()
         return destination
 
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
-        # args: torch's local_metadata, strict, missing_keys, unexpected_keys, error_msgs. Every state is checked
-        # before any changes, then copies are assigned.
-        loaded = load_states(state_dict, prefix, self.identity(), self._layout(), missing_keys=args[2])
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        # Every state is checked before any changes, then copies are assigned.
+        loaded = load_states(state_dict, prefix, self.identity, self._layout(), missing_keys)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
         for name, value in loaded.items():
             setattr(self, name, value)
         # A checkpoint holds the global real states (see _sync_dist); every process loads it, so only rank 0 may
@@ -254,35 +259,34 @@ class FeatureSumsMetric(Metric):
         """
         states: Any = incoming_state
         if not isinstance(incoming_state, dict):
-            if type(incoming_state) is not type(self):
-                raise StatsMismatchError(
-                    f"Cannot merge a {type(incoming_state).__name__} into a {type(self).__name__}: their states differ."
-                )
-            other: FeatureSumsMetric = incoming_state
-            accumulation = (self._accumulators.description(rows=False), other._accumulators.description(rows=False))
-            check_mergeable(self.identity(), other.identity(), accumulation)
-            states = other.metric_state
-        for name, value in merged_states(states, self.identity(), self._layout()).items():
+            theirs = incoming_state._merge_record() if isinstance(incoming_state, FeatureSumsMetric) else {}
+            check_mergeable(self._merge_record(), {"metric": _qualified_name(incoming_state), **theirs})
+            states = incoming_state.metric_state
+        for name, value in merged_states(states, self.identity, self._layout()).items():
             setattr(self, name, getattr(self, name) + value)  # tensors add, lists concatenate: new objects
 
+    def _merge_record(self) -> dict[str, object]:
+        """What ``merge_state`` requires two metrics to share: class, identity, accumulators (but rows' home)."""
+        accumulators = self._accumulators.description(rows=False)
+        return {"metric": _qualified_name(self), **self.identity(), "accumulators": accumulators}
+
     def _apply(self, fn: Callable, exclude_state: Any = "") -> FeatureSumsMetric:
-        # Move the states with the module, never changing their dtype: Lightning's "bf16-true" calls
-        # module.to(torch.bfloat16), which torchmetrics would apply to the float64 sums.
+        # States move with the module, never changing dtype (Lightning's "bf16-true" calls module.to(bfloat16)).
         super()._apply(fn, exclude_state=tuple(self._defaults))
         device = self._state_device
-        for name, default in self._defaults.items():
-            if isinstance(default, Tensor):
-                self._defaults[name] = default.to(device)
-        states = {name: getattr(self, name) for name in self._accumulators.names}
-        for name, value in self._accumulators.placed(self, states, device).items():
+        self._defaults.update({n: d.to(device) for n, d in self._defaults.items() if isinstance(d, Tensor)})
+        for name, value in self._accumulators.placed(self, self.metric_state, device).items():
             setattr(self, name, value)
-        setattr(self, UPDATE_CONFIGURATION, getattr(self, UPDATE_CONFIGURATION).to(device))
         return self
 
     @property
     def _state_device(self) -> torch.device:
         # Apple's MPS has no float64: the network runs there, the float64 sums stay on the CPU.
         return torch.device("cpu") if self.device.type == "mps" else self.device
+
+
+def _qualified_name(metric: object) -> str:
+    return f"{type(metric).__module__}.{type(metric).__qualname__}"
 
 
 def _fingerprint(fields: dict[str, object]) -> Tensor:

@@ -83,6 +83,10 @@ class FrechetMetric(FeatureSumsMetric):
             )
         return FixedReference(stats)
 
+    def _keeps_real_states(self) -> bool:
+        """A fixed reference is the real side: no real states are kept (nor saved) beside it."""
+        return super()._keeps_real_states() and self.__dict__.get("_reference") is None
+
     def _update_fields(self) -> dict[str, object]:
         reference = self.__dict__.get("_reference")
         return {**super()._update_fields(), "real_stats": "" if reference is None else reference.fingerprint}

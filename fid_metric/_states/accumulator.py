@@ -146,9 +146,23 @@ class Accumulators:
         """Each list state's rows, ``(n, d)``, as the sync gathers them."""
         return {name: self._owner[name].rows(metric, name) for name in self._owner if name in self._listed}
 
-    def templates(self, metric: Metric, defaults: Mapping[str, State]) -> dict[str, Tensor]:
-        """Every state's template, which incoming values are checked against: its default tensor, or for a list
-        state an empty ``(0, d)`` tensor where its rows live."""
+    def templates(
+        self, metric: Metric, defaults: Mapping[str, State], descriptive: tuple[str, ...] = ()
+    ) -> dict[str, Tensor]:
+        """Every data state's template, which incoming values are checked against: its default tensor, or for a
+        list state an empty ``(0, d)`` tensor where its rows live. ``descriptive``: the metric's states that
+        describe it rather than its data.
+
+        Raises:
+            TypeError: a state that neither an accumulator owns nor ``descriptive`` names (a subclass's
+                ``add_state``), which no boundary would handle.
+        """
+        unowned = set(defaults) - set(descriptive) - set(self._owner)
+        if unowned:
+            raise TypeError(
+                f"{type(metric).__name__} syncs, saves and merges its accumulators' states only, not "
+                f"{sorted(unowned)}: keep other states in a metric of their own (e.g. in a MetricCollection)."
+            )
         return {
             name: self._owner[name].row_template(metric, name) if name in self._listed else cast(Tensor, default)
             for name, default in defaults.items()
@@ -156,12 +170,18 @@ class Accumulators:
         }
 
     def placed(self, metric: Metric, states: Mapping[str, State], device: torch.device) -> dict[str, State]:
-        """Each state as its accumulator places it on ``device``."""
-        return {name: self._owner[name].placed(metric, name, value, device) for name, value in states.items()}
+        """Each state as its accumulator places it on ``device``; a state no accumulator owns goes there as is."""
+        return {
+            name: (self._owner[name] if name in self._owner else _UNOWNED).placed(metric, name, value, device)
+            for name, value in states.items()
+        }
 
     def check_incoming(self, states: Mapping[str, object], what: str) -> None:
         for accumulator in self._members:
             accumulator.check_incoming(states, what)
+
+
+_UNOWNED = Accumulator()  # places a state no accumulator owns (the metric's update_configuration)
 
 
 def state(metric: Metric, name: str) -> Tensor:

@@ -14,7 +14,7 @@ dtype that holds them exactly), and its rows must be as many as the side's count
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -148,7 +148,11 @@ _INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int6
 
 
 def load_states(
-    state_dict: dict, prefix: str, identity: Mapping[str, object], layout: StateLayout, missing_keys: list[str]
+    state_dict: dict,
+    prefix: str,
+    identity: Callable[[], Mapping[str, object]],
+    layout: StateLayout,
+    missing_keys: list[str],
 ) -> dict[str, Any]:
     """Pop a metric's states (and its configuration record) from a state dict being loaded, check them all, and
     return checked copies to assign; nothing of the metric changes here.
@@ -163,9 +167,9 @@ def load_states(
     what = f"the checkpoint's {prefix.rstrip('.') or 'metric'}"
     record = state_dict.pop(prefix + EXTRA_STATE_KEY, None)
     if record is not None:
-        check_same_identity(identity, record, what)
+        check_same_identity(identity(), record, what)
     if _pop_torchmetrics_network(state_dict, prefix, what) and record is None:
-        _check_torchmetrics_compatible(identity, what)
+        _check_torchmetrics_compatible(identity(), what)
     for name in layout.descriptive:
         state_dict.pop(prefix + name, None)
     names = list(layout.templates)
@@ -244,12 +248,9 @@ def _check_torchmetrics_compatible(identity: Mapping[str, object], what: str) ->
         )
 
 
-def check_mergeable(mine: Mapping[str, object], theirs: Mapping[str, object], accumulation: tuple[str, str]) -> None:
-    """Raise ``StatsMismatchError`` unless two metrics of one class have one ``identity`` and accumulate alike
-    (``accumulation``: both metrics' descriptions of their accumulators, this one's first)."""
+def check_mergeable(mine: Mapping[str, object], theirs: Mapping[str, object]) -> None:
+    """Raise ``StatsMismatchError`` unless two metrics' merge records (class, identity, accumulators) agree."""
     differences = _described(identity_differences(mine, theirs))
-    if accumulation[0] != accumulation[1]:
-        differences.append(f"accumulators: {accumulation[0]} vs {accumulation[1]}")
     if differences:
         raise StatsMismatchError(
             f"Cannot merge metrics of different configurations ({'; '.join(differences)}; this metric's value "
@@ -257,7 +258,9 @@ def check_mergeable(mine: Mapping[str, object], theirs: Mapping[str, object], ac
         )
 
 
-def merged_states(states: Mapping[str, object], identity: Mapping[str, object], layout: StateLayout) -> dict[str, Any]:
+def merged_states(
+    states: Mapping[str, object], identity: Callable[[], Mapping[str, object]], layout: StateLayout
+) -> dict[str, Any]:
     """Checked copies of another metric's data states (its ``metric_state``, or a dict of states, e.g. a
     ``state_dict()``, whose configuration record must match ``identity``), for ``merge_state``.
 
@@ -266,7 +269,7 @@ def merged_states(states: Mapping[str, object], identity: Mapping[str, object], 
         ValueError: a state is missing, not a tensor, non-finite, or a count that is not one.
     """
     if EXTRA_STATE_KEY in states:  # a state_dict(): its configuration record
-        check_same_identity(identity, states[EXTRA_STATE_KEY], "merge_state's dict")
+        check_same_identity(identity(), states[EXTRA_STATE_KEY], "merge_state's dict")
     names = list(layout.templates)
     missing = [name for name in names if name not in states]
     if missing:
