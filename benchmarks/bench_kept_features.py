@@ -19,10 +19,8 @@ from pathlib import Path
 
 import torch
 
+from fid_metric import frechet_distance, kernel_inception_distance, precision_recall
 from fid_metric._functional.covariance import mean_and_covariance
-from fid_metric._functional.distance import frechet_distance
-from fid_metric._functional.kid import kernel_inception_distance
-from fid_metric._functional.precision_recall import precision_recall
 
 
 def _peak_bytes_reset(device: torch.device) -> None:
@@ -73,7 +71,9 @@ def run(n: int, d: int, device: torch.device, subsets: int) -> dict:
     rows = {
         "fid_from_sums": _timed(fid, device),
         "precision_recall_k3": _timed(lambda: precision_recall(real, fake, k=3), device),
-        f"kid_{subsets}x1000": _timed(lambda: kernel_inception_distance(real, fake, subsets=subsets, subset_size=1000), device),
+        f"kid_{subsets}x1000": _timed(
+            lambda: kernel_inception_distance(real, fake, subsets=subsets, subset_size=1000), device
+        ),
         "kid_all_pairs": _timed(lambda: kernel_inception_distance(real, fake, subset_size=None), device),
     }
     rate = matmul_rate(d, device)
