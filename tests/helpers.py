@@ -225,9 +225,6 @@ class PythonProcess:
         return result
 
 
-ForkedPython = PythonProcess  # the former name, which test_stats.py and test_weights.py still import
-
-
 class DDPLauncher:
     """Two-process (``world_size``) gloo runs on the CPU; each returns what every rank reported, by rank.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import ForkedPython, TinyFeatures, smooth_images
+from helpers import PythonProcess, TinyFeatures, smooth_images
 from PIL import Image
 from pytorch_fid import fid_score
 
@@ -262,7 +262,7 @@ def test_a_writer_killed_mid_save_leaves_the_old_file(tmp_path) -> None:
     path = tmp_path / "ref.npz"
     old = FeatureStats.from_features(_features(30, 6, seed=20))
     old.save(path)
-    child = ForkedPython("-c", _SLOW_SAVE, str(path))
+    child = PythonProcess("-c", _SLOW_SAVE, str(path))
     try:
         stop = time.monotonic() + 60
         while "half written\n" not in child.stdout() and child.returncode is None and time.monotonic() < stop:

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ForkedPython
+from helpers import PythonProcess
 
 import fid_metric
 from fid_metric._features import dinov2, weights, weights_cache
@@ -534,7 +534,7 @@ def test_partial_of_a_terminated_download_removed_by_next_download(
         "import dataclasses; from fid_metric._features import weights; weights.INCEPTION = dataclasses.replace("
         f"weights.INCEPTION, sha256={weights.INCEPTION.sha256!r}, size={weights.INCEPTION.size}); weights.resolve()"
     )
-    child = ForkedPython("-c", code, **env)
+    child = PythonProcess("-c", code, **env)
     try:
         _wait_for(lambda: bool(_partials()) or child.returncode is not None, 120, "partial file from the child")
         assert child.returncode is None, child.wait(0).stderr[-4000:]
