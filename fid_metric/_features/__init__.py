@@ -1,1 +1,1 @@
-"""_features"""
+"""Images -> features: input checks, preprocessing (compat modes), the networks (Inception, DINOv2), weights."""

@@ -1,1 +1,1 @@
-"""_files"""
+"""Files: statistics files of every format, image folders and sample batches, atomic writes."""

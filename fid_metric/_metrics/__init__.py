@@ -1,1 +1,1 @@
-"""_metrics"""
+"""The torchmetrics Metrics: their configuration, update() through the accumulators, and compute()."""
