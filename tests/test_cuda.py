@@ -72,8 +72,8 @@ def test_exact_features_on_cuda_equal_cpu(inception_weights, compat, all_cpu_thr
     round-off (1e-4 relative, the bound the peer comparisons use)."""
     imgs = smooth_images(8, (48, 80), seed=13)
     metric = FrechetInceptionDistance(2048, feature_extractor_weights_path=inception_weights, compat=compat)
-    features_cpu = metric._outputs(imgs)["2048"]
-    features_cuda = metric.cuda()._outputs(imgs.cuda())["2048"]
+    features_cpu = metric.inception(imgs)
+    features_cuda = metric.cuda().inception(imgs.cuda())
     print(f"{compat}: features cuda vs cpu {relative(features_cuda, features_cpu):.2e}")
     assert relative(features_cuda, features_cpu) < 1e-4
 
