@@ -26,11 +26,14 @@ if TYPE_CHECKING:
     from fid_metric._functional.distance import frechet_distance
     from fid_metric._functional.kid import kernel_inception_distance
     from fid_metric._functional.precision_recall import precision_recall
+    from fid_metric._metrics.compare import Comparison, compare
     from fid_metric._metrics.fid import FrechetInceptionDistance
     from fid_metric._metrics.inception_metrics import InceptionMetrics
     from fid_metric._metrics.inception_score import InceptionScore
 
 _MODULES = {
+    "Comparison": "fid_metric._metrics.compare",
+    "compare": "fid_metric._metrics.compare",
     "DINOv2Features": "fid_metric._features.dinov2",
     "FeatureStats": "fid_metric._files.stats",
     "FrechetInceptionDistance": "fid_metric._metrics.fid",
@@ -45,6 +48,7 @@ _MODULES = {
 }
 
 __all__ = [
+    "Comparison",
     "DINOv2Features",
     "FeatureStats",
     "FrechetInceptionDistance",
@@ -54,6 +58,7 @@ __all__ = [
     "StatsMismatchError",
     "WeightsUnavailableError",
     "__version__",
+    "compare",
     "frechet_distance",
     "kernel_inception_distance",
     "precision_recall",

@@ -4,9 +4,11 @@ Fréchet distance between the two, and the statistics as ``FeatureStats``."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from fid_metric._features.extractor import Extractor
@@ -90,6 +92,17 @@ class FrechetMetric(FeatureSumsMetric):
     def _update_fields(self) -> dict[str, object]:
         reference = self.__dict__.get("_reference")
         return {**super()._update_fields(), "real_stats": "" if reference is None else reference.fingerprint}
+
+    @property
+    def real_fingerprint(self) -> str:
+        """SHA-256 of the real side this process holds: the fixed reference's, or the accumulated real sums'
+        bytes. Two metrics compare generated images against the same reference exactly when theirs agree."""
+        if self._reference is not None:
+            return self._reference.fingerprint
+        digest = hashlib.sha256()
+        for tensor in self._fid_sums.sums(self, "real")[1:]:
+            digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
+        return f"{self._fid_sums.sums(self, 'real')[0]}:{digest.hexdigest()}"
 
     def update(self, imgs: Tensor, real: bool) -> None:
         """Add a batch to the real or the generated statistics.

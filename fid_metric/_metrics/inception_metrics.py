@@ -22,12 +22,14 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import torch
 from torch import Tensor, nn
 
 from fid_metric._checks import checked_bool, checked_int
 from fid_metric._features.inception import FEATURE_DIMS
 from fid_metric._functional.covariance import mean_and_covariance
 from fid_metric._functional.distance import frechet_distance
+from fid_metric._functional.jackknife import jackknife_stderr
 from fid_metric._functional.kid import kernel_inception_distance
 from fid_metric._functional.precision_recall import precision_recall
 from fid_metric._metrics.frechet import FrechetMetric
@@ -46,7 +48,9 @@ class InceptionMetrics(FrechetMetric):
     ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid``;
     ``sfid`` if ``sfid``; ``inception_score`` and ``inception_score_std`` if ``inception_score``;
     ``fid_infinity`` and ``fid_stderr`` if ``fid_groups``; ``precision`` and ``recall`` if ``precision_recall``;
-    ``kid`` and ``kid_std`` if ``kid``. The FID is the one ``FrechetInceptionDistance``
+    ``kid`` and ``kid_std`` if ``kid``; with ``fid_groups``, also ``precision_stderr``, ``recall_stderr`` and
+    ``kid_stderr`` (delete-a-group jackknife over the generated images' groups, as ``fid_stderr``: the noise of
+    the generated sample, with the real side fixed). The FID is the one ``FrechetInceptionDistance``
     computes from the same arguments and images. After ``compute()``, ``fid_by_size`` holds the
     ``(sample sizes, FID)`` pairs behind ``fid_infinity``.
 
@@ -142,6 +146,13 @@ class InceptionMetrics(FrechetMetric):
         and after any change of the states (``update``, ``reset``, ``merge_state``, ``load_state_dict``, ...)."""
         return self._derived.get("fid_by_size")
 
+    @property
+    def fid_leave_one_out(self) -> Tensor | None:
+        """The ``(G,)`` FIDs without each of the ``fid_groups`` groups of generated images, from the last
+        ``compute()``, behind ``fid_stderr`` and ``fid_metric.compare``; None before it and after any change of the
+        states."""
+        return self._derived.get("fid_leave_one_out")
+
     def _compute_configuration(self) -> dict[str, object]:
         return {
             "sfid": self.sfid,
@@ -171,15 +182,27 @@ class InceptionMetrics(FrechetMetric):
                 mu, sigma = mean_and_covariance(count, total, outer)
                 return frechet_distance(real[0], real[1], mu, sigma, sigma1_factor=real[2])
 
-            results["fid_infinity"], results["fid_stderr"], self._derived["fid_by_size"] = self._groups.extrapolate(
-                self, fid_of, results["fid"]
-            )
+            extrapolated = self._groups.extrapolate(self, fid_of, results["fid"])
+            results["fid_infinity"], results["fid_stderr"] = extrapolated[:2]
+            self._derived["fid_leave_one_out"], self._derived["fid_by_size"] = extrapolated[2:]
         if self._kept is not None:
             results.update(self._from_kept_features(self._kept))
         return results
 
     def _from_kept_features(self, kept: KeptFeatures) -> dict[str, Tensor]:
+        """Precision, recall and KID as asked; with ``fid_groups``, each one's delete-a-group jackknife standard
+        error over the generated images' groups (``precision_stderr``, ``recall_stderr``, ``kid_stderr``)."""
         real, fake = kept.features(self, "real"), kept.features(self, "fake")
+        results = self._kept_numbers(real, fake)
+        if self._groups is not None:  # fake's rows are in the sampler's order: row j is in group j % G
+            group = torch.arange(len(fake), device=fake.device) % self.fid_groups
+            dropped = [self._kept_numbers(real, fake[group != g]) for g in range(self.fid_groups)]
+            for name in [name for name in results if name != "kid_std"]:
+                stderr = jackknife_stderr(torch.stack([d[name] for d in dropped]))
+                results[f"{name}_stderr"] = torch.tensor(stderr, dtype=torch.float64, device=results[name].device)
+        return results
+
+    def _kept_numbers(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
         results = {}
         if self.precision_recall:
             results["precision"], results["recall"] = precision_recall(real, fake, k=self.prc_neighborhood)

@@ -107,8 +107,9 @@ class GroupSums(Accumulator):
 
     def extrapolate(
         self, metric: Metric, fid_of: Callable[[Tensor, Tensor, Tensor], Tensor], fid_all: Tensor
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
-        """FID-infinity, the jackknife standard error of FID, and the ``(sample sizes, FID)`` pairs behind them.
+    ) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """FID-infinity, the jackknife standard error of FID, the ``(G,)`` FIDs without each group behind it, and
+        the ``(sample sizes, FID)`` pairs behind FID-infinity.
 
         FID on the union of the first m groups, m = 1..G, gives FID at G sample sizes; the least-squares line
         ``FID = a + b / N`` through them extrapolates to FID-infinity = a (Chong & Forsyth, CVPR 2020), clamped
@@ -137,4 +138,4 @@ class GroupSums(Accumulator):
             ]
         )
         stderr = ((self.groups - 1) / self.groups * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
-        return intercept, stderr, (sizes, by_size)
+        return intercept, stderr, leave_one_out, (sizes, by_size)
