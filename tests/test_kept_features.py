@@ -173,3 +173,31 @@ def test_two_processes_equal_one(ddp) -> None:
     for values in ranks:
         assert {k: values[k] for k in expected} == expected
         assert relative(values["fid"], single_fid) <= 1e-9
+
+
+def _stderr_worker(rank: int, world: int) -> dict:
+    """rank's DistributedSampler shard of the first 22 images (samples rank, rank + W, ...), fid_groups=3."""
+    real, fake = _images()
+    mine = torch.arange(22)[rank::world]
+    metric = _metric(fid_groups=3)
+    for start in range(0, len(mine), 4):
+        metric.update(real[mine[start : start + 4]], real=True)
+        metric.update(fake[mine[start : start + 4]], real=False)
+    return {name: float(value) for name, value in metric.compute().items()}
+
+
+@pytest.mark.slow
+def test_standard_errors_on_two_processes_equal_one(ddp) -> None:
+    """fid_stderr (to 1e-8 of the FID: sums added in another order) and precision/recall/KID's errors (exactly:
+    the same rows in the same groups, sample j in group j % 3) from 2 gloo processes equal one process's."""
+    real, fake = _images()
+    single = feed(_metric(fid_groups=3), real[:22], fake[:22])
+    expected = {name: float(value) for name, value in single.compute().items()}
+    assert expected["precision_stderr"] > 0 and expected["kid_stderr"] > 0
+    for values in ddp.run(_stderr_worker):
+        # The group-deleted FIDs (14-15 samples in 32 dimensions: singular covariances) differ by the sums' order
+        # of addition; their spread, the stderr, moved by 2.9e-9 of the FID when measured.
+        assert abs(values["fid_stderr"] - expected["fid_stderr"]) <= 1e-8 * expected["fid"]
+        assert relative(values["fid"], expected["fid"]) <= 1e-9
+        for name in ("precision_stderr", "recall_stderr", "kid_stderr", "precision", "recall", "kid"):
+            assert values[name] == expected[name], name
