@@ -185,3 +185,28 @@ def test_inception_score_splits_of_the_command_are_adms(inputs, images, inceptio
     assert printed["inception_score"] == pytest.approx(float(values["inception_score"]), rel=1e-7)
     assert printed["inception_score_std"] == pytest.approx(float(values["inception_score_std"]), rel=1e-6)
     assert printed["inception_score_std"] > 1e-4
+
+
+def test_groups_print_each_number_with_its_jackknife_standard_error(images, inputs, inception_weights, capsys) -> None:
+    """--groups 2: "FID +- stderr" alone, and in the table after FID; the numbers are
+    InceptionMetrics(fid_groups=2)'s on the same images (to the printed digits)."""
+    metric = InceptionMetrics(
+        feature=64, inception_score=False, fid_groups=2, feature_extractor_weights_path=inception_weights
+    )
+    for real, imgs in ((True, images[0]), (False, images[1])):
+        for batch in imgs.split(4):
+            metric.update(batch, real=real)
+    want = {k: float(v) for k, v in metric.compute().items()}
+    assert want["fid_stderr"] > 0, "the test would prove nothing"
+    code, out, err = _run(capsys, *_argv(*inputs, inception_weights, "--groups", "2"))
+    assert code == 0, err
+    fid, stderr = out.strip().split(" +- ")
+    assert float(fid) == pytest.approx(want["fid"], rel=1e-5)
+    assert float(stderr) == pytest.approx(want["fid_stderr"], rel=1e-2)  # printed to 3 digits
+    code, out, err = _run(capsys, *_argv(*inputs, inception_weights, "--groups", "2", "--metrics", "fid,sfid"))
+    assert code == 0, err
+    printed = {line[:16].strip(): line[16:].split(" +- ") for line in out.strip().splitlines()}
+    assert float(printed["FID"][1]) == pytest.approx(want["fid_stderr"], rel=5e-2)  # 2 digits
+    assert float(printed["sFID"][0]) == pytest.approx(want["sfid"], rel=1e-5) and len(printed["sFID"]) == 1
+    code, _, err = _run(capsys, *_argv(*inputs, inception_weights, "--groups", "1"))
+    assert code == 2 and "--groups" in err

@@ -40,7 +40,8 @@ def weights(args: argparse.Namespace) -> Path:
 def build_metric(
     args: argparse.Namespace, weights_path: Path, reference: FeatureStats | None, reference_arg: str | None
 ) -> Metric:
-    """The metric for ``args`` (``InceptionMetrics`` when ``--metrics`` asks for more than FID), with
+    """The metric for ``args`` (``InceptionMetrics`` when ``--metrics`` asks for more than FID or ``--groups`` for
+    standard errors), with
     ``reference`` as its fixed real side when given."""
     settings = {
         "feature_extractor_weights_path": weights_path,
@@ -48,9 +49,9 @@ def build_metric(
         "real_stats": reference,
         "process_group": args.processes.group,
     }
-    metrics = args.metrics
+    metrics, groups = args.metrics, getattr(args, "groups", None)
     try:
-        if metrics == ["fid"]:
+        if metrics == ["fid"] and not groups:
             metric: Metric = FrechetInceptionDistance(args.feature, **settings)
         else:
             metric = InceptionMetrics(
@@ -64,6 +65,7 @@ def build_metric(
                 kid_seed=args.kid_seed,
                 splits=-(-args.generated_images // args.is_split_size),
                 split_size=args.is_split_size,
+                fid_groups=groups or 0,
                 **settings,
             )
     except StatsMismatchError as err:

@@ -196,6 +196,14 @@ def _add_score_options(score: argparse.ArgumentParser) -> None:
         help="seed of KID's subsets (torch-fidelity's); default: 2020",
     )
     score.add_argument(
+        "--groups",
+        type=_int_in(2),
+        default=None,
+        metavar="G",
+        help="G groups of B's images (image j in group j %% G): each number of B's images gets a jackknife standard "
+        "error, printed after +- (FID: 12.34 +- 0.05) and in --json as NAME_stderr; needs images as B",
+    )
+    score.add_argument(
         "--json",
         action="store_true",
         help="print one JSON object: every number --metrics asks for (fid, sfid, inception_score, inception_score_std,"

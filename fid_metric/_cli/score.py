@@ -56,15 +56,17 @@ def score_command(args: argparse.Namespace) -> None:
     network = score.extractor or f"{score.feature_dim}-d features of an unrecorded network"
     print(f"{PROG}: definition: compat={score.compat} ({REPRODUCES[score.compat]}), {network}", file=sys.stderr)
     if args.metrics == ["fid"]:
-        print(score.values["fid"])
+        stderr = score.values.get("fid_stderr")
+        print(score.values["fid"] if stderr is None else f"{score.values['fid']} +- {stderr:.3g}")
     else:
         print(_table(score.values, args.metrics))
 
 
 def _score_statistics(args: argparse.Namespace, a: FeatureStats, b: FeatureStats) -> _Score:
     """FID from two statistics files alone."""
-    if args.metrics != ["fid"]:
-        raise InputError(f"--metrics {','.join(args.metrics)} needs images; {args.a} and {args.b} are statistics")
+    if args.metrics != ["fid"] or args.groups:
+        option = "--groups" if args.groups else f"--metrics {','.join(args.metrics)}"
+        raise InputError(f"{option} needs images; {args.a} and {args.b} are statistics")
     try:
         a.check_compatible(b, args.a, args.b)
     except StatsMismatchError as err:
@@ -131,10 +133,12 @@ def _computed(metric: Metric) -> dict[str, float]:
 
 
 def _table(values: dict[str, float], metrics: list[str]) -> str:
-    """The asked-for numbers, one per line, in ``TABLE_ROWS``' order, a standard deviation after "+-"."""
+    """The asked-for numbers, one per line, in ``TABLE_ROWS``' order; after "+-" the standard error (``--groups``)
+    or else the standard deviation over splits or subsets."""
     lines = []
     for name, label, key in TABLE_ROWS:
         if name in metrics:
-            std = values.get(f"{key}_std")  # 0 for one Inception Score split or KID over all pairs: no +- then
+            # a std of 0 (one Inception Score split, KID over all pairs): no +- then
+            std = values.get(f"{key}_stderr", values.get(f"{key}_std"))
             lines.append(f"{label:<16}{values[key]:.6g}" + (f" +- {std:.2g}" if std else ""))
     return "\n".join(lines)
