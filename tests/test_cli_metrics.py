@@ -17,7 +17,7 @@ import torch
 from helpers import PythonProcess, launcher_variables, run_python, smooth_images
 from PIL import Image
 
-from fid_metric import InceptionMetrics
+from fid_metric import InceptionMetrics, compare
 from fid_metric._cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:FID from")
@@ -210,3 +210,35 @@ def test_groups_print_each_number_with_its_jackknife_standard_error(images, inpu
     assert float(printed["sFID"][0]) == pytest.approx(want["sfid"], rel=1e-5) and len(printed["sFID"]) == 1
     code, _, err = _run(capsys, *_argv(*inputs, inception_weights, "--groups", "1"))
     assert code == 2 and "--groups" in err
+
+
+def test_compare_prints_what_fid_metric_compare_gives(images, inputs, inception_weights, capsys) -> None:
+    """compare REF A B --groups 2 --json: fid_metric.compare of two InceptionMetrics(fid_groups=2) fed REF as the
+    real side and A, B as the generated ones, in the same batches."""
+    metrics = []
+    for generated in (images[1], images[0]):
+        metric = InceptionMetrics(
+            feature=64,
+            sfid=False,
+            inception_score=False,
+            fid_groups=2,
+            feature_extractor_weights_path=inception_weights,
+        )
+        for real, imgs in ((True, images[0]), (False, generated)):
+            for batch in imgs.split(4):
+                metric.update(batch, real=real)
+        metrics.append(metric)
+    want = compare(*metrics)
+    assert want.paired and want.stderr > 0, "the test would prove nothing"
+    a, b = inputs[1], inputs[0]  # A: the sample batch, B: the folder (also REF)
+    common = ["--feature", "64", "--weights", str(inception_weights), "--device", "cpu", "--workers", "0"]
+    argv = ["compare", str(inputs[0]), str(a), str(b), *common, "--no-progress", "--batch-size", "4", "--groups", "2"]
+    code, out, err = _run(capsys, *argv, "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["difference"] == pytest.approx(want.difference, rel=1e-9)
+    assert printed["stderr"] == pytest.approx(want.stderr, rel=1e-9)
+    assert printed["p_value"] == pytest.approx(want.p_value, rel=1e-6) and printed["paired"] is True
+    assert (printed["n_ref"], printed["n_a"], printed["n_b"]) == (N_A, N_B, N_A)
+    code, out, err = _run(capsys, *argv)
+    assert code == 0 and out.startswith("FID(A) - FID(B) = ") and "paired" in out, err

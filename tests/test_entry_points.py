@@ -86,7 +86,7 @@ def test_help_imports_only_the_parser() -> None:
 def test_console_script_prints_help_and_scores_two_folders(folders, inception_weights, capsys) -> None:
     """The installed ``fid-metric``: its help, and a real run whose FID is ``main``'s in this process."""
     script = _console_script()
-    for argv, fragment in ((["--help"], "{score,stats}"), (["score", "--help"], "--kid-subset-size N")):
+    for argv, fragment in ((["--help"], "{score,stats,compare}"), (["score", "--help"], "--kid-subset-size N")):
         done = _run(script, *argv)
         assert done.returncode == 0 and fragment in done.stdout and "exit codes:" in done.stdout, done.stderr
     argv = [*map(str, folders), "--json", "--feature", "64", "--weights", str(inception_weights)]

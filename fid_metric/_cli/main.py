@@ -74,11 +74,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _command(name: str) -> Callable[[argparse.Namespace], None]:
-    """The function that runs the command ``name`` (``score`` or ``stats``)."""
+    """The function that runs the command ``name`` (``score``, ``stats`` or ``compare``)."""
     if name == "score":
         from fid_metric._cli.score import score_command
 
         return score_command
+    if name == "compare":
+        from fid_metric._cli.compare import compare_command
+
+        return compare_command
     from fid_metric._cli.stats import stats_command
 
     return stats_command

@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog=PROG, description="Exact Fréchet Inception Distance.", epilog=EPILOG, formatter_class=formatter
     )
-    commands = parser.add_subparsers(title="commands", required=True, metavar="{score,stats}")
+    commands = parser.add_subparsers(title="commands", required=True, metavar="{score,stats,compare}")
     score = commands.add_parser(
         "score", parents=[common], epilog=EPILOG, formatter_class=formatter, help="print the FID between A and B"
     )
@@ -114,7 +114,34 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("folder", metavar="FOLDER", help="image folder or .npz sample batch (arr_0)")
     stats.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="statistics file to write")
     stats.set_defaults(command="stats", metrics=["fid"])
+    compare = commands.add_parser(
+        "compare", parents=[common], epilog=EPILOG, formatter_class=formatter, help="is A's FID lower than B's?"
+    )
+    _add_compare_options(compare)
     return parser
+
+
+def _add_compare_options(compare: argparse.ArgumentParser) -> None:
+    """``compare``'s own arguments: REF, A, B, ``--groups``, ``--json``."""
+    compare.add_argument("ref", metavar="REF", help="the reference: image folder, .npz statistics or sample batch")
+    for name in ("a", "b"):
+        compare.add_argument(name, metavar=name.upper(), help=f"model {name.upper()}'s images: folder or sample batch")
+    compare.add_argument(
+        "--groups",
+        type=_int_in(2),
+        default=10,
+        metavar="G",
+        help="groups of each model's images for the jackknife (image j in group j %% G); default: 10",
+    )
+    compare.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object: "fid_a", "fid_b", "difference", "stderr", "ci95" ([low, high]), "p_value", '
+        '"paired", "df" (of the t distribution), "n_ref", "n_a", "n_b"',
+    )
+    compare.set_defaults(
+        command="compare", metrics=["fid"], kid_subsets=100, kid_subset_size=None, kid_seed=2020, is_split_size=5000
+    )
 
 
 def _common_options() -> _Parser:
