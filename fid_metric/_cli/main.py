@@ -2,13 +2,15 @@
 
 ``fid-metric score A B`` prints the FID (``--metrics`` adds sFID, IS, precision/recall and KID, through
 :class:`fid_metric.InceptionMetrics`); ``fid-metric stats FOLDER -o ref.npz`` saves the statistics of a folder
-for later use as A or B. The command line, by concern:
+for later use as A or B; ``fid-metric compare REF A B`` prints A's FID minus B's with its uncertainty. The
+command line, by concern:
 
     parser.py     the arguments, their help and their types (the standard library only)
     inputs.py     image folders, sample batches and statistics files, checked up front
     feeding.py    the metric: weights, construction, this process's share of the images fed to it
     score.py      the score command and its output
     stats.py      the stats command
+    compare.py    the compare command (fid_metric.compare)
     processes.py  torchrun's processes: joining, sharing out the images, agreeing on failures
 
 This module imports only the parser, so that ``--help`` answers before torch is imported; the command's
