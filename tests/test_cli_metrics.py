@@ -188,7 +188,7 @@ def test_inception_score_splits_of_the_command_are_adms(inputs, images, inceptio
 
 
 def test_groups_print_each_number_with_its_jackknife_standard_error(images, inputs, inception_weights, capsys) -> None:
-    """--groups 2: "FID +- stderr" alone, and in the table after FID; the numbers are
+    """--groups 2: "FID +- stderr" alone, and in the table after FID and sFID; the numbers are
     InceptionMetrics(fid_groups=2)'s on the same images (to the printed digits)."""
     metric = InceptionMetrics(
         feature=64, inception_score=False, fid_groups=2, feature_extractor_weights_path=inception_weights
@@ -207,7 +207,8 @@ def test_groups_print_each_number_with_its_jackknife_standard_error(images, inpu
     assert code == 0, err
     printed = {line[:16].strip(): line[16:].split(" +- ") for line in out.strip().splitlines()}
     assert float(printed["FID"][1]) == pytest.approx(want["fid_stderr"], rel=5e-2)  # 2 digits
-    assert float(printed["sFID"][0]) == pytest.approx(want["sfid"], rel=1e-5) and len(printed["sFID"]) == 1
+    assert float(printed["sFID"][0]) == pytest.approx(want["sfid"], rel=1e-5)
+    assert float(printed["sFID"][1]) == pytest.approx(want["sfid_stderr"], rel=5e-2)
     code, _, err = _run(capsys, *_argv(*inputs, inception_weights, "--groups", "1"))
     assert code == 2 and "--groups" in err
 

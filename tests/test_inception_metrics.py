@@ -311,3 +311,29 @@ def test_arguments_cannot_be_misread(inception_weights) -> None:
             InceptionMetrics(sfid=False, splits=splits, feature_extractor_weights_path=inception_weights)
         with pytest.raises(ValueError, match="`splits` must be a positive int"):
             InceptionScore(splits=splits, feature_extractor_weights_path=inception_weights)
+
+
+def test_sfid_stderr_is_the_jackknife_of_sfid_without_each_group(images, inception_weights) -> None:
+    """fid_groups=3 with sfid: sfid_stderr is the delete-a-group jackknife of the sFIDs of metrics fed every
+    generated image but those at positions j % 3 == g (fed one image at a time, so the features are identical)."""
+    real, fake = images["real"], images["fake"]
+    settings = {"feature": 64, "inception_score": False, "feature_extractor_weights_path": inception_weights}
+
+    def fed(metric: InceptionMetrics, keep: list[int]) -> InceptionMetrics:
+        for i in range(len(real)):
+            metric.update(real[i : i + 1], real=True)
+        for i in keep:
+            metric.update(fake[i : i + 1], real=False)
+        return metric
+
+    grouped = fed(InceptionMetrics(fid_groups=3, **settings), list(range(len(fake)))).compute()
+    leave_one_out = torch.tensor(
+        [
+            float(fed(InceptionMetrics(**settings), [i for i in range(len(fake)) if i % 3 != g]).compute()["sfid"])
+            for g in range(3)
+        ],
+        dtype=torch.float64,
+    )
+    expected = (2 / 3 * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
+    assert float(expected) > 1e-6 * float(grouped["sfid"]), "the test would prove nothing"
+    assert abs(float(grouped["sfid_stderr"]) - float(expected)) <= 1e-8 * float(grouped["sfid"])

@@ -33,7 +33,7 @@ from fid_metric._functional.jackknife import jackknife_stderr
 from fid_metric._functional.kid import kernel_inception_distance
 from fid_metric._functional.precision_recall import precision_recall
 from fid_metric._metrics.frechet import FrechetMetric
-from fid_metric._states.gaussian_sums import GaussianSums, GroupSums
+from fid_metric._states.gaussian_sums import GaussianSums, GroupSums, jackknife
 from fid_metric._states.kept_features import KeptFeatures
 from fid_metric._states.split_scores import split_scores
 
@@ -48,9 +48,10 @@ class InceptionMetrics(FrechetMetric):
     ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid``;
     ``sfid`` if ``sfid``; ``inception_score`` and ``inception_score_std`` if ``inception_score``;
     ``fid_infinity`` and ``fid_stderr`` if ``fid_groups``; ``precision`` and ``recall`` if ``precision_recall``;
-    ``kid`` and ``kid_std`` if ``kid``; with ``fid_groups``, also ``precision_stderr``, ``recall_stderr`` and
-    ``kid_stderr`` (delete-a-group jackknife over the generated images' groups, as ``fid_stderr``: the noise of
-    the generated sample, with the real side fixed). The FID is the one ``FrechetInceptionDistance``
+    ``kid`` and ``kid_std`` if ``kid``; with ``fid_groups``, also ``sfid_stderr``, ``precision_stderr``,
+    ``recall_stderr`` and ``kid_stderr`` (delete-a-group jackknife over the generated images' groups, as
+    ``fid_stderr``: the noise of the generated sample, with the real side fixed). The FID is the one
+    ``FrechetInceptionDistance``
     computes from the same arguments and images. After ``compute()``, ``fid_by_size`` holds the
     ``(sample sizes, FID)`` pairs behind ``fid_infinity``.
 
@@ -65,8 +66,9 @@ class InceptionMetrics(FrechetMetric):
             equal chunks; its ``rng_seed`` default is 2020). ``splits=1``: every convention is the same.
         split_size: ADM's consecutive splits of this many images (see ``splits``); not with ``split_seed``.
         split_seed: torch-fidelity's shuffled splits with this seed (see ``splits``); not with ``split_size``.
-        fid_groups: G >= 2 groups of generated images for FID-infinity and the standard error; 0 for none.
-            Memory: ``G * d * d * 8`` bytes (G = 10, d = 2048: 336 MB).
+        fid_groups: G >= 2 groups of generated images for FID-infinity and the standard errors; 0 for none.
+            Memory: ``G * d * d * 8`` bytes (G = 10, d = 2048: 336 MB), and as much again for sFID's 2023-d
+            features with ``sfid``.
         precision_recall: also compute improved Precision and Recall (Kynkäänniemi et al. 2019) on the FID
             features, with ``prc_neighborhood`` = k nearest neighbours (3, as guided-diffusion and torch-fidelity).
         kid: also compute KID (cubic polynomial kernel) on the FID features: the mean and population std of the
@@ -135,10 +137,13 @@ class InceptionMetrics(FrechetMetric):
         output = self._extractor.feature_output
         self._scores = scores if inception_score else None
         self._groups = GroupSums(fid_groups, self.num_features, output) if fid_groups else None
+        spatial = GroupSums(fid_groups, _SFID.dim, _SFID.output, name="spatial_group") if fid_groups and sfid else None
+        self._sfid_groups = spatial
         kept = precision_recall or kid
         on_cpu = checked_bool("features_on_cpu", features_on_cpu)
         self._kept = KeptFeatures(output, self.num_features, on_cpu=on_cpu) if kept else None
-        self._register(*(a for a in (_SFID if sfid else None, self._scores, self._groups, self._kept) if a))
+        accumulators = (_SFID if sfid else None, self._scores, self._groups, self._sfid_groups, self._kept)
+        self._register(*(a for a in accumulators if a))
 
     @property
     def fid_by_size(self) -> tuple[Tensor, Tensor] | None:
@@ -173,7 +178,7 @@ class InceptionMetrics(FrechetMetric):
         real = self._real_side()  # factored once for FID and every FID-infinity group distance
         results = {"fid": self._fid(*real)}
         if self.sfid:
-            results["sfid"] = self._sfid()
+            results.update(self._sfid())
         if self._scores is not None:
             results["inception_score"], results["inception_score_std"] = self._scores.score(self)
         if self._groups is not None:
@@ -212,10 +217,19 @@ class InceptionMetrics(FrechetMetric):
             )
         return results
 
-    def _sfid(self) -> Tensor:
+    def _sfid(self) -> dict[str, Tensor]:
+        """sFID and, with ``fid_groups``, its jackknife standard error (``sfid_stderr``)."""
         mu_fake, sigma_fake = _SFID.mean_and_covariance(self, "fake")
         if self._reference is not None:
             mu_real, sigma_real, factor = self._reference.extra_on("mu_s", "sigma_s", mu_fake.device)
         else:
             mu_real, sigma_real, factor = _SFID.factored(self, "real")  # 2023-d: singular below 2024 images
-        return frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)
+        results = {"sfid": frechet_distance(mu_real, sigma_real, mu_fake, sigma_fake, sigma1_factor=factor)}
+        if self._sfid_groups is not None:
+
+            def sfid_of(count: Tensor, total: Tensor, outer: Tensor) -> Tensor:
+                mu, sigma = mean_and_covariance(count, total, outer)
+                return frechet_distance(mu_real, sigma_real, mu, sigma, sigma1_factor=factor)
+
+            results["sfid_stderr"] = jackknife(self._sfid_groups.leave_one_out(self, sfid_of))
+        return results

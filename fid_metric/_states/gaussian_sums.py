@@ -77,33 +77,60 @@ class GaussianSums(Accumulator):
 
 @dataclass(frozen=True)
 class GroupSums(Accumulator):
-    """The generated features of ``output`` in G groups: ``fake_group_sum`` ``(G, d)``, ``fake_group_cov_sum``
-    ``(G, d, d)`` float64 and ``fake_group_num_samples`` ``(G,)`` int64. Memory: ``G * d * d * 8`` bytes."""
+    """The generated features of ``output`` in G groups: ``fake_{name}_sum`` ``(G, d)``, ``fake_{name}_cov_sum``
+    ``(G, d, d)`` float64 and ``fake_{name}_num_samples`` ``(G,)`` int64. Memory: ``G * d * d * 8`` bytes."""
 
     groups: int
     dim: int
     output: str
+    name: str = "group"
+
+    def _state(self, metric: Metric, part: str) -> Tensor:
+        return state(metric, f"fake_{self.name}_{part}")
 
     def defaults(self) -> dict[str, State]:
         g, d = self.groups, self.dim
         return {
-            "fake_group_sum": torch.zeros(g, d, dtype=_F64),
-            "fake_group_cov_sum": torch.zeros(g, d, d, dtype=_F64),
-            "fake_group_num_samples": torch.zeros(g, dtype=torch.int64),
+            f"fake_{self.name}_sum": torch.zeros(g, d, dtype=_F64),
+            f"fake_{self.name}_cov_sum": torch.zeros(g, d, d, dtype=_F64),
+            f"fake_{self.name}_num_samples": torch.zeros(g, dtype=torch.int64),
         }
 
     def symmetric_states(self) -> frozenset[str]:
-        return frozenset({"fake_group_cov_sum"})
+        return frozenset({f"fake_{self.name}_cov_sum"})
 
     def add(self, metric: Metric, side: str, outputs: dict[str, Tensor], positions: range) -> None:
         if side != "fake":
             return
-        features = as_float64(outputs[self.output], state(metric, "fake_group_sum"))
+        features = as_float64(outputs[self.output], self._state(metric, "sum"))
         groups = [j % self.groups for j in positions]
         for g in sorted(set(groups)):
             rows = features.index_select(0, index_on([i for i, h in enumerate(groups) if h == g], features.device))
-            add_outer_products(state(metric, "fake_group_sum")[g], state(metric, "fake_group_cov_sum")[g], rows)
-            state(metric, "fake_group_num_samples")[g].add_(rows.shape[0])
+            add_outer_products(self._state(metric, "sum")[g], self._state(metric, "cov_sum")[g], rows)
+            self._state(metric, "num_samples")[g].add_(rows.shape[0])
+
+    def _counts(self, metric: Metric) -> Tensor:
+        """``(G,)`` float64 image counts; at least 2 per group, or a ``RuntimeError``."""
+        n = self._state(metric, "num_samples").to(torch.float64)
+        if bool((n < 2).any()):
+            raise RuntimeError(f"The jackknife needs at least 2 generated images per group; got {n.tolist()}.")
+        return n
+
+    def leave_one_out(self, metric: Metric, fid_of: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Tensor:
+        """The ``(G,)`` distances without each group: ``fid_of(count, feature sum, outer-product sum)`` of the
+        other groups' union, against the real side.
+
+        Raises:
+            RuntimeError: a group has fewer than 2 images.
+        """
+        n, group_sums, group_outers = self._counts(metric), self._state(metric, "sum"), self._state(metric, "cov_sum")
+        total_n, total_sum, total_outer = n.sum(), group_sums.sum(0), group_outers.sum(0)
+        return torch.stack(
+            [
+                fid_of(total_n - n[k], total_sum - group_sums[k], total_outer - group_outers[k])
+                for k in range(self.groups)
+            ]
+        )
 
     def extrapolate(
         self, metric: Metric, fid_of: Callable[[Tensor, Tensor, Tensor], Tensor], fid_all: Tensor
@@ -123,19 +150,20 @@ class GroupSums(Accumulator):
         Raises:
             RuntimeError: a group has fewer than 2 images.
         """
-        n = state(metric, "fake_group_num_samples").to(torch.float64)
-        if bool((n < 2).any()):
-            raise RuntimeError(f"FID-infinity needs at least 2 generated images per group; got {n.tolist()}.")
-        group_sums, group_outers = state(metric, "fake_group_sum"), state(metric, "fake_group_cov_sum")
-        sums, outers, sizes = group_sums.cumsum(0), group_outers.cumsum(0), n.cumsum(0)
+        n = self._counts(metric)
+        sums, outers, sizes = (
+            self._state(metric, "sum").cumsum(0),
+            self._state(metric, "cov_sum").cumsum(0),
+            n.cumsum(0),
+        )
         by_size = torch.stack([*(fid_of(sizes[m], sums[m], outers[m]) for m in range(self.groups - 1)), fid_all])
         design = torch.stack([torch.ones_like(sizes), 1 / sizes], dim=1)
         intercept = torch.linalg.lstsq(design, by_size[:, None]).solution[0, 0].clamp_min(0)
-        leave_one_out = torch.stack(
-            [
-                fid_of(sizes[-1] - n[k], sums[-1] - group_sums[k], outers[-1] - group_outers[k])
-                for k in range(self.groups)
-            ]
-        )
-        stderr = ((self.groups - 1) / self.groups * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
-        return intercept, stderr, leave_one_out, (sizes, by_size)
+        leave_one_out = self.leave_one_out(metric, fid_of)
+        return intercept, jackknife(leave_one_out), leave_one_out, (sizes, by_size)
+
+
+def jackknife(leave_one_out: Tensor) -> Tensor:
+    """The delete-a-group jackknife standard error, a 0-d tensor, from the ``(G,)`` group-deleted values."""
+    g = leave_one_out.numel()
+    return ((g - 1) / g * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
