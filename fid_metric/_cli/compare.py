@@ -23,7 +23,6 @@ def compare_command(args: argparse.Namespace) -> None:
         if isinstance(side, FeatureStats):
             raise InputError(f"{label} must hold images (a folder or a sample batch); compare needs them in groups")
     reference = ref if isinstance(ref, FeatureStats) else None
-    args.generated_images = 2  # no Inception Score: its splits are not used
     path = weights(args)
     first = cast(InceptionMetrics, build_metric(args, path, reference, args.ref))
     second = cast(InceptionMetrics, build_metric(args, path, reference, args.ref))

@@ -63,7 +63,7 @@ def build_metric(
                 kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size,
                 kid_seed=args.kid_seed,
-                splits=-(-args.generated_images // args.is_split_size),
+                splits=-(-args.generated_images // args.is_split_size) if "is" in metrics else 1,
                 split_size=args.is_split_size,
                 fid_groups=groups or 0,
                 **settings,

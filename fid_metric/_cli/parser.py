@@ -121,18 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_groups(command: argparse.ArgumentParser, default: int | None, help: str) -> None:
+    """``--groups G`` (G >= 2): the generated images in G groups for the jackknife's standard errors."""
+    command.add_argument("--groups", type=_int_in(2), default=default, metavar="G", help=help)
+
+
 def _add_compare_options(compare: argparse.ArgumentParser) -> None:
     """``compare``'s own arguments: REF, A, B, ``--groups``, ``--json``."""
     compare.add_argument("ref", metavar="REF", help="the reference: image folder, .npz statistics or sample batch")
     for name in ("a", "b"):
         compare.add_argument(name, metavar=name.upper(), help=f"model {name.upper()}'s images: folder or sample batch")
-    compare.add_argument(
-        "--groups",
-        type=_int_in(2),
-        default=10,
-        metavar="G",
-        help="groups of each model's images for the jackknife (image j in group j %% G); default: 10",
-    )
+    _add_groups(compare, 10, "groups of each model's images for the jackknife (image j in group j %% G); default: 10")
     compare.add_argument(
         "--json",
         action="store_true",
@@ -222,12 +221,10 @@ def _add_score_options(score: argparse.ArgumentParser) -> None:
         metavar="N",
         help="seed of KID's subsets (torch-fidelity's); default: 2020",
     )
-    score.add_argument(
-        "--groups",
-        type=_int_in(2),
-        default=None,
-        metavar="G",
-        help="G groups of B's images (image j in group j %% G): each number of B's images gets a jackknife standard "
+    _add_groups(
+        score,
+        None,
+        "G groups of B's images (image j in group j %% G): each number of B's images gets a jackknife standard "
         "error, printed after +- (FID: 12.34 +- 0.05) and in --json as NAME_stderr; needs images as B",
     )
     score.add_argument(

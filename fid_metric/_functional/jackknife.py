@@ -15,10 +15,11 @@ import math
 from torch import Tensor
 
 
-def jackknife_stderr(values: Tensor) -> float:
-    """The jackknife standard error from the ``(G,)`` group-deleted values of a statistic, G >= 2."""
-    g = values.numel()
-    return math.sqrt((g - 1) / g * float((values.double() - values.double().mean()).square().sum()))
+def jackknife_stderr(values: Tensor) -> Tensor:
+    """The jackknife standard error, a 0-d float64 tensor on ``values``' device, from the ``(G,)`` group-deleted
+    values of a statistic, G >= 2."""
+    g, values = values.numel(), values.double()
+    return ((g - 1) / g * (values - values.mean()).square().sum()).sqrt()
 
 
 def welch_df(stderr_a: float, stderr_b: float, df_a: float, df_b: float) -> float:

@@ -84,9 +84,9 @@ def compare(a: InceptionMetrics, b: InceptionMetrics, *, paired: bool | None = N
     paired = same_counts if paired is None else paired
     g = a.fid_groups
     if paired:
-        stderr, df = jackknife_stderr(out_a.cpu() - out_b.cpu()), float(g - 1)
+        stderr, df = float(jackknife_stderr(out_a.cpu() - out_b.cpu())), float(g - 1)
     else:
-        se_a, se_b = jackknife_stderr(out_a.cpu()), jackknife_stderr(out_b.cpu())
+        se_a, se_b = float(jackknife_stderr(out_a.cpu())), float(jackknife_stderr(out_b.cpu()))
         stderr, df = math.hypot(se_a, se_b), welch_df(se_a, se_b, g - 1, g - 1)
     difference = fid_a - fid_b
     half = t_quantile(0.975, df) * stderr

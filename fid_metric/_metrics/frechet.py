@@ -99,10 +99,11 @@ class FrechetMetric(FeatureSumsMetric):
         bytes. Two metrics compare generated images against the same reference exactly when theirs agree."""
         if self._reference is not None:
             return self._reference.fingerprint
+        n, feature_sum, outer_sum = self._fid_sums.sums(self, "real")
         digest = hashlib.sha256()
-        for tensor in self._fid_sums.sums(self, "real")[1:]:
+        for tensor in (feature_sum, outer_sum):
             digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())
-        return f"{self._fid_sums.sums(self, 'real')[0]}:{digest.hexdigest()}"
+        return f"{n}:{digest.hexdigest()}"
 
     def update(self, imgs: Tensor, real: bool) -> None:
         """Add a batch to the real or the generated statistics.

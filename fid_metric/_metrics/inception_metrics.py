@@ -33,7 +33,7 @@ from fid_metric._functional.jackknife import jackknife_stderr
 from fid_metric._functional.kid import kernel_inception_distance
 from fid_metric._functional.precision_recall import precision_recall
 from fid_metric._metrics.frechet import FrechetMetric
-from fid_metric._states.gaussian_sums import GaussianSums, GroupSums, jackknife
+from fid_metric._states.gaussian_sums import GaussianSums, GroupSums
 from fid_metric._states.kept_features import KeptFeatures
 from fid_metric._states.split_scores import split_scores
 
@@ -203,8 +203,7 @@ class InceptionMetrics(FrechetMetric):
             group = torch.arange(len(fake), device=fake.device) % self.fid_groups
             dropped = [self._kept_numbers(real, fake[group != g]) for g in range(self.fid_groups)]
             for name in [name for name in results if name != "kid_std"]:
-                stderr = jackknife_stderr(torch.stack([d[name] for d in dropped]))
-                results[f"{name}_stderr"] = torch.tensor(stderr, dtype=torch.float64, device=results[name].device)
+                results[f"{name}_stderr"] = jackknife_stderr(torch.stack([d[name] for d in dropped]))
         return results
 
     def _kept_numbers(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
@@ -231,5 +230,5 @@ class InceptionMetrics(FrechetMetric):
                 mu, sigma = mean_and_covariance(count, total, outer)
                 return frechet_distance(mu_real, sigma_real, mu, sigma, sigma1_factor=factor)
 
-            results["sfid_stderr"] = jackknife(self._sfid_groups.leave_one_out(self, sfid_of))
+            results["sfid_stderr"] = jackknife_stderr(self._sfid_groups.leave_one_out(self, sfid_of))
         return results

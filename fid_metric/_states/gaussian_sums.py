@@ -20,6 +20,7 @@ from torchmetrics import Metric
 
 from fid_metric._functional.covariance import mean_and_covariance
 from fid_metric._functional.distance import CovarianceFactor, sqrt_factor
+from fid_metric._functional.jackknife import jackknife_stderr
 from fid_metric._states.accumulator import SIDES, Accumulator, State, add_outer_products, as_float64, index_on, state
 
 _F64 = torch.float64
@@ -160,10 +161,4 @@ class GroupSums(Accumulator):
         design = torch.stack([torch.ones_like(sizes), 1 / sizes], dim=1)
         intercept = torch.linalg.lstsq(design, by_size[:, None]).solution[0, 0].clamp_min(0)
         leave_one_out = self.leave_one_out(metric, fid_of)
-        return intercept, jackknife(leave_one_out), leave_one_out, (sizes, by_size)
-
-
-def jackknife(leave_one_out: Tensor) -> Tensor:
-    """The delete-a-group jackknife standard error, a 0-d tensor, from the ``(G,)`` group-deleted values."""
-    g = leave_one_out.numel()
-    return ((g - 1) / g * (leave_one_out - leave_one_out.mean()).square().sum()).sqrt()
+        return intercept, jackknife_stderr(leave_one_out), leave_one_out, (sizes, by_size)
