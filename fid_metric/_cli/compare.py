@@ -1,17 +1,22 @@
 """``fid-metric compare REF A B``: model A's FID minus model B's against one reference, with its uncertainty
-(:func:`fid_metric.compare`: a delete-a-group jackknife, paired when A and B hold as many images)."""
+(:func:`fid_metric.compare`: a delete-a-group jackknife, paired when A and B hold as many images per group).
+
+Every input becomes statistics: REF's (a statistics file, or its images fed as the real side), and A's and B's
+with their groups' sums (files saved by ``fid-metric stats --groups G``, or their images fed as the generated
+side of an ``InceptionMetrics(fid_groups=G)``), so that images and files give the same numbers.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-from typing import cast
 
-from fid_metric._cli.feeding import build_metric, feed_sides, weights
-from fid_metric._cli.inputs import Images, InputError, is_folder, open_input, print_counts
+from fid_metric._cli.feeding import Metric, build_metric, feed_sides, weights
+from fid_metric._cli.inputs import InputError, Side, is_folder, open_input, print_counts
 from fid_metric._files.stats import FeatureStats
-from fid_metric._metrics.compare import compare
-from fid_metric._metrics.inception_metrics import InceptionMetrics
+from fid_metric._metrics.compare import compare, grouped_fids
+
+_GROUPS = 10  # --groups' default for images
 
 
 def compare_command(args: argparse.Namespace) -> None:
@@ -19,30 +24,25 @@ def compare_command(args: argparse.Namespace) -> None:
     for text in (args.ref, args.a, args.b):
         is_folder(text)  # every path is checked before any is read
     ref, a, b = (open_input(text, args) for text in (args.ref, args.a, args.b))
-    for label, side in (("A", a), ("B", b)):
-        if isinstance(side, FeatureStats):
-            raise InputError(f"{label} must hold images (a folder or a sample batch); compare needs them in groups")
-    reference = ref if isinstance(ref, FeatureStats) else None
-    path = weights(args)
-    first = cast(InceptionMetrics, build_metric(args, path, reference, args.ref))
-    second = cast(InceptionMetrics, build_metric(args, path, reference, args.ref))
+    args.groups = _groups(args, a, b)
+    metric = None
+    if not all(isinstance(side, FeatureStats) for side in (ref, a, b)):
+        metric = build_metric(args, weights(args), None, None)
     if args.processes.rank == 0:
         print_counts(("REF", args.ref, ref), ("A", args.a, a), ("B", args.b, b))
-    n_ref = reference.n if reference is not None else feed_sides(first, [(cast(Images, ref), args.ref, True)], args)[0]
-    if reference is None:
-        second.merge_state(first)  # the same real sums, fed once
-    (n_a,) = feed_sides(first, [(cast(Images, a), args.a, False)], args)
-    (n_b,) = feed_sides(second, [(cast(Images, b), args.b, False)], args)
+    reference = _statistics(metric, ref, args.ref, True, args)
+    first = _statistics(metric, a, args.a, False, args)
+    second = _statistics(metric, b, args.b, False, args)
     try:
-        result = compare(first, second)
-    except (ValueError, RuntimeError) as err:  # e.g. a group with fewer than 2 images
+        result = compare(first, second, reference=reference)
+        fid_a, fid_b = grouped_fids(first, reference)[0], grouped_fids(second, reference)[0]
+    except ValueError as err:  # another definition, or a group with fewer than 2 images
         raise InputError(err) from err
-    fid_a, fid_b = float(first.compute()["fid"]), float(second.compute()["fid"])  # compare() computed them
     if args.processes.rank != 0:
         return
     if args.json:
         values = {"fid_a": fid_a, "fid_b": fid_b, **result.__dict__, "ci95": list(result.ci95)}
-        print(json.dumps({**values, "n_ref": n_ref, "n_a": n_a, "n_b": n_b}))
+        print(json.dumps({**values, "n_ref": reference.n, "n_a": first.n, "n_b": second.n}))
         return
     low, high = result.ci95
     print(
@@ -50,3 +50,35 @@ def compare_command(args: argparse.Namespace) -> None:
         f"p = {result.p_value:.3g}, {'paired' if result.paired else 'unpaired'}; FID(A) {fid_a:.6g}, FID(B) "
         f"{fid_b:.6g})"
     )
+
+
+def _groups(args: argparse.Namespace, a: Side, b: Side) -> int:
+    """G: ``--groups``, else the statistics files' (which must agree with it and with each other), else 10."""
+    recorded = {}
+    for label, text, side in (("A", args.a, a), ("B", args.b, b)):
+        if isinstance(side, FeatureStats):
+            if side.groups is None:
+                raise InputError(
+                    f"{label} ({text}) holds statistics without groups; compare needs them in groups: write them "
+                    "with `fid-metric stats --groups G`"
+                )
+            recorded[text] = len(side.groups[0])
+    wanted = {args.groups} if args.groups else set()
+    if len(set(recorded.values()) | wanted) > 1:
+        stated = f" and --groups {args.groups}" if args.groups else ""
+        raise InputError(f"A and B must be in as many groups; got {recorded}{stated}")
+    return args.groups or next(iter(recorded.values()), _GROUPS)
+
+
+def _statistics(metric: Metric | None, side: Side, text: str, real: bool, args: argparse.Namespace) -> FeatureStats:
+    """``side`` as statistics: a file as it is; images fed to ``metric`` (reset first) as the real or generated
+    side, whose statistics are taken (a collective call under many processes)."""
+    if isinstance(side, FeatureStats):
+        return side
+    assert metric is not None  # built whenever a side holds images
+    metric.reset()
+    feed_sides(metric, [(side, text, real)], args)
+    try:
+        return metric.statistics(real=real)
+    except ValueError as err:  # the images changed while they were read
+        raise InputError(err) from err

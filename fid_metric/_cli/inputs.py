@@ -144,7 +144,8 @@ def print_counts(*sides: tuple[str, str, Side]) -> None:
         if isinstance(side, FeatureStats) and side.n is None:
             line = f"statistics (mean and covariance only) in {text}"
         elif isinstance(side, FeatureStats):
-            line = f"statistics of {side.n:,} images in {text}"
+            groups = f" in {len(side.groups[0])} groups" if side.groups is not None else ""
+            line = f"statistics of {side.n:,} images{groups} in {text}"
         elif isinstance(side, SampleBatch):
             line = f"{side.n:,} images of {side.height} x {side.width} in {text} (arr_0)"
         else:

@@ -113,12 +113,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("folder", metavar="FOLDER", help="image folder or .npz sample batch (arr_0)")
     stats.add_argument("-o", "--output", required=True, metavar="OUT.npz", help="statistics file to write")
-    stats.set_defaults(command="stats", metrics=["fid"])
+    _add_groups(
+        stats,
+        None,
+        "also save the sums of G groups of the images (image j in group j %% G), for `compare` and FID +- stderr "
+        "(16.8 MB a group at 2048 features)",
+    )
+    stats.set_defaults(command="stats", metrics=["fid"], **_UNUSED_SCORE_OPTIONS)
     compare = commands.add_parser(
         "compare", parents=[common], epilog=EPILOG, formatter_class=formatter, help="is A's FID lower than B's?"
     )
     _add_compare_options(compare)
     return parser
+
+
+# score's --metrics settings, which stats and compare (FID alone) do not take, at score's defaults
+_UNUSED_SCORE_OPTIONS = {"kid_subsets": 100, "kid_subset_size": None, "kid_seed": 2020, "is_split_size": 5000}
 
 
 def _add_groups(command: argparse.ArgumentParser, default: int | None, help: str) -> None:
@@ -130,17 +140,24 @@ def _add_compare_options(compare: argparse.ArgumentParser) -> None:
     """``compare``'s own arguments: REF, A, B, ``--groups``, ``--json``."""
     compare.add_argument("ref", metavar="REF", help="the reference: image folder, .npz statistics or sample batch")
     for name in ("a", "b"):
-        compare.add_argument(name, metavar=name.upper(), help=f"model {name.upper()}'s images: folder or sample batch")
-    _add_groups(compare, 10, "groups of each model's images for the jackknife (image j in group j %% G); default: 10")
+        compare.add_argument(
+            name,
+            metavar=name.upper(),
+            help=f"model {name.upper()}'s images (folder or sample batch) or statistics saved with `stats --groups`",
+        )
+    _add_groups(
+        compare,
+        None,
+        "groups of each model's images for the jackknife (image j in group j %% G); default: the statistics "
+        "files' G, else 10",
+    )
     compare.add_argument(
         "--json",
         action="store_true",
         help='print one JSON object: "fid_a", "fid_b", "difference", "stderr", "ci95" ([low, high]), "p_value", '
         '"paired", "df" (of the t distribution), "n_ref", "n_a", "n_b"',
     )
-    compare.set_defaults(
-        command="compare", metrics=["fid"], kid_subsets=100, kid_subset_size=None, kid_seed=2020, is_split_size=5000
-    )
+    compare.set_defaults(command="compare", metrics=["fid"], **_UNUSED_SCORE_OPTIONS)
 
 
 def _common_options() -> _Parser:
@@ -225,7 +242,8 @@ def _add_score_options(score: argparse.ArgumentParser) -> None:
         score,
         None,
         "G groups of B's images (image j in group j %% G): each number of B's images gets a jackknife standard "
-        "error, printed after +- (FID: 12.34 +- 0.05) and in --json as NAME_stderr; needs images as B",
+        "error, printed after +- (FID: 12.34 +- 0.05) and in --json as NAME_stderr; needs images as B (statistics "
+        "saved with `stats --groups` give FID +- stderr without it)",
     )
     score.add_argument(
         "--json",

@@ -1,6 +1,7 @@
 """``fid-metric score A B``: the FID between two inputs, the ``--metrics`` table, or one JSON object.
 
-Two statistics files give the FID from them alone (:func:`fid_metric.frechet_distance`); otherwise the images
+Two statistics files give the FID from them alone (:func:`fid_metric.frechet_distance`), and its standard error
+when one of them holds groups (``fid-metric stats --groups``: the generated side); otherwise the images
 are fed to :class:`fid_metric.FrechetInceptionDistance`, or to :class:`fid_metric.InceptionMetrics` when
 ``--metrics`` asks for more than FID, with a statistics file as the metric's fixed real side.
 """
@@ -19,6 +20,8 @@ from fid_metric._cli.parser import PROG, TABLE_ROWS
 from fid_metric._features.preprocess import REPRODUCES
 from fid_metric._files.stats import FeatureStats, StatsMismatchError
 from fid_metric._functional.distance import frechet_distance
+from fid_metric._functional.jackknife import jackknife_stderr
+from fid_metric._metrics.compare import grouped_fids
 
 _KID_SUBSET_SIZE = 1000  # torch-fidelity's and clean-fid's default
 
@@ -76,10 +79,17 @@ def _score_statistics(args: argparse.Namespace, a: FeatureStats, b: FeatureStats
     except ValueError as err:  # e.g. a covariance that is not positive semi-definite: name the file, not the argument
         message = str(err).replace("sigma1", f"the sigma of {args.a}").replace("sigma2", f"the sigma of {args.b}")
         raise InputError(message) from err
+    values = {"fid": fid}
+    if (a.groups is None) != (b.groups is None):  # the side in groups is the generated one
+        generated, reference = (a, b) if a.groups is not None else (b, a)
+        try:
+            values["fid_stderr"] = float(jackknife_stderr(grouped_fids(generated, reference)[1]))
+        except ValueError as err:  # a group of fewer than 2 images
+            raise InputError(err) from err
     if args.processes.rank == 0:
         print_counts(("A", args.a, a), ("B", args.b, b))
     extractor = a.extractor if a.extractor == b.extractor else ""
-    return _Score({"fid": fid}, a.compat, extractor, a.feature_dim, a.n, b.n)
+    return _Score(values, a.compat, extractor, a.feature_dim, a.n, b.n)
 
 
 def _score_images(args: argparse.Namespace, a: Side, b: Side, needs_images: bool) -> _Score:

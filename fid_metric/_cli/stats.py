@@ -1,5 +1,7 @@
-"""``fid-metric stats FOLDER -o OUT.npz``: the statistics of an image folder or a sample batch, saved for later use
-as A or B of ``fid-metric score`` (by :meth:`fid_metric.FrechetInceptionDistance.save_real_stats`)."""
+"""``fid-metric stats FOLDER -o OUT.npz [--groups G]``: the statistics of an image folder or a sample batch, saved
+for later use as A or B of ``fid-metric score`` (by :meth:`fid_metric.FrechetInceptionDistance.save_real_stats`);
+with ``--groups``, the images are the generated side of an ``InceptionMetrics(fid_groups=G)``, whose statistics
+keep their G groups' sums for ``fid-metric compare`` and FID's standard error."""
 
 from __future__ import annotations
 
@@ -27,15 +29,19 @@ def stats_command(args: argparse.Namespace) -> None:
     metric = build_metric(args, weights(args), None, None)
     if args.processes.rank == 0:
         print_counts(("", args.folder, images))
-    (n,) = feed_sides(metric, [(images, args.folder, True)], args)
+    real = not args.groups  # groups are kept of the generated side
+    (n,) = feed_sides(metric, [(images, args.folder, real)], args)
     try:
-        metric.save_real_stats(output)  # under many processes: synced on all, written by rank 0
+        stats = metric.statistics(real=real)  # under many processes: synced on all, written by rank 0
+        if args.processes.rank == 0:
+            stats.save(output)
     except ValueError as err:  # the folder changed while the images were processed
         raise InputError(err) from err
     except OSError as err:  # e.g. the disk filled up
         raise InputError(f"cannot write {output}: {err.strerror or err}") from err
     if args.processes.rank == 0:
-        print(f"{output}: {n} images, {metric.extractor_id}, compat={metric.compat}")
+        groups = f" in {args.groups} groups" if args.groups else ""
+        print(f"{output}: {n} images{groups}, {metric.extractor_id}, compat={metric.compat}")
 
 
 def _check_output(output: Path) -> None:

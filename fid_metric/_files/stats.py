@@ -30,7 +30,7 @@ from torch import Tensor
 from fid_metric._checks import checked_choice
 from fid_metric._features.inception import INCEPTION_ID, POOL_FEATURES
 from fid_metric._features.preprocess import COMPAT_MODES
-from fid_metric._files.stats_formats import METADATA_KEYS, read_stats_file, write_stats_file
+from fid_metric._files.stats_formats import METADATA_KEYS, check_group_sums, read_stats_file, write_stats_file
 from fid_metric._functional.covariance import mean_and_covariance
 
 
@@ -64,6 +64,9 @@ class FeatureStats:
         compat: the preprocessing pipeline (``"tensorflow"``, ...), or "" if unknown.
         arithmetic: the network's arithmetic (``"exact"``, or a fast mode, which is not the definition), or "".
         extra: ADM's sFID statistics ``mu_s`` ``(k,)`` and ``sigma_s`` ``(k, k)``, float64, when a file held them.
+        groups: the same samples' sums in G groups, for the jackknife (``fid_metric.compare`` and the standard
+            error of FID): ``(counts (G,) int64, feature sums (G, d) float64, outer-product sums (G, d, d)
+            float64)``, sample j of the sampler's order in group ``j % G``; or None. They add up to the sums.
     """
 
     mean: Tensor
@@ -76,9 +79,12 @@ class FeatureStats:
     compat: str = ""
     arithmetic: str = ""
     extra: dict[str, Tensor] = field(default_factory=dict)
+    groups: tuple[Tensor, Tensor, Tensor] | None = None
 
     def __post_init__(self) -> None:
         checked_choice("compat", self.compat, ("", *COMPAT_MODES), what=f"one of {COMPAT_MODES} (or '' if unknown)")
+        if self.groups is not None:
+            check_group_sums(self.groups, self.n, self.feature_sum, self.outer_sum)
 
     @classmethod
     def from_sums(
@@ -91,18 +97,24 @@ class FeatureStats:
         weights_sha256: str = "",
         compat: str = "",
         arithmetic: str = "",
+        groups: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> FeatureStats:
         """From the sums of ``n >= 2`` samples (the metric's states), with what made their features.
 
         ``feature_sum`` ``(d,)`` and ``outer_sum`` ``(d, d)``, of any float dtype and device, are kept as float64
-        on the CPU.
+        on the CPU; so are ``groups``, the same samples' sums in G groups (see the class), checked to add up
+        to them.
         """
         if n < 2:
             raise ValueError(f"Statistics need at least 2 samples to estimate a covariance, got {n}.")
         feature_sum = feature_sum.detach().to("cpu", torch.float64)
         outer_sum = outer_sum.detach().to("cpu", torch.float64)
         mean, covariance = mean_and_covariance(n, feature_sum, outer_sum)
-        return cls(mean, covariance, int(n), feature_sum, outer_sum, extractor, weights_sha256, compat, arithmetic)
+        if groups is not None:
+            counts, sums, outers = (t.detach().cpu() for t in groups)
+            groups = counts.to(torch.int64), sums.to(torch.float64), outers.to(torch.float64)
+        metadata = (extractor, weights_sha256, compat, arithmetic)
+        return cls(mean, covariance, int(n), feature_sum, outer_sum, *metadata, groups=groups)
 
     @classmethod
     def from_features(
@@ -116,13 +128,15 @@ class FeatureStats:
     ) -> FeatureStats:
         """From ``(n, d)`` features of any float dtype and device (summed in float64 on the CPU), n >= 2."""
         f = features.detach().to("cpu", torch.float64)
-        metadata = {
-            "extractor": extractor,
-            "weights_sha256": weights_sha256,
-            "compat": compat,
-            "arithmetic": arithmetic,
-        }
-        return cls.from_sums(f.shape[0], f.sum(0), f.T @ f, **metadata)
+        return cls.from_sums(
+            f.shape[0],
+            f.sum(0),
+            f.T @ f,
+            extractor=extractor,
+            weights_sha256=weights_sha256,
+            compat=compat,
+            arithmetic=arithmetic,
+        )
 
     @property
     def feature_dim(self) -> int:
@@ -164,7 +178,8 @@ class FeatureStats:
             )
 
     def merge(self, other: FeatureStats) -> FeatureStats:
-        """Statistics of the union of both sample sets (exact: the sums add); also ``a + b``.
+        """Statistics of the union of both sample sets (exact: the sums add); also ``a + b``. Groups add group
+        by group where both hold as many; otherwise the union has none.
 
         Example:
             >>> import torch
@@ -187,6 +202,7 @@ class FeatureStats:
             weights_sha256=self.weights_sha256 if self.weights_sha256 == other.weights_sha256 else "",
             compat=self.compat if self.compat == other.compat else "",
             arithmetic=self.arithmetic if self.arithmetic == other.arithmetic else "",
+            groups=_merged_groups(self.groups, other.groups),
         )
 
     __add__ = merge
@@ -200,7 +216,7 @@ class FeatureStats:
             ValueError: ``path`` cannot be written (:func:`fid_metric._files.atomic_file.check_writable` says why).
         """
         sums = self.sums() if self.mergeable else None
-        write_stats_file(path, self.mean, self.covariance, _metadata_of(self), self.extra, sums)
+        write_stats_file(path, self.mean, self.covariance, _metadata_of(self), self.extra, sums, self.groups)
 
     @classmethod
     def load(
@@ -286,6 +302,14 @@ def _with_definition(
     # a compat mode is a pipeline into the FID Inception network, so the features are one of its pool layers
     extractor = stats.extractor or (f"{INCEPTION_ID}/{stats.feature_dim}" if stats.feature_dim in POOL_FEATURES else "")
     return dataclasses.replace(stats, compat=compat, extractor=extractor)
+
+
+def _merged_groups(
+    mine: tuple[Tensor, Tensor, Tensor] | None, theirs: tuple[Tensor, Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    if mine is None or theirs is None or len(mine[0]) != len(theirs[0]):
+        return None
+    return mine[0] + theirs[0], mine[1] + theirs[1], mine[2] + theirs[2]
 
 
 def _metadata_of(stats: FeatureStats) -> dict[str, str]:

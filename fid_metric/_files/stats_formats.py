@@ -4,7 +4,11 @@ Read (through :class:`fid_metric._files.npz.NpzArchive`: only the arrays named h
 checked before its data):
 
 * ours (``.npz``, ``format = "fid_metric._files.stats/1"``): ``n``, ``feature_sum``, ``outer_sum``, ``mu``,
-  ``sigma``, ``feature_dim``, ``extractor``, ``weights_sha256``, ``compat``, ``fid_metric_version``;
+  ``sigma``, ``feature_dim``, ``extractor``, ``weights_sha256``, ``compat``, ``fid_metric_version``; with
+  groups (``fid-metric stats --groups G``) also ``group_n`` ``(G,)``, ``group_feature_sum`` ``(G, d)`` and
+  ``group_outer_sum_triu`` ``(G, d (d + 1) / 2)``, each group's outer-product sum as its upper triangle
+  (row by row, diagonal included: the fewest float64 numbers that hold it exactly; 16.8 MB a group at
+  d = 2048);
 * pytorch-fid ``--save-stats`` and clean-fid reference files: ``mu``, ``sigma``;
 * ADM (guided-diffusion evaluator) reference batches: ``mu``, ``sigma`` and the sFID statistics
   ``mu_s``, ``sigma_s`` (their ``arr_0`` of images is never read);
@@ -37,10 +41,13 @@ FORMAT = "fid_metric._files.stats/1"
 METADATA_KEYS = ("extractor", "weights_sha256", "compat", "arithmetic")
 _SUMS = ("n", "feature_sum", "outer_sum")
 _ADM_SFID = ("mu_s", "sigma_s")
-_KEYS = ("mu", "sigma", *_SUMS, *_ADM_SFID, *METADATA_KEYS)  # all that read_stats_file reads
+_GROUPS = ("group_n", "group_feature_sum", "group_outer_sum_triu")
+_KEYS = ("mu", "sigma", *_SUMS, *_ADM_SFID, *METADATA_KEYS, *_GROUPS)  # all that read_stats_file reads
 # Files with more features are refused before anything is read: the covariance alone would take 2 GiB, the
 # sums' outer product as much again. Inception has 2048, DINOv2 ViT-L 1024, ADM's sFID statistics 2023.
 MAX_FEATURE_DIM = 16384
+# A jackknife needs a few groups (10 to 20 is usual); 100 groups of 2048-d sums take 3.4 GB once unpacked.
+MAX_GROUPS = 100
 _MAX_METADATA_CHARS = 1024
 
 
@@ -57,6 +64,7 @@ class StatsFields(TypedDict):
     compat: str
     arithmetic: str
     extra: dict[str, Tensor]
+    groups: tuple[Tensor, Tensor, Tensor] | None
 
 
 def write_stats_file(
@@ -66,9 +74,11 @@ def write_stats_file(
     metadata: dict[str, str],
     extra: dict[str, Tensor],
     sums: tuple[int, Tensor, Tensor] | None,
+    groups: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> None:
     """Write our ``.npz`` atomically: the ``(d,)`` mean and ``(d, d)`` covariance, float64 on the CPU, the
-    ``METADATA_KEYS`` strings, ``extra`` arrays under their names and, if given, the sums ``(n, (d,), (d, d))``.
+    ``METADATA_KEYS`` strings, ``extra`` arrays under their names, if given the sums ``(n, (d,), (d, d))`` and
+    the group sums ``((G,), (G, d), (G, d, d))`` (their outer-product sums as upper triangles).
 
     Raises:
         ValueError: ``path`` cannot be written (:func:`fid_metric._files.atomic_file.check_writable` says why).
@@ -85,6 +95,14 @@ def write_stats_file(
     if sums is not None:
         n, feature_sum, outer_sum = sums
         arrays.update(n=np.array(n), feature_sum=feature_sum.numpy(), outer_sum=outer_sum.numpy())
+    if groups is not None:
+        counts, group_sums, group_outers = groups
+        rows, cols = torch.triu_indices(mean.shape[0], mean.shape[0])
+        arrays.update(
+            group_n=counts.numpy(),
+            group_feature_sum=group_sums.numpy(),
+            group_outer_sum_triu=group_outers[:, rows, cols].numpy(),
+        )
     atomic_write(path, lambda file: np.savez(file, **arrays))  # type: ignore[arg-type]  # numpy's stub
 
 
@@ -150,6 +168,24 @@ def _check_headers(path: Path, headers: dict[str, ArrayHeader], keys: frozenset[
         raise ValueError(
             f"{path}: sums of shapes {headers['feature_sum'].shape}, {headers['outer_sum'].shape} do not match d={d}."
         )
+    _check_group_headers(path, headers, d, bool(present))
+
+
+def _check_group_headers(path: Path, headers: dict[str, ArrayHeader], d: int, has_sums: bool) -> None:
+    """Raise ``ValueError`` unless the group arrays are all absent, or all present beside the sums with the shapes
+    ``(G,)`` (integers), ``(G, d)`` and ``(G, d (d + 1) / 2)``, 2 <= G <= :data:`MAX_GROUPS`."""
+    present = [key for key in _GROUPS if key in headers]
+    if not present:
+        return
+    g = headers["group_n"].shape[0] if "group_n" in headers and len(headers["group_n"].shape) == 1 else 0
+    expected = {"group_n": (g,), "group_feature_sum": (g, d), "group_outer_sum_triu": (g, d * (d + 1) // 2)}
+    shapes = {key: headers[key].shape if key in headers else None for key in _GROUPS}
+    if not has_sums or shapes != expected or not 2 <= g <= MAX_GROUPS or headers["group_n"].dtype.kind not in "iu":
+        raise ValueError(
+            f"{path}: group sums must come with the sums, as integer group_n (G,), group_feature_sum (G, {d}) and "
+            f"group_outer_sum_triu (G, {d * (d + 1) // 2}) with 2 <= G <= {MAX_GROUPS}; got {shapes}"
+            f"{'' if has_sums else ' without n, feature_sum and outer_sum'}."
+        )
 
 
 def _check_mean_and_covariance(path: Path, shapes: dict[str, tuple[int, ...]], mean: str, cov: str, d: str) -> int:
@@ -194,6 +230,13 @@ def _fields_of(path: Path, arrays: dict[str, np.ndarray]) -> StatsFields:
         feature_sum, outer_sum = tensors["feature_sum"], (tensors["outer_sum"] + tensors["outer_sum"].T) / 2
         _check_sums(path, n, feature_sum, outer_sum, mean, covariance)
     extra = {key: tensors[key] for key in _ADM_SFID if key in tensors}
+    groups = None
+    if "group_n" in arrays:
+        groups = _unpacked_groups(arrays["group_n"], tensors["group_feature_sum"], tensors["group_outer_sum_triu"])
+        try:
+            check_group_sums(groups, n, feature_sum, outer_sum)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def metadata(key: str) -> str:
         return str(arrays[key][()]) if key in arrays else ""
@@ -209,7 +252,44 @@ def _fields_of(path: Path, arrays: dict[str, np.ndarray]) -> StatsFields:
         compat=metadata("compat"),
         arithmetic=metadata("arithmetic"),
         extra=extra,
+        groups=groups,
     )
+
+
+def _unpacked_groups(counts: np.ndarray, sums: Tensor, triangles: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(counts (G,) int64, sums (G, d), outer sums (G, d, d))`` from the file's arrays (upper triangles)."""
+    g, d = sums.shape
+    rows, cols = torch.triu_indices(d, d)
+    outers = torch.empty(g, d, d, dtype=torch.float64)
+    outers[:, rows, cols] = triangles
+    outers[:, cols, rows] = triangles
+    return torch.from_numpy(np.asarray(counts, dtype=np.int64)), sums, outers
+
+
+def check_group_sums(
+    groups: tuple[Tensor, Tensor, Tensor], n: int | None, feature_sum: Tensor | None, outer_sum: Tensor | None
+) -> None:
+    """Raise ``ValueError`` unless ``groups`` (counts ``(G,)``, sums ``(G, d)``, outer sums ``(G, d, d)``) are
+    G >= 2 groups of the samples that ``n``, ``feature_sum`` and ``outer_sum`` sum: counts >= 0 adding up to n,
+    sums adding up to the sums within round-off (1e-9 of ``sqrt(n max_j outer_jj)``, which bounds the sum of
+    any feature's magnitudes, and of ``max_j outer_jj``)."""
+    if n is None or feature_sum is None or outer_sum is None:
+        raise ValueError("group sums need the sums of all samples beside them (n, feature_sum, outer_sum).")
+    counts, sums, outers = groups
+    d = feature_sum.shape[0]
+    g = counts.shape[0] if counts.ndim == 1 else 0
+    if g < 2 or sums.shape != (g, d) or outers.shape != (g, d, d) or counts.is_floating_point():
+        raise ValueError(
+            f"group sums must be integer counts (G,), sums (G, {d}) and outer sums (G, {d}, {d}) with G >= 2, got "
+            f"{counts.dtype} {tuple(counts.shape)}, {tuple(sums.shape)} and {tuple(outers.shape)}."
+        )
+    if bool((counts < 0).any()) or int(counts.sum()) != n:
+        raise ValueError(f"group counts {counts.tolist()} must be >= 0 and add up to n = {n}.")
+    scale = float(outer_sum.diagonal().max())
+    if float((sums.sum(0) - feature_sum).abs().max()) > 1e-9 * (n * scale) ** 0.5:
+        raise ValueError("the group feature sums do not add up to feature_sum; the statistics are inconsistent.")
+    if float((outers.sum(0) - outer_sum).abs().max()) > 1e-9 * scale:
+        raise ValueError("the group outer-product sums do not add up to outer_sum; the statistics are inconsistent.")
 
 
 def _count(path: Path, array: np.ndarray) -> int:

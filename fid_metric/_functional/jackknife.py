@@ -11,7 +11,9 @@ Numerical Recipes' ``betacf``), so the package needs no scipy; tests/test_jackkn
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 
@@ -20,6 +22,18 @@ def jackknife_stderr(values: Tensor) -> Tensor:
     values of a statistic, G >= 2."""
     g, values = values.numel(), values.double()
     return ((g - 1) / g * (values - values.mean()).square().sum()).sqrt()
+
+
+def group_deleted(
+    counts: Tensor, sums: Tensor, outers: Tensor, statistic: Callable[[Tensor, Tensor, Tensor], Tensor]
+) -> Tensor:
+    """The ``(G,)`` values ``statistic(count, feature sum, outer-product sum)`` of the union of all groups but g,
+    from each group's ``counts`` ``(G,)``, feature ``sums`` ``(G, d)`` and ``outers`` ``(G, d, d)``: the sums of
+    all groups less group g's."""
+    n, total_sum, total_outer = counts.sum(), sums.sum(0), outers.sum(0)
+    return torch.stack(
+        [statistic(n - counts[g], total_sum - sums[g], total_outer - outers[g]) for g in range(len(counts))]
+    )
 
 
 def welch_df(stderr_a: float, stderr_b: float, df_a: float, df_b: float) -> float:

@@ -18,7 +18,7 @@ from fid_metric._functional.distance import CovarianceFactor, frechet_distance
 from fid_metric._metrics.base import FeatureSumsMetric
 from fid_metric._metrics.reference import FixedReference
 from fid_metric._states.accumulator import SIDE_NAMES
-from fid_metric._states.gaussian_sums import GaussianSums
+from fid_metric._states.gaussian_sums import GaussianSums, GroupSums
 from fid_metric._warnings import warn_caller
 
 
@@ -160,15 +160,19 @@ class FrechetMetric(FeatureSumsMetric):
 
     def statistics(self, real: bool) -> FeatureStats:
         """The accumulated real or generated statistics, over all processes under DDP, as ``FeatureStats``; the
-        other Gaussian accumulators' mean and covariance ride along in ``extra`` (sFID's ``mu_s``, ``sigma_s``).
+        other Gaussian accumulators' mean and covariance ride along in ``extra`` (sFID's ``mu_s``, ``sigma_s``),
+        and the generated side's ``fid_groups`` sums in ``groups`` (for ``fid_metric.compare`` on files).
 
         Under DDP this is a collective call: every process must make it.
         """
         side = "real" if real else "fake"
         with self.sync_context(dist_sync_fn=self.dist_sync_fn, should_sync=self.sync_on_compute):
             n, feature_sum, outer_sum = self._fid_sums.sums(self, side)
-            metadata = self._extractor.metadata()
-            stats = FeatureStats.from_sums(n, feature_sum, outer_sum, **metadata, arithmetic=self.arithmetic)
+            metadata = {**self._extractor.metadata(), "arithmetic": self.arithmetic}
+            groups = [a.sums(self) for a in self._accumulators if isinstance(a, GroupSums) and a.of(self._fid_sums)]
+            stats = FeatureStats.from_sums(
+                n, feature_sum, outer_sum, **metadata, groups=None if real or not groups else groups[0]
+            )
             for accumulator in self._accumulators:
                 if isinstance(accumulator, GaussianSums) and accumulator.extra_names:
                     mean, covariance = accumulator.mean_and_covariance(self, side)

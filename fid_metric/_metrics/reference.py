@@ -31,7 +31,9 @@ class FixedReference:
             for f in dataclasses.fields(stats)
             if isinstance(getattr(stats, f.name), Tensor)
         }
-        self.stats = dataclasses.replace(stats, **tensors, extra={k: v.clone() for k, v in stats.extra.items()})
+        extra = {k: v.clone() for k, v in stats.extra.items()}
+        # groups serve comparisons of generated samples (fid_metric.compare), not a reference: not kept
+        self.stats = dataclasses.replace(stats, **tensors, extra=extra, groups=None)
         digest = hashlib.sha256()
         for tensor in (self.stats.mean, self.stats.covariance):
             digest.update(tensor.detach().to("cpu", torch.float64).contiguous().numpy().tobytes())

@@ -20,7 +20,7 @@ from torchmetrics import Metric
 
 from fid_metric._functional.covariance import mean_and_covariance
 from fid_metric._functional.distance import CovarianceFactor, sqrt_factor
-from fid_metric._functional.jackknife import jackknife_stderr
+from fid_metric._functional.jackknife import group_deleted, jackknife_stderr
 from fid_metric._states.accumulator import SIDES, Accumulator, State, add_outer_products, as_float64, index_on, state
 
 _F64 = torch.float64
@@ -110,6 +110,14 @@ class GroupSums(Accumulator):
             add_outer_products(self._state(metric, "sum")[g], self._state(metric, "cov_sum")[g], rows)
             self._state(metric, "num_samples")[g].add_(rows.shape[0])
 
+    def of(self, sums: GaussianSums) -> bool:
+        """Whether these are the groups of the features that ``sums`` accumulate."""
+        return self.output == sums.output
+
+    def sums(self, metric: Metric) -> tuple[Tensor, Tensor, Tensor]:
+        """``(counts (G,) int64, feature sums (G, d), outer-product sums (G, d, d))``, float64: the states."""
+        return self._state(metric, "num_samples"), self._state(metric, "sum"), self._state(metric, "cov_sum")
+
     def _counts(self, metric: Metric) -> Tensor:
         """``(G,)`` float64 image counts; at least 2 per group, or a ``RuntimeError``."""
         n = self._state(metric, "num_samples").to(torch.float64)
@@ -124,14 +132,7 @@ class GroupSums(Accumulator):
         Raises:
             RuntimeError: a group has fewer than 2 images.
         """
-        n, group_sums, group_outers = self._counts(metric), self._state(metric, "sum"), self._state(metric, "cov_sum")
-        total_n, total_sum, total_outer = n.sum(), group_sums.sum(0), group_outers.sum(0)
-        return torch.stack(
-            [
-                fid_of(total_n - n[k], total_sum - group_sums[k], total_outer - group_outers[k])
-                for k in range(self.groups)
-            ]
-        )
+        return group_deleted(self._counts(metric), self._state(metric, "sum"), self._state(metric, "cov_sum"), fid_of)
 
     def extrapolate(
         self, metric: Metric, fid_of: Callable[[Tensor, Tensor, Tensor], Tensor], fid_all: Tensor
