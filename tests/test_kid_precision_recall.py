@@ -11,7 +11,7 @@ from torch_fidelity.metric_prc import calculate_precision_recall_full
 from torchmetrics.image.kid import poly_mmd
 
 from fid_metric import InceptionMetrics
-from fid_metric._functional import kid, precision_recall
+from fid_metric._functional import pairwise
 from fid_metric._functional.kid import kernel_inception_distance
 from fid_metric._functional.precision_recall import precision_recall as prc
 
@@ -38,10 +38,30 @@ def test_precision_recall_equals_torch_fidelity(sets, monkeypatch) -> None:
     expected = calculate_precision_recall_full(fake, real, neighborhood=3)
     assert 0.05 < expected[0] < 0.95 and 0.05 < expected[1] < 0.95, expected  # the test can tell them apart
     assert counts(prc(real, fake)) == counts(expected)
-    monkeypatch.setattr(precision_recall, "_BLOCK_ELEMENTS", 1000)  # 3-4 rows per block
+    monkeypatch.setattr(pairwise, "_BLOCK_ELEMENTS", 1000)  # 3-4 rows per block
     assert counts(prc(real, fake)) == counts(expected)
     for k in (1, 5):
         assert counts(prc(real, fake, k=k)) == counts(calculate_precision_recall_full(fake, real, neighborhood=k))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_points_on_a_boundary_are_inside_as_torch_fidelitys(k) -> None:
+    """Integer features (float64: torch-fidelity's cdist is then exact, and so is its ordering of the square roots)
+    put many points exactly on a ball's boundary: the counts equal torch-fidelity's, which counts them inside (the
+    guard: with a strict comparison precision and recall would differ)."""
+    g = torch.Generator().manual_seed(k)
+    real = torch.randint(0, 3, (120, 6), generator=g).double()
+    fake = torch.randint(0, 3, (100, 6), generator=g).double() + (torch.rand(100, 1, generator=g) < 0.3)
+    expected = calculate_precision_recall_full(fake, real, neighborhood=k)
+    precision, recall = prc(real, fake, k=k)
+    assert (round(float(precision) * 100), round(float(recall) * 120)) == (
+        round(expected[0] * 100),
+        round(expected[1] * 120),
+    )
+    distances = ((real[:, None] - fake[None]) ** 2).sum(-1)
+    radii = ((real[:, None] - real[None]) ** 2).sum(-1).sort(dim=1).values[:, k]
+    strict = (distances < radii[:, None]).any(0).double().mean()
+    assert float(strict) < float(precision), (strict, precision)
 
 
 def test_kid_subsets_equal_torch_fidelity_on_the_same_indices(sets) -> None:
@@ -104,7 +124,7 @@ def test_kid_over_all_pairs(sets, monkeypatch) -> None:
     expected -= 2 * kxy.sum() / (m * n)
     whole = float(kernel_inception_distance(real, fake, subset_size=None)[0])
     assert abs(whole - expected) <= 1e-10 * abs(expected)
-    monkeypatch.setattr(kid, "_BLOCK_ELEMENTS", 1000)
+    monkeypatch.setattr(pairwise, "_BLOCK_ELEMENTS", 1000)
     assert abs(float(kernel_inception_distance(real, fake, subset_size=None)[0]) - expected) <= 1e-10 * abs(expected)
 
 

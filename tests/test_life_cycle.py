@@ -137,8 +137,8 @@ def test_float64_features_are_kept_in_float64(kind: str) -> None:
     kid, _ = kernel_inception_distance(table[:40], table[40:], subset_size=None)
     assert (float(values["precision"]), float(values["recall"])) == (float(p), float(r))
     assert float(values["kid"]) == float(kid) and np.isfinite(float(kid))
-    p32, _ = precision_recall(table[:40].float(), table[40:].float())
-    if kind == "fine":
+    if kind == "fine":  # (float32 copies of the huge table overflow, which precision_recall refuses)
+        p32, _ = precision_recall(table[:40].float(), table[40:].float())
         assert float(p32) != float(p)  # float32 would have given another precision: the case is sharp
 
 

@@ -10,9 +10,10 @@ default, as torch-fidelity's ``kid_features_to_metric`` and torchmetrics' ``Kern
   is its ``features_1`` (its ``input1``, the generated images); or they are passed in (``subset_indices``);
 * over all pairs (``subset_size=None``): the unbiased estimate on the full sets, deterministic,
   ``sum_{i != j} k(x_i, x_j) / (m (m - 1)) + sum_{i != j} k(y_i, y_j) / (n (n - 1)) - 2 sum k(x_i, y_j) / (m n)``,
-  the kernel sums taken block by block, so no ``m x n`` matrix is held (``block`` rows at a time).
+  the kernel sums taken block by block (``fid_metric._functional.pairwise.kernel_sum``: at most 2^24 kernel
+  values, 128 MiB of float64, at a time), so no ``m x n`` matrix is held.
 
-Features are used in float64.
+Features and kernel values are float64: a sum has no decision a float32 pass could leave exact.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-_BLOCK_ELEMENTS = 1 << 24  # kernel entries per block: 128 MiB of float64
+from fid_metric._functional.pairwise import kernel_sum
 
 
 def kernel_inception_distance(
@@ -89,20 +90,11 @@ def kernel_inception_distance(
 
 
 def _unbiased_mmd2(x: Tensor, y: Tensor, degree: int, gamma: float, coef: float) -> Tensor:
+    def kernel(gram: Tensor) -> Tensor:
+        return (gram * gamma + coef) ** degree
+
     m, n = len(x), len(y)
-    xx = _kernel_sum(x, x, degree, gamma, coef, drop_diagonal=True)
-    yy = _kernel_sum(y, y, degree, gamma, coef, drop_diagonal=True)
-    xy = _kernel_sum(x, y, degree, gamma, coef, drop_diagonal=False)
+    xx = kernel_sum(x, x, kernel, drop_diagonal=True)
+    yy = kernel_sum(y, y, kernel, drop_diagonal=True)
+    xy = kernel_sum(x, y, kernel)
     return xx / (m * (m - 1)) + yy / (n * (n - 1)) - 2 * xy / (m * n)
-
-
-def _kernel_sum(a: Tensor, b: Tensor, degree: int, gamma: float, coef: float, drop_diagonal: bool) -> Tensor:
-    """``sum_{i, j} k(a_i, b_j)``, without ``i == j`` if ``drop_diagonal`` (``a is b``), ``rows`` rows at a time."""
-    rows = max(1, _BLOCK_ELEMENTS // len(b))
-    total = torch.zeros((), dtype=torch.float64, device=a.device)
-    for start in range(0, len(a), rows):
-        block = (a[start : start + rows] @ b.T * gamma + coef) ** degree
-        total += block.sum()
-        if drop_diagonal:
-            total -= block.diagonal(offset=start).sum()
-    return total

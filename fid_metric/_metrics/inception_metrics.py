@@ -13,9 +13,9 @@ The numbers ADM, DiT and EDM print, as accumulators over the same Inception outp
   Forsyth, "Effectively Unbiased FID and Inception Score and where to find them", CVPR 2020); ``compute()``
   then evaluates 2 G + 1 Fréchet distances.
 
-Precision/Recall and KID (``fid_metric._functional``) need the FID features themselves, so asking for them keeps
-those (``fid_metric._states.kept_features``: list states, float32 for the Inception network's features, gathered
-once per side at ``compute()``).
+Precision/Recall, Density/Coverage and KID (``fid_metric._functional``) need the FID features themselves, so
+asking for them keeps those (``fid_metric._states.kept_features``: list states, float32 for the Inception
+network's features, gathered once per side at ``compute()``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from fid_metric._checks import checked_bool, checked_int
 from fid_metric._features.inception import FEATURE_DIMS
 from fid_metric._functional.covariance import mean_and_covariance
+from fid_metric._functional.density_coverage import density_coverage
 from fid_metric._functional.distance import frechet_distance
 from fid_metric._functional.jackknife import jackknife_stderr
 from fid_metric._functional.kid import kernel_inception_distance
@@ -48,9 +49,10 @@ class InceptionMetrics(FrechetMetric):
     ``compute()`` returns a dict of 0-d float64 tensors for ``self.log_dict``: ``fid``;
     ``sfid`` if ``sfid``; ``inception_score`` and ``inception_score_std`` if ``inception_score``;
     ``fid_infinity`` and ``fid_stderr`` if ``fid_groups``; ``precision`` and ``recall`` if ``precision_recall``;
-    ``kid`` and ``kid_std`` if ``kid``; with ``fid_groups``, also ``sfid_stderr``, ``precision_stderr``,
-    ``recall_stderr`` and ``kid_stderr`` (delete-a-group jackknife over the generated images' groups, as
-    ``fid_stderr``: the noise of the generated sample, with the real side fixed). The FID is the one
+    ``density`` and ``coverage`` if ``density_coverage``; ``kid`` and ``kid_std`` if ``kid``; with ``fid_groups``,
+    also ``sfid_stderr`` and ``precision_stderr``, ``recall_stderr``, ``density_stderr``, ``coverage_stderr``,
+    ``kid_stderr`` for those asked (delete-a-group jackknife over the generated images' groups, as ``fid_stderr``:
+    the noise of the generated sample, with the real side fixed). The FID is the one
     ``FrechetInceptionDistance``
     computes from the same arguments and images. After ``compute()``, ``fid_by_size`` holds the
     ``(sample sizes, FID)`` pairs behind ``fid_infinity``.
@@ -71,17 +73,19 @@ class InceptionMetrics(FrechetMetric):
             features with ``sfid``.
         precision_recall: also compute improved Precision and Recall (Kynkäänniemi et al. 2019) on the FID
             features, with ``prc_neighborhood`` = k nearest neighbours (3, as guided-diffusion and torch-fidelity).
+        density_coverage: also compute Density and Coverage (Naeem et al. 2020) on the FID features, with
+            ``dc_neighborhood`` = k nearest neighbours (5, as prdc).
         kid: also compute KID (cubic polynomial kernel) on the FID features: the mean and population std of the
             unbiased MMD^2 over ``kid_subsets`` random subsets of ``kid_subset_size`` images per side, drawn from
             the sample positions as torch-fidelity draws them (numpy's ``RandomState(kid_seed)``, generated side
             first), so the defaults (100 subsets of 1000, seed 2020) give torch-fidelity's KID, and 1 and W
             processes use the same subsets; ``kid_subset_size=None``: the unbiased estimate over all pairs,
             ``kid_std`` 0.
-        features_on_cpu: keep the features that precision/recall and KID need in host memory rather than on the
-            metric's device (``N * d * 4`` bytes per side: 410 MB for 50,000 x 2048).
+        features_on_cpu: keep the features that precision/recall, density/coverage and KID need in host memory
+            rather than on the metric's device (``N * d * 4`` bytes per side: 410 MB for 50,000 x 2048).
         feature: as for ``FrechetInceptionDistance``, but an Inception layer unless ``sfid`` and
-            ``inception_score`` are off (they need the Inception network; FID, FID-infinity, precision/recall
-            and KID work on any features, e.g. ``DINOv2Features``).
+            ``inception_score`` are off (they need the Inception network; FID, FID-infinity, precision/recall,
+            density/coverage and KID work on any features, e.g. ``DINOv2Features``).
         kwargs: every other argument of ``FrechetInceptionDistance``. With ``real_stats`` and ``sfid``, the file
             must hold ADM's ``mu_s`` and ``sigma_s``.
 
@@ -100,6 +104,8 @@ class InceptionMetrics(FrechetMetric):
         feature: int | nn.Module = 2048,
         precision_recall: bool = False,
         prc_neighborhood: int = 3,
+        density_coverage: bool = False,
+        dc_neighborhood: int = 5,
         kid: bool = False,
         kid_subsets: int = 100,
         kid_subset_size: int | None = 1000,
@@ -121,16 +127,19 @@ class InceptionMetrics(FrechetMetric):
         self.fid_groups = fid_groups
         self.precision_recall = checked_bool("precision_recall", precision_recall)
         self.prc_neighborhood = cast(int, checked_int("prc_neighborhood", prc_neighborhood, 1))
+        self.density_coverage = checked_bool("density_coverage", density_coverage)
+        self.dc_neighborhood = cast(int, checked_int("dc_neighborhood", dc_neighborhood, 1))
         self.kid, self.kid_subsets = checked_bool("kid", kid), cast(int, checked_int("kid_subsets", kid_subsets, 1))
         self.kid_subset_size = checked_int(
             "kid_subset_size", kid_subset_size, 2, none=True, what="an int >= 2 or None (all pairs)"
         )
         self.kid_seed = cast(int, checked_int("kid_seed", kid_seed, 0))
         super().__init__(feature=feature, **kwargs)
-        if (precision_recall or kid) and self._reference is not None:
+        kept = precision_recall or density_coverage or kid
+        if kept and self._reference is not None:
             raise ValueError(
-                "precision_recall and kid need the real images' features; `real_stats` holds only their mean and "
-                "covariance. Feed the real images (update(imgs, real=True)) instead."
+                "precision_recall, density_coverage and kid need the real images' features; `real_stats` holds only "
+                "their mean and covariance. Feed the real images (update(imgs, real=True)) instead."
             )
         if sfid and self._reference is not None and not {"mu_s", "sigma_s"} <= set(self._reference.stats.extra):
             raise ValueError("sfid=True with `real_stats` needs a file holding 'mu_s' and 'sigma_s' (ADM's format).")
@@ -139,7 +148,6 @@ class InceptionMetrics(FrechetMetric):
         self._groups = GroupSums(fid_groups, self.num_features, output) if fid_groups else None
         spatial = GroupSums(fid_groups, _SFID.dim, _SFID.output, name="spatial_group") if fid_groups and sfid else None
         self._sfid_groups = spatial
-        kept = precision_recall or kid
         on_cpu = checked_bool("features_on_cpu", features_on_cpu)
         self._kept = KeptFeatures(output, self.num_features, on_cpu=on_cpu) if kept else None
         accumulators = (_SFID if sfid else None, self._scores, self._groups, self._sfid_groups, self._kept)
@@ -166,6 +174,8 @@ class InceptionMetrics(FrechetMetric):
             "fid_groups": self.fid_groups,
             "precision_recall": self.precision_recall,
             "prc_neighborhood": self.prc_neighborhood,
+            "density_coverage": self.density_coverage,
+            "dc_neighborhood": self.dc_neighborhood,
             "kid": self.kid,
             "kid_subsets": self.kid_subsets,
             "kid_subset_size": self.kid_subset_size,
@@ -195,8 +205,8 @@ class InceptionMetrics(FrechetMetric):
         return results
 
     def _from_kept_features(self, kept: KeptFeatures) -> dict[str, Tensor]:
-        """Precision, recall and KID as asked; with ``fid_groups``, each one's delete-a-group jackknife standard
-        error over the generated images' groups (``precision_stderr``, ``recall_stderr``, ``kid_stderr``)."""
+        """Precision, recall, density, coverage and KID as asked; with ``fid_groups``, each one's delete-a-group
+        jackknife standard error over the generated images' groups (``precision_stderr``, ..., ``kid_stderr``)."""
         real, fake = kept.features(self, "real"), kept.features(self, "fake")
         results = self._kept_numbers(real, fake)
         if self._groups is not None:  # fake's rows are in the sampler's order: row j is in group j % G
@@ -210,6 +220,8 @@ class InceptionMetrics(FrechetMetric):
         results = {}
         if self.precision_recall:
             results["precision"], results["recall"] = precision_recall(real, fake, k=self.prc_neighborhood)
+        if self.density_coverage:
+            results["density"], results["coverage"] = density_coverage(real, fake, k=self.dc_neighborhood)
         if self.kid:
             results["kid"], results["kid_std"] = kernel_inception_distance(  # generated first, as torch-fidelity
                 fake, real, subsets=self.kid_subsets, subset_size=self.kid_subset_size, seed=self.kid_seed
