@@ -7,6 +7,7 @@ the PYTHONPATH that ``run_python`` sets. Fixtures live in conftest.py.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib.util
 import json
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -329,3 +330,46 @@ def _serve_rank(rank: int, world_size: int, init_file: str, tasks: Any, results:
                 results.put((rank, False, traceback.format_exc()))
     finally:
         torch.distributed.destroy_process_group()
+
+
+def sampler_shard(n: int, world: int, rank: int) -> Tensor:
+    """The positions a ``DistributedSampler`` (no shuffling) deals ``rank`` of ``world`` over ``n`` samples: every
+    ``world``-th, the last round padded with the first samples again."""
+    order = [i % n for i in range(-(-n // world) * world)]
+    return torch.tensor(order[rank::world])
+
+
+@contextlib.contextmanager
+def recorded_collectives(names: Iterable[str]) -> Iterator[list[str]]:
+    """Within the block, each call of the ``torch.distributed`` functions ``names`` is made and its name appended to
+    the yielded list."""
+    calls: list[str] = []
+    originals = {name: getattr(torch.distributed, name) for name in names}
+
+    def recording(name: str) -> Callable[..., Any]:
+        def collective(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return originals[name](*args, **kwargs)
+
+        return collective
+
+    for name in originals:
+        setattr(torch.distributed, name, recording(name))
+    try:
+        yield calls
+    finally:
+        for name, original in originals.items():
+            setattr(torch.distributed, name, original)
+
+
+def random_open_clip(name: str, folder: Path) -> tuple[Path, nn.Module]:
+    """A random-init open_clip model ``name`` (seed 0), in eval mode, and its state dict saved in ``folder`` as
+    open_clip publishes it (``open_clip_model.safetensors``)."""
+    import open_clip
+    from safetensors import torch as safetensors_torch
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None).eval()
+    path = folder / "open_clip_model.safetensors"
+    safetensors_torch.save_file(model.state_dict(), str(path))
+    return path, model

@@ -60,7 +60,7 @@ class WeightsSpec:
 
     Attributes:
         what: the file in messages, e.g. ``"FID Inception weights"``.
-        url: where the official file is published; its file name (``name``) is the one torch hub caches it as.
+        url: where the official file is published; its file name is the one torch hub caches it as (``name``).
         sha256: the official file's full hex SHA-256, or None where none is published (see the module
             docstring for what each case verifies).
         size: the official file's size in bytes, or None; known with ``sha256``.
@@ -68,6 +68,8 @@ class WeightsSpec:
         argument: that keyword argument, e.g. ``"feature_extractor_weights_path"``.
         env_path: the environment variable naming a local file.
         env_url: the environment variable naming a mirror's URL.
+        cache_name: the file's name in torch hub's checkpoint folder where the URL's does not tell it apart
+            (Hugging Face names every open_clip file ``open_clip_model.safetensors``); "" for the URL's.
     """
 
     what: str
@@ -78,11 +80,13 @@ class WeightsSpec:
     argument: str
     env_path: str
     env_url: str
+    cache_name: str = ""
 
     @property
     def name(self) -> str:
-        """The file name in ``url``, e.g. ``pt_inception-2015-12-05-6726825d.pth``."""
-        return url_name(self.url)
+        """The file's name in the cache: ``cache_name``, else the one in ``url``, e.g.
+        ``pt_inception-2015-12-05-6726825d.pth``."""
+        return self.cache_name or url_name(self.url)
 
 
 # pytorch-fid's release file. Its name carries only 8 hex digits; the full digest is the one recorded next to this
