@@ -17,7 +17,7 @@ import torch
 from helpers import PythonProcess, launcher_variables, run_python, smooth_images
 from PIL import Image
 
-from fid_metric import InceptionMetrics, compare
+from fid_metric import FeatureStats, InceptionMetrics, compare
 from fid_metric._cli.main import main
 
 pytestmark = pytest.mark.filterwarnings("ignore:FID from")
@@ -243,3 +243,96 @@ def test_compare_prints_what_fid_metric_compare_gives(images, inputs, inception_
     assert (printed["n_ref"], printed["n_a"], printed["n_b"]) == (N_A, N_B, N_A)
     code, out, err = _run(capsys, *argv)
     assert code == 0 and out.startswith("FID(A) - FID(B) = ") and "paired" in out, err
+
+
+class _StubCLIP(torch.nn.Module):
+    """Stands in for ``CLIPFeatures`` where the command's wiring is tested (the networks themselves, and their
+    preprocessing against clean-fid's and CMMD's: tests/test_clip.py, tests/test_cmmd.py): 8 features, a fixed
+    random projection of 4 x 4 average-pooled pixels."""
+
+    num_features = 8
+
+    def __init__(self, model: str, weights_path: Path | None = None) -> None:
+        super().__init__()
+        self.extractor_id = f"stub-{model}/8"
+        g = torch.Generator().manual_seed(len(model))
+        self.register_buffer("projection", torch.randn(3 * 4 * 4, 8, generator=g))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.adaptive_avg_pool2d(x.float() / 255, 4).flatten(1) @ self.projection
+
+
+@pytest.fixture
+def stub_clip(monkeypatch) -> None:
+    monkeypatch.setattr("fid_metric._cli.feeding.CLIPFeatures", _StubCLIP)
+
+
+def _fed(metric, images, batch: int = 4):
+    for real, imgs in ((True, images[0]), (False, images[1])):
+        for part in imgs.split(batch):
+            metric.update(part, real=real)
+    return metric.compute()
+
+
+def test_cmmd_is_the_metric_on_the_same_images(images, inputs, inception_weights, stub_clip, capsys) -> None:
+    """--metrics fid,cmmd: FID from the Inception network and CMMD from the CLIP network, each the library's number
+    on the same images (one decoding feeds both); --metrics cmmd alone needs no Inception network."""
+    from fid_metric import CMMD, FrechetInceptionDistance
+
+    want_cmmd = float(_fed(CMMD(_StubCLIP("vit-l-14-336")), images))
+    want_fid = float(_fed(FrechetInceptionDistance(64, feature_extractor_weights_path=inception_weights), images))
+    assert want_cmmd > 0, "the test would prove nothing"
+    code, out, err = _run(capsys, *_argv(*inputs, inception_weights, "--metrics", "fid,cmmd", "--json"))
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["cmmd"] == pytest.approx(want_cmmd, rel=1e-9)
+    assert printed["fid"] == pytest.approx(want_fid, rel=1e-9)
+    common = ["--device", "cpu", "--workers", "0", "--no-progress", "--batch-size", "4"]
+    code, out, err = _run(capsys, "score", *map(str, inputs), "--metrics", "cmmd", *common)
+    assert code == 0 and out.startswith("CMMD") and "stub-vit-l-14-336/8" in err, err
+    assert float(out.split()[1]) == pytest.approx(want_cmmd, rel=1e-5)
+
+
+def test_density_coverage_are_inception_metrics_on_the_same_images(images, inputs, inception_weights, capsys) -> None:
+    """--metrics dc --dc-neighborhood 2: InceptionMetrics(density_coverage=True)'s density and coverage, exactly
+    (counts of neighbourhoods), in the table after KID's place and in --json."""
+    metric = InceptionMetrics(
+        feature=64,
+        sfid=False,
+        inception_score=False,
+        density_coverage=True,
+        dc_neighborhood=2,
+        feature_extractor_weights_path=inception_weights,
+    )
+    want = {k: float(v) for k, v in _fed(metric, images).items()}
+    code, out, err = _run(capsys, *_argv(*inputs, inception_weights, "--metrics", "dc", "--dc-neighborhood", "2"))
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line[:16].strip() for line in lines] == ["Density", "Coverage"]
+    code, out, err = _run(
+        capsys, *_argv(*inputs, inception_weights, "--metrics", "dc", "--dc-neighborhood", "2", "--json")
+    )
+    printed = json.loads(out)
+    assert (printed["density"], printed["coverage"]) == (want["density"], want["coverage"])
+
+
+def test_fd_on_clip_features_is_the_metric_on_the_same_images(images, inputs, stub_clip, tmp_path, capsys) -> None:
+    """--feature clip: FrechetInceptionDistance(feature=CLIPFeatures()) on the same images, its statistics file
+    recording the CLIP extractor (and no compat mode, which is the Inception network's), usable as A; --compat
+    with it is an error."""
+    from fid_metric import FrechetInceptionDistance
+
+    want = float(_fed(FrechetInceptionDistance(_StubCLIP("vit-b-32")), images))
+    common = ["--feature", "clip", "--device", "cpu", "--workers", "0", "--no-progress", "--batch-size", "4"]
+    code, out, err = _run(capsys, "score", *map(str, inputs), *common, "--json")
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["fid"] == pytest.approx(want, rel=1e-9) and printed["extractor"] == "stub-vit-b-32/8"
+    code, out, err = _run(capsys, "stats", str(inputs[0]), "-o", str(tmp_path / "clip.npz"), *common)
+    assert code == 0, err
+    assert FeatureStats.load(tmp_path / "clip.npz").extractor == "stub-vit-b-32/8"
+    code, out, err = _run(capsys, "score", str(tmp_path / "clip.npz"), str(inputs[1]), *common)
+    assert code == 0 and float(out) == pytest.approx(want, rel=1e-9), err
+    assert "definition: stub-vit-b-32/8" in err
+    code, out, err = _run(capsys, "score", *map(str, inputs), *common, "--compat", "tensorflow")
+    assert code == 2 and "--feature clip has its own" in err

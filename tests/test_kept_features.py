@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ddp_features, feed, relative, smooth_images
+from helpers import ddp_features, feed, recorded_collectives, relative, sampler_shard, smooth_images
 
 from fid_metric import InceptionMetrics
 from fid_metric._functional.kid import kernel_inception_distance
@@ -129,30 +129,13 @@ def test_features_on_cpu_stay_on_the_cpu() -> None:
 def _shard_worker(rank: int, world: int) -> dict:
     """A DistributedSampler's shard (rank::world, the last round padded with the first samples), exactly-once."""
     real, fake = _images()
-    padded = -(-N_REAL // world) * world
-    order = [i % N_REAL for i in range(padded)]
-    mine = torch.tensor(order[rank::world])
+    mine = sampler_shard(N_REAL, world, rank)
     metric = _metric(dataset_size=N_REAL)
     for start in range(0, len(mine), 4):
         metric.update(real[mine[start : start + 4]], real=True)
         metric.update(fake[mine[start : start + 4]], real=False)
-    calls = []
-    originals = {name: getattr(torch.distributed, name) for name in COLLECTIVES}
-
-    def recording(name):
-        def collective(*args, **kwargs):
-            calls.append(name)
-            return originals[name](*args, **kwargs)
-
-        return collective
-
-    for name in COLLECTIVES:
-        setattr(torch.distributed, name, recording(name))
-    try:
+    with recorded_collectives(COLLECTIVES) as calls:
         values: dict = {k: float(v) for k, v in metric.compute().items()}
-    finally:
-        for name, original in originals.items():
-            setattr(torch.distributed, name, original)
     values["collectives"] = calls
     # After compute() the states are this process's own again, the gathered features gone from the local lists.
     values["local_real"] = sum(len(rows) for rows in metric.real_features)

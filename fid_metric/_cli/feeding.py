@@ -9,23 +9,29 @@ import sys
 from pathlib import Path
 from typing import Union
 
+from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fid_metric._cli.inputs import Folder, Images, InputError
-from fid_metric._cli.parser import PROG
+from fid_metric._cli.parser import CLIP_FEATURE, PROG
 from fid_metric._cli.processes import Processes
+from fid_metric._features.clip import CLIPFeatures
 from fid_metric._features.weights import INCEPTION, WeightsUnavailableError, resolve
 from fid_metric._files.image_folder import BadImage, ImageFiles, collate, same_size_batches
 from fid_metric._files.stats import FeatureStats, StatsMismatchError
+from fid_metric._metrics.cmmd import CMMD
 from fid_metric._metrics.fid import FrechetInceptionDistance
 from fid_metric._metrics.inception_metrics import InceptionMetrics
 
 Metric = Union[FrechetInceptionDistance, InceptionMetrics]
 
 
-def weights(args: argparse.Namespace) -> Path:
-    """The Inception weights file: ``--weights``, else the library's chain (which may download it)."""
+def weights(args: argparse.Namespace) -> Path | None:
+    """The Inception weights file: ``--weights``, else the library's chain (which may download it); None for
+    ``--feature clip`` (``CLIPFeatures`` finds its own)."""
+    if args.feature == CLIP_FEATURE:
+        return None
     try:
         return resolve(args.weights)
     except WeightsUnavailableError as err:
@@ -38,27 +44,29 @@ def weights(args: argparse.Namespace) -> Path:
 
 
 def build_metric(
-    args: argparse.Namespace, weights_path: Path, reference: FeatureStats | None, reference_arg: str | None
+    args: argparse.Namespace, weights_path: Path | None, reference: FeatureStats | None, reference_arg: str | None
 ) -> Metric:
-    """The metric for ``args`` (``InceptionMetrics`` when ``--metrics`` asks for more than FID or ``--groups`` for
-    standard errors), with
-    ``reference`` as its fixed real side when given."""
+    """The metric for ``args`` (``InceptionMetrics`` when ``--metrics`` asks for more than FID, CMMD aside, or
+    ``--groups`` for standard errors), with ``reference`` as its fixed real side when given."""
     settings = {
         "feature_extractor_weights_path": weights_path,
         "compat": args.compat,
         "real_stats": reference,
         "process_group": args.processes.group,
     }
-    metrics, groups = args.metrics, getattr(args, "groups", None)
+    metrics, groups = [name for name in args.metrics if name != "cmmd"], getattr(args, "groups", None)
+    feature = _clip_features("vit-b-32", args.weights, "--weights") if args.feature == CLIP_FEATURE else args.feature
     try:
         if metrics == ["fid"] and not groups:
-            metric: Metric = FrechetInceptionDistance(args.feature, **settings)
+            metric: Metric = FrechetInceptionDistance(feature, **settings)
         else:
             metric = InceptionMetrics(
-                feature=args.feature,
+                feature=feature,
                 sfid="sfid" in metrics,
                 inception_score="is" in metrics,
                 precision_recall="prc" in metrics,
+                density_coverage="dc" in metrics,
+                dc_neighborhood=args.dc_neighborhood,
                 kid="kid" in metrics,
                 kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size,
@@ -82,7 +90,37 @@ def build_metric(
     return metric.to(args.device)
 
 
-def feed_sides(metric: Metric, sides: list[tuple[Images, str, bool]], args: argparse.Namespace) -> list[int]:
+def build_cmmd(args: argparse.Namespace) -> CMMD:
+    """CMMD on CMMD's CLIP ViT-L/14@336px embeddings (weights: ``--cmmd-weights``, else the library's chain)."""
+    feature = _clip_features("vit-l-14-336", args.cmmd_weights, "--cmmd-weights")
+    return CMMD(feature, process_group=args.processes.group).to(args.device)
+
+
+def _clip_features(model: str, path: Path | None, option: str) -> CLIPFeatures:
+    """``CLIPFeatures(model, path)``; a missing file names ``option``, a wrong one or a missing open_clip is bad
+    input."""
+    try:
+        return CLIPFeatures(model, path)
+    except WeightsUnavailableError as err:
+        raise WeightsUnavailableError(f"{str(err).rstrip('.')}; or pass {option} PATH") from err
+    except (RuntimeError, ImportError) as err:  # not that network's weights; open_clip missing
+        raise InputError(err) from err
+
+
+class Together:
+    """Metrics fed the same images (e.g. ``InceptionMetrics`` and ``CMMD``): one decoding, each one's update."""
+
+    def __init__(self, *metrics: Metric | CMMD) -> None:
+        self.metrics = metrics
+
+    def update(self, imgs: Tensor, real: bool) -> None:
+        for metric in self.metrics:
+            metric.update(imgs, real=real)
+
+
+def feed_sides(
+    metric: Metric | CMMD | Together, sides: list[tuple[Images, str, bool]], args: argparse.Namespace
+) -> list[int]:
     """Update ``metric`` with this process's share of each ``(images, label, real)`` side; return how many images
     of each were used over all processes. A process that fails stops every process (``Processes.agree``).
 
@@ -105,7 +143,7 @@ def feed_sides(metric: Metric, sides: list[tuple[Images, str, bool]], args: argp
     return totals
 
 
-def _feed_side(metric: Metric, side: Images, label: str, real: bool, args: argparse.Namespace) -> int:
+def _feed_side(metric: Metric | CMMD | Together, side: Images, label: str, real: bool, args: argparse.Namespace) -> int:
     """Update ``metric`` with this process's share of a folder or a sample batch; return how many were used."""
     processes: Processes = args.processes
     if isinstance(side, Folder):
@@ -123,7 +161,9 @@ def _feed_side(metric: Metric, side: Images, label: str, real: bool, args: argpa
     return used
 
 
-def _feed_files(metric: Metric, files: list[Path], label: str, real: bool, args: argparse.Namespace) -> int:
+def _feed_files(
+    metric: Metric | CMMD | Together, files: list[Path], label: str, real: bool, args: argparse.Namespace
+) -> int:
     """Decode ``files`` in DataLoader workers and update ``metric`` with them; return how many were used.
 
     A run of consecutive images of one size is one ``update`` call, so folders of mixed sizes work and a

@@ -16,6 +16,7 @@ from typing import NamedTuple, Union
 from tqdm import tqdm
 
 from fid_metric._cli.parser import PROG
+from fid_metric._features.inception import INCEPTION_ID
 from fid_metric._files.image_folder import IMAGE_EXTENSIONS, BadImage, check_header, list_images
 from fid_metric._files.sample_batch import SampleBatch, holds_images
 from fid_metric._files.stats import FeatureStats
@@ -65,7 +66,7 @@ def open_input(text: str, args: argparse.Namespace, images: bool = False) -> Sid
         stats = FeatureStats.load(text, compat=args.compat if args.compat_stated else None)
     except ValueError as err:
         raise InputError(err) from err
-    if not stats.compat:
+    if not stats.compat and (not stats.extractor or stats.extractor.startswith(INCEPTION_ID)):
         raise InputError(
             f"{text} does not record which definition of FID it holds (pytorch-fid --save-stats files and bare "
             "mu/sigma files do not): say it with --compat, e.g. --compat pytorch-fid for a pytorch-fid file"

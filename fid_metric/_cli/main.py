@@ -57,6 +57,8 @@ def _run(args: argparse.Namespace) -> int:
     args.compat_stated = args.compat is not None  # a statement about unrecorded statistics files too
     args.compat = args.compat or "tensorflow"
     try:
+        if args.compat_stated and args.feature == "clip":
+            raise InputError("--compat sets the Inception network's preprocessing; --feature clip has its own")
         try:
             args.processes = join_process_group(args.device, args.join_timeout)
         except ValueError as err:  # an incomplete launcher environment

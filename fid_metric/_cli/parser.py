@@ -25,14 +25,18 @@ TABLE_ROWS = [
     ("prc", "Precision", "precision"),
     ("prc", "Recall", "recall"),
     ("kid", "KID", "kid"),
+    ("dc", "Density", "density"),
+    ("dc", "Coverage", "coverage"),
+    ("cmmd", "CMMD", "cmmd"),
 ]
-METRICS = tuple(dict.fromkeys(name for name, _, _ in TABLE_ROWS))  # --metrics names: fid, sfid, is, prc, kid
+METRICS = tuple(dict.fromkeys(name for name, _, _ in TABLE_ROWS))  # --metrics names: fid, sfid, is, prc, kid, dc, cmmd
 # 65,536 images of 3 x 299 x 299 float32 are 70 GB of network input: a larger batch is a typo.
 MAX_BATCH_SIZE = 65536
 JOIN_TIMEOUT = 60.0  # seconds every process waits for the others to join (--join-timeout)
 
 # Torch-free copies, for the help and the choices.
 POOL_FEATURES = (64, 192, 768, 2048)  # fid_metric._features.inception.POOL_FEATURES
+CLIP_FEATURE = "clip"  # --feature clip: CLIPFeatures("vit-b-32"), clean-fid's model_name="clip_vit_b_32"
 COMPAT_MODES = ("tensorflow", "pytorch-fid", "torchmetrics", "clean-fid")  # fid_metric._features.preprocess
 IMAGE_EXTENSIONS = (".bmp", ".jpeg", ".jpg", ".png", ".webp")  # fid_metric._files.image_folder.IMAGE_EXTENSIONS
 FORMATS = ("BMP", "JPEG", "PNG", "WEBP")  # fid_metric._files.image_folder.FORMATS
@@ -128,7 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # score's --metrics settings, which stats and compare (FID alone) do not take, at score's defaults
-_UNUSED_SCORE_OPTIONS = {"kid_subsets": 100, "kid_subset_size": None, "kid_seed": 2020, "is_split_size": 5000}
+_UNUSED_SCORE_OPTIONS = {
+    "kid_subsets": 100,
+    "kid_subset_size": None,
+    "kid_seed": 2020,
+    "is_split_size": 5000,
+    "dc_neighborhood": 5,
+    "cmmd_weights": None,
+}
 
 
 def _add_groups(command: argparse.ArgumentParser, default: int | None, help: str) -> None:
@@ -164,7 +175,12 @@ def _common_options() -> _Parser:
     """The options both commands take."""
     common = _Parser(add_help=False)
     common.add_argument(
-        "--feature", type=int, choices=POOL_FEATURES, default=2048, help="Inception feature layer; default: 2048"
+        "--feature",
+        type=_feature,
+        default=2048,
+        metavar="{64,192,768,2048,clip}",
+        help="Inception feature layer, or clip: FD on CLIP ViT-B/32 features as clean-fid computes it "
+        "(model_name='clip_vit_b_32'; --weights then names that network's file); default: 2048",
     )
     common.add_argument(
         "--compat",
@@ -173,7 +189,9 @@ def _common_options() -> _Parser:
         help="the definition of FID to reproduce (its preprocessing); also what a statistics file that does not "
         "record its own holds; default: tensorflow",
     )
-    common.add_argument("--weights", type=_existing_file, metavar="PATH", help="pt_inception-2015-12-05 weights")
+    common.add_argument(
+        "--weights", type=_existing_file, metavar="PATH", help="pt_inception-2015-12-05 weights (or --feature's)"
+    )
     common.add_argument("--batch-size", type=_int_in(1, MAX_BATCH_SIZE), default=50, metavar="N", help="default: 50")
     common.add_argument(
         "--device",
@@ -211,9 +229,11 @@ def _add_score_options(score: argparse.ArgumentParser) -> None:
         type=_metric_names,
         default=["fid"],
         metavar="LIST",
-        help="comma-separated, of fid, sfid, is (Inception Score of B), prc (precision of B and recall of A), kid; "
-        "default: fid (printed alone, as a number)",
+        help="comma-separated, of fid, sfid, is (Inception Score of B), prc (precision of B and recall of A), kid, "
+        "dc (density and coverage of B against A), cmmd (CMMD, on CLIP ViT-L/14@336px embeddings); default: fid "
+        "(printed alone, as a number)",
     )
+    _add_cmmd_and_dc_options(score)
     score.add_argument("--kid-subsets", type=_int_in(1), default=100, metavar="N", help="KID subsets; default: 100")
     score.add_argument(
         "--kid-subset-size",
@@ -252,6 +272,20 @@ def _add_score_options(score: argparse.ArgumentParser) -> None:
         ' precision, recall, kid, kid_std), "n_a", "n_b" (images used; for a statistics file its count or null), '
         '"found_a", "found_b" (image files found; null for statistics), "compat", "feature_dim", "processes", '
         '"seconds"',
+    )
+
+
+def _add_cmmd_and_dc_options(score: argparse.ArgumentParser) -> None:
+    """``score``'s settings of CMMD (its network's weights) and density/coverage (k)."""
+    score.add_argument(
+        "--cmmd-weights",
+        type=_existing_file,
+        metavar="PATH",
+        help="CMMD's CLIP ViT-L/14@336px weights (open_clip's open_clip_model.safetensors of "
+        "timm/vit_large_patch14_clip_336.openai); default: $FID_METRIC_CLIP_L14_336_WEIGHTS, the torch hub cache",
+    )
+    score.add_argument(
+        "--dc-neighborhood", type=_int_in(1), default=5, metavar="K", help="density/coverage's k; default: 5 (prdc's)"
     )
 
 
@@ -314,6 +348,17 @@ def _int_in(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _feature(text: str) -> int | str:
+    """An argparse type: ``--feature``, an Inception pool layer's width or ``clip``."""
+    if text.strip().lower() == CLIP_FEATURE:
+        return CLIP_FEATURE
+    if text.strip().isdigit() and int(text) in POOL_FEATURES:
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"expected one of {', '.join(map(str, POOL_FEATURES))} or {CLIP_FEATURE}, got {text!r}"
+    )
 
 
 def _metric_names(text: str) -> list[str]:

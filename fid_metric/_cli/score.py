@@ -14,16 +14,18 @@ import sys
 import time
 from typing import NamedTuple, cast
 
-from fid_metric._cli.feeding import Metric, build_metric, feed_sides, weights
+from fid_metric._cli.feeding import Metric, Together, build_cmmd, build_metric, feed_sides, weights
 from fid_metric._cli.inputs import Images, InputError, Side, count, found, is_folder, open_input, print_counts
 from fid_metric._cli.parser import PROG, TABLE_ROWS
 from fid_metric._features.preprocess import REPRODUCES
 from fid_metric._files.stats import FeatureStats, StatsMismatchError
 from fid_metric._functional.distance import frechet_distance
 from fid_metric._functional.jackknife import jackknife_stderr
+from fid_metric._metrics.cmmd import CMMD
 from fid_metric._metrics.compare import grouped_fids
 
 _KID_SUBSET_SIZE = 1000  # torch-fidelity's and clean-fid's default
+_NEED_IMAGES = ("prc", "kid", "dc", "cmmd")  # numbers of features kept per image, which statistics cannot give
 
 
 class _Score(NamedTuple):
@@ -42,7 +44,8 @@ def score_command(args: argparse.Namespace) -> None:
     start = time.perf_counter()
     for text in (args.a, args.b):
         is_folder(text)  # both paths are checked before either is read
-    needs_images = bool({"prc", "kid"} & set(args.metrics))  # an ADM reference batch is then read as its images
+    # an ADM reference batch is then read as its images
+    needs_images = bool(set(_NEED_IMAGES) & set(args.metrics))
     a, b = open_input(args.a, args, needs_images), open_input(args.b, args, needs_images)
     if isinstance(a, FeatureStats) and isinstance(b, FeatureStats):
         score = _score_statistics(args, a, b)
@@ -57,7 +60,8 @@ def score_command(args: argparse.Namespace) -> None:
         print(json.dumps({**score.values, **counts, **about, "seconds": round(time.perf_counter() - start, 3)}))
         return
     network = score.extractor or f"{score.feature_dim}-d features of an unrecorded network"
-    print(f"{PROG}: definition: compat={score.compat} ({REPRODUCES[score.compat]}), {network}", file=sys.stderr)
+    pipeline = f"compat={score.compat} ({REPRODUCES[score.compat]}), " if score.compat else ""
+    print(f"{PROG}: definition: {pipeline}{network}", file=sys.stderr)
     if args.metrics == ["fid"]:
         stderr = score.values.get("fid_stderr")
         print(score.values["fid"] if stderr is None else f"{score.values['fid']} +- {stderr:.3g}")
@@ -99,7 +103,8 @@ def _score_images(args: argparse.Namespace, a: Side, b: Side, needs_images: bool
     (real_arg, real), (fake_arg, fake) = ((args.b, b), (args.a, a)) if swapped else ((args.a, a), (args.b, b))
     reference = real if isinstance(real, FeatureStats) else None
     if needs_images and reference is not None:
-        raise InputError(f"--metrics prc and kid need images on both sides; {real_arg} holds statistics only")
+        wanted = ", ".join(name for name in args.metrics if name in _NEED_IMAGES)
+        raise InputError(f"--metrics {wanted} need images on both sides; {real_arg} holds statistics only")
     if "is" in args.metrics and swapped:
         raise InputError(
             f"--metrics is scores the images of B, and B ({args.b}) holds statistics; to score the images of "
@@ -108,14 +113,21 @@ def _score_images(args: argparse.Namespace, a: Side, b: Side, needs_images: bool
     if "kid" in args.metrics:
         _set_kid_subset_size(args, cast(Images, a), cast(Images, b))
     args.generated_images = count(cast(Images, fake))
-    metric = build_metric(args, weights(args), reference, real_arg)
+    metric = build_metric(args, weights(args), reference, real_arg) if args.metrics != ["cmmd"] else None
+    cmmd = build_cmmd(args) if "cmmd" in args.metrics else None
     if args.processes.rank == 0:
         print_counts(("A", args.a, a), ("B", args.b, b))
     sides = [] if reference is not None else [(cast(Images, real), real_arg, True)]
-    used = feed_sides(metric, [*sides, (cast(Images, fake), fake_arg, False)], args)
+    fed = Together(*(m for m in (metric, cmmd) if m is not None))
+    used = feed_sides(fed, [*sides, (cast(Images, fake), fake_arg, False)], args)
     n_real = cast(FeatureStats, real).n if reference is not None else used[0]
     n_a, n_b = (used[-1], n_real) if swapped else (n_real, used[-1])
-    return _Score(_computed(metric), metric.compat, metric.extractor_id, metric.num_features, n_a, n_b)
+    values = _computed(metric) if metric is not None else {}
+    if cmmd is not None:
+        values["cmmd"] = float(cmmd.compute())
+    described = metric if metric is not None else cast(CMMD, cmmd)
+    compat = str(described.identity()["compat"])  # "" for another network than Inception's
+    return _Score(values, compat, described.extractor_id, described.num_features, n_a, n_b)
 
 
 def _set_kid_subset_size(args: argparse.Namespace, a: Images, b: Images) -> None:

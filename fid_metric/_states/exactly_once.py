@@ -90,5 +90,5 @@ class SamplerQuota:
                 warn_caller(
                     f"dataset_size={self.dataset_size}, but {n} {SIDE_NAMES[side]} images were counted over all "
                     "processes: the validation loop did not cover the set exactly once (limit_val_batches? a sampler "
-                    "with drop_last=True?), so this FID is not over the whole set."
+                    "with drop_last=True?), so this metric is not over the whole set."
                 )
