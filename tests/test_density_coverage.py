@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import TinyFeatures, ddp_features, feed, smooth_images
+from helpers import TinyFeatures, ddp_features, feed, sampler_shard, smooth_images
 from prdc import compute_prdc
 
 from fid_metric import InceptionMetrics
@@ -133,8 +133,7 @@ def _shard_worker(rank: int, world: int) -> dict:
     """rank's DistributedSampler shard (samples rank, rank + W, ..., the last round padded with sample 0),
     exactly-once, with fid_groups=3."""
     real, fake = _images()
-    order = [i % N_IMAGES for i in range(-(-N_IMAGES // world) * world)]
-    mine = torch.tensor(order[rank::world])
+    mine = sampler_shard(N_IMAGES, world, rank)
     metric = _metric(ddp_features(), fid_groups=3, dataset_size=N_IMAGES)
     for start in range(0, len(mine), 4):
         metric.update(real[mine[start : start + 4]], real=True)

@@ -1,5 +1,5 @@
 """``fid-metric compare REF A B``: model A's FID minus model B's against one reference, with its uncertainty
-(:func:`fid_metric.compare`: a delete-a-group jackknife, paired when A and B hold as many images per group).
+(as :func:`fid_metric.compare`: a delete-a-group jackknife, paired when A and B hold as many images per group).
 
 Every input becomes statistics: REF's (a statistics file, or its images fed as the real side), and A's and B's
 with their groups' sums (files saved by ``fid-metric stats --groups G``, or their images fed as the generated
@@ -14,7 +14,7 @@ import json
 from fid_metric._cli.feeding import Metric, build_metric, feed_sides, weights
 from fid_metric._cli.inputs import InputError, Side, is_folder, open_input, print_counts
 from fid_metric._files.stats import FeatureStats
-from fid_metric._metrics.compare import compare, grouped_fids
+from fid_metric._metrics.compare import comparison, of_statistics
 
 _GROUPS = 10  # --groups' default for images
 
@@ -34,10 +34,11 @@ def compare_command(args: argparse.Namespace) -> None:
     first = _statistics(metric, a, args.a, False, args)
     second = _statistics(metric, b, args.b, False, args)
     try:
-        result = compare(first, second, reference=reference)
-        fid_a, fid_b = grouped_fids(first, reference)[0], grouped_fids(second, reference)[0]
+        models = of_statistics(first, second, reference)
     except ValueError as err:  # another definition, or a group with fewer than 2 images
         raise InputError(err) from err
+    result = comparison(*models, paired=None)
+    fid_a, fid_b = models[0][0], models[1][0]
     if args.processes.rank != 0:
         return
     if args.json:

@@ -30,7 +30,7 @@ from torch import Tensor
 from fid_metric._checks import checked_choice
 from fid_metric._features.inception import INCEPTION_ID, POOL_FEATURES
 from fid_metric._features.preprocess import COMPAT_MODES
-from fid_metric._files.stats_formats import METADATA_KEYS, check_group_sums, read_stats_file, write_stats_file
+from fid_metric._files.stats_formats import METADATA_KEYS, read_stats_file, write_stats_file
 from fid_metric._functional.covariance import mean_and_covariance
 
 
@@ -84,7 +84,7 @@ class FeatureStats:
     def __post_init__(self) -> None:
         checked_choice("compat", self.compat, ("", *COMPAT_MODES), what=f"one of {COMPAT_MODES} (or '' if unknown)")
         if self.groups is not None:
-            check_group_sums(self.groups, self.n, self.feature_sum, self.outer_sum)
+            _check_group_sums(self.groups, self.n, self.feature_sum, self.outer_sum)
 
     @classmethod
     def from_sums(
@@ -253,7 +253,11 @@ class FeatureStats:
         """
         path = Path(path)
         fields, adm = read_stats_file(path, key)
-        return _with_definition(path, cls(**fields), compat, adm, extractor)
+        try:
+            stats = cls(**fields)
+        except ValueError as err:  # e.g. groups that do not add up to the sums
+            raise ValueError(f"{path}: {err}") from None
+        return _with_definition(path, stats, compat, adm, extractor)
 
 
 # clean-fid's get_reference_statistics names its files f"{name}_{mode}{model_modifier}_{split}_{res}.npz", lower case
@@ -302,6 +306,32 @@ def _with_definition(
     # a compat mode is a pipeline into the FID Inception network, so the features are one of its pool layers
     extractor = stats.extractor or (f"{INCEPTION_ID}/{stats.feature_dim}" if stats.feature_dim in POOL_FEATURES else "")
     return dataclasses.replace(stats, compat=compat, extractor=extractor)
+
+
+def _check_group_sums(
+    groups: tuple[Tensor, Tensor, Tensor], n: int | None, feature_sum: Tensor | None, outer_sum: Tensor | None
+) -> None:
+    """Raise ``ValueError`` unless ``groups`` (counts ``(G,)``, sums ``(G, d)``, outer sums ``(G, d, d)``) are
+    G >= 2 groups of the samples that ``n``, ``feature_sum`` and ``outer_sum`` sum: counts >= 0 adding up to n,
+    sums adding up to the sums within round-off (1e-9 of ``sqrt(n max_j outer_jj)``, which bounds the sum of
+    any feature's magnitudes, and of ``max_j outer_jj``)."""
+    if n is None or feature_sum is None or outer_sum is None:
+        raise ValueError("group sums need the sums of all samples beside them (n, feature_sum, outer_sum).")
+    counts, sums, outers = groups
+    d = feature_sum.shape[0]
+    g = counts.shape[0] if counts.ndim == 1 else 0
+    if g < 2 or sums.shape != (g, d) or outers.shape != (g, d, d) or counts.is_floating_point():
+        raise ValueError(
+            f"group sums must be integer counts (G,), sums (G, {d}) and outer sums (G, {d}, {d}) with G >= 2, got "
+            f"{counts.dtype} {tuple(counts.shape)}, {tuple(sums.shape)} and {tuple(outers.shape)}."
+        )
+    if bool((counts < 0).any()) or int(counts.sum()) != n:
+        raise ValueError(f"group counts {counts.tolist()} must be >= 0 and add up to n = {n}.")
+    scale = float(outer_sum.diagonal().max())
+    if float((sums.sum(0) - feature_sum).abs().max()) > 1e-9 * (n * scale) ** 0.5:
+        raise ValueError("the group feature sums do not add up to feature_sum; the statistics are inconsistent.")
+    if float((outers.sum(0) - outer_sum).abs().max()) > 1e-9 * scale:
+        raise ValueError("the group outer-product sums do not add up to outer_sum; the statistics are inconsistent.")
 
 
 def _merged_groups(

@@ -232,11 +232,8 @@ def _fields_of(path: Path, arrays: dict[str, np.ndarray]) -> StatsFields:
     extra = {key: tensors[key] for key in _ADM_SFID if key in tensors}
     groups = None
     if "group_n" in arrays:
+        # checked to add up to the sums by FeatureStats, as every FeatureStats' groups are
         groups = _unpacked_groups(arrays["group_n"], tensors["group_feature_sum"], tensors["group_outer_sum_triu"])
-        try:
-            check_group_sums(groups, n, feature_sum, outer_sum)
-        except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
 
     def metadata(key: str) -> str:
         return str(arrays[key][()]) if key in arrays else ""
@@ -264,32 +261,6 @@ def _unpacked_groups(counts: np.ndarray, sums: Tensor, triangles: Tensor) -> tup
     outers[:, rows, cols] = triangles
     outers[:, cols, rows] = triangles
     return torch.from_numpy(np.asarray(counts, dtype=np.int64)), sums, outers
-
-
-def check_group_sums(
-    groups: tuple[Tensor, Tensor, Tensor], n: int | None, feature_sum: Tensor | None, outer_sum: Tensor | None
-) -> None:
-    """Raise ``ValueError`` unless ``groups`` (counts ``(G,)``, sums ``(G, d)``, outer sums ``(G, d, d)``) are
-    G >= 2 groups of the samples that ``n``, ``feature_sum`` and ``outer_sum`` sum: counts >= 0 adding up to n,
-    sums adding up to the sums within round-off (1e-9 of ``sqrt(n max_j outer_jj)``, which bounds the sum of
-    any feature's magnitudes, and of ``max_j outer_jj``)."""
-    if n is None or feature_sum is None or outer_sum is None:
-        raise ValueError("group sums need the sums of all samples beside them (n, feature_sum, outer_sum).")
-    counts, sums, outers = groups
-    d = feature_sum.shape[0]
-    g = counts.shape[0] if counts.ndim == 1 else 0
-    if g < 2 or sums.shape != (g, d) or outers.shape != (g, d, d) or counts.is_floating_point():
-        raise ValueError(
-            f"group sums must be integer counts (G,), sums (G, {d}) and outer sums (G, {d}, {d}) with G >= 2, got "
-            f"{counts.dtype} {tuple(counts.shape)}, {tuple(sums.shape)} and {tuple(outers.shape)}."
-        )
-    if bool((counts < 0).any()) or int(counts.sum()) != n:
-        raise ValueError(f"group counts {counts.tolist()} must be >= 0 and add up to n = {n}.")
-    scale = float(outer_sum.diagonal().max())
-    if float((sums.sum(0) - feature_sum).abs().max()) > 1e-9 * (n * scale) ** 0.5:
-        raise ValueError("the group feature sums do not add up to feature_sum; the statistics are inconsistent.")
-    if float((outers.sum(0) - outer_sum).abs().max()) > 1e-9 * scale:
-        raise ValueError("the group outer-product sums do not add up to outer_sum; the statistics are inconsistent.")
 
 
 def _count(path: Path, array: np.ndarray) -> int:

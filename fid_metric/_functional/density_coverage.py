@@ -31,8 +31,17 @@ def density_coverage(real: Tensor, fake: Tensor, *, k: int = 5) -> tuple[Tensor,
         ValueError: not two finite 2-d sets of one dimension, k real features or fewer (no k-th neighbour), or
             no generated feature.
     """
+    return density_coverage_given_radii(real, fake, k=k)
+
+
+def density_coverage_given_radii(
+    real: Tensor, fake: Tensor, *, k: int, real_radii: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``density_coverage``, with ``real``'s ``(N,)`` ``kth_neighbour_radii(real, k)`` given when already known
+    (a jackknife deletes generated groups only, so the real radii serve every deletion)."""
     check_feature_sets("Density/coverage", real, fake, k, fake_needs_k=False)
-    per_ball = points_per_ball(real, kth_neighbour_radii(real, k), fake, strict=True)
+    real_radii = kth_neighbour_radii(real, k) if real_radii is None else real_radii
+    per_ball = points_per_ball(real, real_radii, fake, strict=True)
     density = (1.0 / k) * (int(per_ball.sum()) / len(fake))
     covered = int((per_ball > 0).sum())
     return (

@@ -26,7 +26,15 @@ def precision_recall(real: Tensor, fake: Tensor, *, k: int = 3) -> tuple[Tensor,
     Raises:
         ValueError: not two finite 2-d sets of one dimension, or a set of k features or fewer (no k-th neighbour).
     """
+    return precision_recall_given_radii(real, fake, k=k)
+
+
+def precision_recall_given_radii(
+    real: Tensor, fake: Tensor, *, k: int, real_radii: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """``precision_recall``, with ``real``'s ``(m,)`` ``kth_neighbour_radii(real, k)`` given when already known
+    (a jackknife deletes generated groups only, so the real radii serve every deletion)."""
     check_feature_sets("Precision/recall", real, fake, k)
-    real_radii, fake_radii = kth_neighbour_radii(real, k), kth_neighbour_radii(fake, k)
-    in_real_manifold, in_fake_manifold = in_balls(real, fake, real_radii, fake_radii)
+    real_radii = kth_neighbour_radii(real, k) if real_radii is None else real_radii
+    in_real_manifold, in_fake_manifold = in_balls(real, fake, real_radii, kth_neighbour_radii(fake, k))
     return in_real_manifold.double().mean(), in_fake_manifold.double().mean()

@@ -26,6 +26,8 @@ from fid_metric._functional.jackknife import group_deleted, jackknife_stderr, t_
 from fid_metric._metrics.inception_metrics import InceptionMetrics
 from fid_metric._metrics.reference import FixedReference
 
+Model = tuple[float, Tensor, Tensor]  # FID, the (G,) FIDs without each group, the (G,) group counts; on the CPU
+
 
 @dataclass(frozen=True)
 class Comparison:
@@ -76,14 +78,20 @@ def compare(
             groups, or a group of fewer than 2 images.
     """
     if isinstance(a, InceptionMetrics) and isinstance(b, InceptionMetrics) and reference is None:
-        (fid_a, out_a, counts_a), (fid_b, out_b, counts_b) = _of_metrics(a, b)
+        models = _of_metrics(a, b)
     elif isinstance(a, FeatureStats) and isinstance(b, FeatureStats) and isinstance(reference, FeatureStats):
-        (fid_a, out_a, counts_a), (fid_b, out_b, counts_b) = _of_statistics(a, b, reference)
+        models = of_statistics(a, b, reference)
     else:
         raise TypeError(
             "compare takes two InceptionMetrics, or two FeatureStats with reference=FeatureStats; got "
             f"{type(a).__name__}, {type(b).__name__} and reference={type(reference).__name__}."
         )
+    return comparison(*models, paired=paired)
+
+
+def comparison(model_a: Model, model_b: Model, *, paired: bool | None) -> Comparison:
+    """The ``Comparison`` of two models' FIDs, FIDs without each group and group counts (``compare``'s ``paired``)."""
+    (fid_a, out_a, counts_a), (fid_b, out_b, counts_b) = model_a, model_b
     same_counts = torch.equal(counts_a, counts_b)
     if paired and not same_counts:
         raise ValueError("paired=True needs as many generated images in each group of both models.")
@@ -100,10 +108,7 @@ def compare(
     return Comparison(difference, stderr, (difference - half, difference + half), p_value, paired, df)
 
 
-_Model = tuple[float, Tensor, Tensor]  # FID, the (G,) FIDs without each group, the (G,) group counts; on the CPU
-
-
-def _of_metrics(a: InceptionMetrics, b: InceptionMetrics) -> tuple[_Model, _Model]:
+def _of_metrics(a: InceptionMetrics, b: InceptionMetrics) -> tuple[Model, Model]:
     """Each metric's FID, FIDs without each group and group counts, after checking they can be compared."""
     if a.fid_groups < 2 or a.fid_groups != b.fid_groups:
         raise StatsMismatchError(
@@ -126,8 +131,9 @@ def _of_metrics(a: InceptionMetrics, b: InceptionMetrics) -> tuple[_Model, _Mode
     return models[0], models[1]
 
 
-def _of_statistics(a: FeatureStats, b: FeatureStats, reference: FeatureStats) -> tuple[_Model, _Model]:
-    """Each model's FID against ``reference``, FIDs without each group and group counts, from its statistics."""
+def of_statistics(a: FeatureStats, b: FeatureStats, reference: FeatureStats) -> tuple[Model, Model]:
+    """Each model's FID against ``reference``, FIDs without each group and group counts, from its statistics, after
+    checking they can be compared; the reference's factor is computed once for both."""
     if a.groups is None or b.groups is None:
         raise ValueError(
             "compare needs the statistics of both models in groups (fid-metric stats --groups G, or the "
@@ -139,12 +145,14 @@ def _of_statistics(a: FeatureStats, b: FeatureStats, reference: FeatureStats) ->
     a.check_compatible(b, "a", "b")
     a.check_compatible(reference, "a", "the reference")
     b.check_compatible(reference, "b", "the reference")
-    return grouped_fids(a, reference), grouped_fids(b, reference)
+    real = FixedReference(reference)
+    return grouped_fids(a, real), grouped_fids(b, real)
 
 
-def grouped_fids(stats: FeatureStats, reference: FeatureStats) -> tuple[float, Tensor, Tensor]:
+def grouped_fids(stats: FeatureStats, reference: FeatureStats | FixedReference) -> Model:
     """The FID of ``stats`` against ``reference``, the ``(G,)`` FIDs without each of its groups (float64) and
-    the ``(G,)`` group counts (int64), on the CPU, computed as ``InceptionMetrics`` computes them.
+    the ``(G,)`` group counts (int64), on the CPU, computed as ``InceptionMetrics`` computes them (a
+    ``FixedReference`` brings its cached factor).
 
     Raises:
         ValueError: ``stats`` holds no groups, or a group holds fewer than 2 images.
@@ -154,7 +162,8 @@ def grouped_fids(stats: FeatureStats, reference: FeatureStats) -> tuple[float, T
     counts, sums, outers = stats.groups
     if bool((counts < 2).any()):
         raise ValueError(f"The jackknife needs at least 2 generated images per group; got {counts.tolist()}.")
-    mu_real, sigma_real, factor = FixedReference(reference).on(torch.device("cpu"))
+    real = reference if isinstance(reference, FixedReference) else FixedReference(reference)
+    mu_real, sigma_real, factor = real.on(torch.device("cpu"))
 
     def fid_of(count: Tensor, total: Tensor, outer: Tensor) -> Tensor:
         mu, sigma = mean_and_covariance(count, total, outer)

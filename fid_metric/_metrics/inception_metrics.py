@@ -28,11 +28,12 @@ from torch import Tensor, nn
 from fid_metric._checks import checked_bool, checked_int
 from fid_metric._features.inception import FEATURE_DIMS
 from fid_metric._functional.covariance import mean_and_covariance
-from fid_metric._functional.density_coverage import density_coverage
+from fid_metric._functional.density_coverage import density_coverage_given_radii
 from fid_metric._functional.distance import frechet_distance
 from fid_metric._functional.jackknife import jackknife_stderr
 from fid_metric._functional.kid import kernel_inception_distance
-from fid_metric._functional.precision_recall import precision_recall
+from fid_metric._functional.pairwise import kth_neighbour_radii
+from fid_metric._functional.precision_recall import precision_recall_given_radii
 from fid_metric._metrics.frechet import FrechetMetric
 from fid_metric._states.gaussian_sums import GaussianSums, GroupSums
 from fid_metric._states.kept_features import KeptFeatures
@@ -208,20 +209,32 @@ class InceptionMetrics(FrechetMetric):
         """Precision, recall, density, coverage and KID as asked; with ``fid_groups``, each one's delete-a-group
         jackknife standard error over the generated images' groups (``precision_stderr``, ..., ``kid_stderr``)."""
         real, fake = kept.features(self, "real"), kept.features(self, "fake")
-        results = self._kept_numbers(real, fake)
+        results = self._kept_numbers(real, fake)  # checks the sets before any radius is reused
         if self._groups is not None:  # fake's rows are in the sampler's order: row j is in group j % G
             group = torch.arange(len(fake), device=fake.device) % self.fid_groups
-            dropped = [self._kept_numbers(real, fake[group != g]) for g in range(self.fid_groups)]
+            neighbourhoods = (
+                (self.prc_neighborhood, self.precision_recall),
+                (self.dc_neighborhood, self.density_coverage),
+            )
+            radii = {k: kth_neighbour_radii(real, k) for k in {k for k, asked in neighbourhoods if asked}}
+            dropped = [self._kept_numbers(real, fake[group != g], radii) for g in range(self.fid_groups)]
             for name in [name for name in results if name != "kid_std"]:
                 results[f"{name}_stderr"] = jackknife_stderr(torch.stack([d[name] for d in dropped]))
         return results
 
-    def _kept_numbers(self, real: Tensor, fake: Tensor) -> dict[str, Tensor]:
-        results = {}
+    def _kept_numbers(self, real: Tensor, fake: Tensor, radii: dict[int, Tensor] | None = None) -> dict[str, Tensor]:
+        """The kept-feature numbers asked for; ``radii``: ``real``'s k-th neighbour radii by k, where known."""
+        results, radii = {}, radii or {}
         if self.precision_recall:
-            results["precision"], results["recall"] = precision_recall(real, fake, k=self.prc_neighborhood)
+            k = self.prc_neighborhood
+            results["precision"], results["recall"] = precision_recall_given_radii(
+                real, fake, k=k, real_radii=radii.get(k)
+            )
         if self.density_coverage:
-            results["density"], results["coverage"] = density_coverage(real, fake, k=self.dc_neighborhood)
+            k = self.dc_neighborhood
+            results["density"], results["coverage"] = density_coverage_given_radii(
+                real, fake, k=k, real_radii=radii.get(k)
+            )
         if self.kid:
             results["kid"], results["kid_std"] = kernel_inception_distance(  # generated first, as torch-fidelity
                 fake, real, subsets=self.kid_subsets, subset_size=self.kid_subset_size, seed=self.kid_seed
